@@ -1,0 +1,319 @@
+//! Where each table and partition of a cache lives, and the Arrow schemas of the files.
+//!
+//! ```text
+//! <root>/activations/model=M/organism=O/layer=L/part-00000.parquet, _manifest.json
+//! <root>/tokens/model=M/organism=O/part-00000.parquet, _manifest.json
+//! <root>/sequences/model=M/part-00000.parquet, _manifest.json
+//! <root>/.staging/...   partitions being written; renamed into place when complete
+//! ```
+//! The base model's own activations are the partition `organism=base`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use super::manifest::Manifest;
+
+/// The organism name under which a model's own (base) activations are stored.
+pub const BASE_ORGANISM: &str = "base";
+
+/// Name of the manifest file in each partition directory.
+pub const MANIFEST_FILE: &str = "_manifest.json";
+
+/// The tables a cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Activations,
+    Tokens,
+    Sequences,
+}
+
+impl Table {
+    /// Every table, in display order.
+    pub const ALL: [Table; 3] = [Table::Activations, Table::Tokens, Table::Sequences];
+
+    /// Directory name and SQL table name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Activations => "activations",
+            Table::Tokens => "tokens",
+            Table::Sequences => "sequences",
+        }
+    }
+
+    /// Partition columns, outermost first.
+    pub fn partition_columns(self) -> &'static [&'static str] {
+        match self {
+            Table::Activations => &["model", "organism", "layer"],
+            Table::Tokens => &["model", "organism"],
+            Table::Sequences => &["model"],
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One partition of one table: its partition values.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct PartitionKey {
+    pub table: Table,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organism: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<i32>,
+}
+
+impl serde::Serialize for Table {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Table {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Table::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown table {s:?}")))
+    }
+}
+
+impl PartitionKey {
+    /// A partition of `activations`.
+    pub fn activations(model: &str, organism: &str, layer: i32) -> Self {
+        Self {
+            table: Table::Activations,
+            model: model.into(),
+            organism: Some(organism.into()),
+            layer: Some(layer),
+        }
+    }
+
+    /// A partition of `tokens`.
+    pub fn tokens(model: &str, organism: &str) -> Self {
+        Self {
+            table: Table::Tokens,
+            model: model.into(),
+            organism: Some(organism.into()),
+            layer: None,
+        }
+    }
+
+    /// A partition of `sequences`.
+    pub fn sequences(model: &str) -> Self {
+        Self {
+            table: Table::Sequences,
+            model: model.into(),
+            organism: None,
+            layer: None,
+        }
+    }
+
+    /// The same partition of the base model (for an activations or tokens partition).
+    pub fn base(&self) -> Self {
+        Self {
+            organism: self.organism.as_ref().map(|_| BASE_ORGANISM.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// Whether this is a partition of the base model itself.
+    pub fn is_base(&self) -> bool {
+        self.organism.as_deref() == Some(BASE_ORGANISM)
+    }
+
+    /// Path components `k=v` below the table directory.
+    pub fn components(&self) -> Vec<String> {
+        let mut parts = vec![format!("model={}", self.model)];
+        if let Some(o) = &self.organism {
+            parts.push(format!("organism={o}"));
+        }
+        if let Some(l) = self.layer {
+            parts.push(format!("layer={l}"));
+        }
+        parts
+    }
+
+    /// Checks that names are safe as Hive partition values in every reader (letters, digits, `_`, `-`, `.`).
+    pub fn validate(&self) -> Result<()> {
+        for (what, value) in [("model", Some(&self.model)), ("organism", self.organism.as_ref())] {
+            let Some(v) = value else { continue };
+            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) || v.starts_with('.')
+            {
+                bail!("{what} name {v:?} cannot be a cache partition: use letters, digits, '_', '-' and '.' only");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.table, self.components().join("/"))
+    }
+}
+
+/// A cache directory.
+#[derive(Debug, Clone)]
+pub struct CacheLayout {
+    root: PathBuf,
+}
+
+impl CacheLayout {
+    /// The cache at `root` (which need not exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of a table.
+    pub fn table_dir(&self, table: Table) -> PathBuf {
+        self.root.join(table.name())
+    }
+
+    /// The directory of a partition.
+    pub fn partition_dir(&self, key: &PartitionKey) -> PathBuf {
+        let mut p = self.table_dir(key.table);
+        for c in key.components() {
+            p.push(c);
+        }
+        p
+    }
+
+    /// Where partitions are written before they are renamed into place.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.root.join(".staging")
+    }
+
+    /// The manifest of a partition, if the partition is complete.
+    pub fn manifest(&self, key: &PartitionKey) -> Result<Option<Manifest>> {
+        let path = self.partition_dir(key).join(MANIFEST_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        Manifest::read(&path).map(Some)
+    }
+
+    /// Every complete partition of `table` (those with a manifest), sorted.
+    pub fn partitions(&self, table: Table) -> Result<Vec<(PartitionKey, Manifest)>> {
+        let mut out = Vec::new();
+        let dir = self.table_dir(table);
+        if dir.is_dir() {
+            collect_partitions(&dir, table, &mut Vec::new(), &mut out)?;
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+fn collect_partitions(
+    dir: &Path,
+    table: Table,
+    values: &mut Vec<(String, String)>,
+    out: &mut Vec<(PartitionKey, Manifest)>,
+) -> Result<()> {
+    let depth = table.partition_columns().len();
+    if values.len() == depth {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        if manifest_path.exists() {
+            let manifest = Manifest::read(&manifest_path)?;
+            out.push((key_from_values(table, values)?, manifest));
+        }
+        return Ok(());
+    }
+    let column = table.partition_columns()[values.len()];
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(value) = name.strip_prefix(column).and_then(|r| r.strip_prefix('=')) else {
+            continue;
+        };
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        values.push((column.to_string(), value.to_string()));
+        collect_partitions(&entry.path(), table, values, out)?;
+        values.pop();
+    }
+    Ok(())
+}
+
+fn key_from_values(table: Table, values: &[(String, String)]) -> Result<PartitionKey> {
+    let get = |k: &str| values.iter().find(|(c, _)| c == k).map(|(_, v)| v.clone());
+    let layer = match get("layer") {
+        Some(l) => Some(
+            l.parse::<i32>()
+                .with_context(|| format!("bad layer directory name layer={l}"))?,
+        ),
+        None => None,
+    };
+    Ok(PartitionKey {
+        table,
+        model: get("model").unwrap_or_default(),
+        organism: get("organism"),
+        layer,
+    })
+}
+
+/// Columns that identify a token, shared by `activations` and `tokens` files.
+pub fn token_key_fields() -> Vec<Field> {
+    vec![
+        Field::new("dataset", DataType::Utf8, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("seq_id", DataType::Int64, false),
+        Field::new("pos", DataType::Int32, false),
+        Field::new("token_id", DataType::Int32, false),
+    ]
+}
+
+/// Schema of a `tokens` file (without the partition columns).
+pub fn tokens_file_schema() -> SchemaRef {
+    let mut fields = token_key_fields();
+    let item = |t: DataType| Arc::new(Field::new_list_field(t, true));
+    fields.extend([
+        Field::new("token", DataType::Utf8, true),
+        Field::new("logprob", DataType::Float32, true),
+        Field::new("topk_ids", DataType::List(item(DataType::Int32)), true),
+        Field::new("topk_logprobs", DataType::List(item(DataType::Float32)), true),
+        Field::new("kl", DataType::Float32, true),
+    ]);
+    Arc::new(Schema::new(fields))
+}
+
+/// Schema of a `sequences` file (without the partition columns).
+pub fn sequences_file_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("dataset", DataType::Utf8, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("seq_id", DataType::Int64, false),
+        Field::new("text", DataType::Utf8, true),
+        Field::new("n_tokens", DataType::Int32, false),
+    ]))
+}
+
+/// Partition columns as typed table columns.
+pub fn partition_fields(table: Table) -> Vec<Field> {
+    table
+        .partition_columns()
+        .iter()
+        .map(|c| match *c {
+            "layer" => Field::new("layer", DataType::Int32, false),
+            other => Field::new(other, DataType::Utf8, false),
+        })
+        .collect()
+}

@@ -1,0 +1,321 @@
+//! The cache as DataFusion tables: `activations` and the paired view `acts` (our own scan, see
+//! [`super::scan`]), and `tokens` and `sequences` (DataFusion listing tables with typed partition columns).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, AsArray, Int32Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{plan_err, DFSchema, DataFusionError, Result};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use diffsql_udfs::vector::float32_item;
+
+use super::layout::{
+    partition_fields, sequences_file_schema, token_key_fields, tokens_file_schema, CacheLayout, PartitionKey, Table,
+    BASE_ORGANISM,
+};
+use super::manifest::Manifest;
+use super::scan::{balance, chunk_row_groups, row_group_rows, ColumnSource, ScanUnit, VectorScanExec};
+use super::vectors::VectorEncoding;
+
+/// Which vector table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorTableKind {
+    /// One row per cached token and layer, every organism including `base`: column `act`.
+    Activations,
+    /// One row per organism token and layer, beside the base model's vector for the same token:
+    /// columns `base` and `ft`.
+    Acts,
+}
+
+/// `activations` or `acts` over a cache directory.
+#[derive(Debug)]
+pub struct VectorTable {
+    kind: VectorTableKind,
+    layout: CacheLayout,
+    schema: SchemaRef,
+    sources: Vec<ColumnSource>,
+    vector_type: DataType,
+}
+
+const PARTITION_COLUMNS: [&str; 3] = ["model", "organism", "layer"];
+
+impl VectorTable {
+    /// Opens the table; the vector column's type is fixed from the manifests present now.
+    pub fn open(layout: CacheLayout, kind: VectorTableKind) -> anyhow::Result<Self> {
+        let partitions = layout.partitions(Table::Activations)?;
+        let vector_type = common_vector_type(&partitions)?;
+        let mut fields = partition_fields(Table::Activations);
+        fields.extend(token_key_fields());
+        let mut sources = vec![ColumnSource::Model, ColumnSource::Organism, ColumnSource::Layer];
+        sources.extend((0..5).map(ColumnSource::Key));
+        match kind {
+            VectorTableKind::Activations => {
+                fields.push(Field::new("act", vector_type.clone(), false));
+                sources.push(ColumnSource::Vector);
+            }
+            VectorTableKind::Acts => {
+                fields.push(Field::new("base", vector_type.clone(), false));
+                fields.push(Field::new("ft", vector_type.clone(), false));
+                sources.extend([ColumnSource::BaseVector, ColumnSource::Vector]);
+            }
+        }
+        Ok(Self {
+            kind,
+            layout,
+            schema: Arc::new(Schema::new(fields)),
+            sources,
+            vector_type,
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self.kind {
+            VectorTableKind::Activations => "activations",
+            VectorTableKind::Acts => "acts",
+        }
+    }
+
+    /// The partitions a scan reads, each with its manifest and (for `acts`) its base's manifest.
+    fn scan_partitions(&self) -> anyhow::Result<Vec<(PartitionKey, Manifest, Option<Manifest>)>> {
+        let all = self.layout.partitions(Table::Activations)?;
+        if self.kind == VectorTableKind::Activations {
+            return Ok(all.into_iter().map(|(k, m)| (k, m, None)).collect());
+        }
+        let by_key: HashMap<&PartitionKey, &Manifest> = all.iter().map(|(k, m)| (k, m)).collect();
+        let mut out = Vec::new();
+        for (key, manifest) in all.iter().filter(|(k, _)| !k.is_base()) {
+            let base_key = key.base();
+            let Some(base) = by_key.get(&base_key) else {
+                anyhow::bail!(
+                    "acts: {key} has no base partition {base_key}; run preprocessing for the base model (organism={BASE_ORGANISM})"
+                );
+            };
+            check_pairable(key, manifest, base)?;
+            out.push((key.clone(), manifest.clone(), Some((*base).clone())));
+        }
+        Ok(out)
+    }
+}
+
+/// Checks that an organism partition holds the same tokens, in the same files, as its base partition.
+fn check_pairable(key: &PartitionKey, ft: &Manifest, base: &Manifest) -> anyhow::Result<()> {
+    if ft.token_fingerprint != base.token_fingerprint {
+        anyhow::bail!(
+            "acts: {key} does not hold the same tokens as its base partition (token fingerprint {} vs {}); \
+             rerun preprocessing for this organism with the base model's datasets and settings",
+            ft.token_fingerprint.as_deref().unwrap_or("none"),
+            base.token_fingerprint.as_deref().unwrap_or("none")
+        );
+    }
+    let ft_rows: Vec<u64> = ft.files.iter().map(|f| f.rows).collect();
+    let base_rows: Vec<u64> = base.files.iter().map(|f| f.rows).collect();
+    if ft_rows != base_rows {
+        anyhow::bail!(
+            "acts: {key} splits its rows into files differently from its base partition ({ft_rows:?} vs {base_rows:?}); \
+             rewrite both with the same rows_per_file"
+        );
+    }
+    if ft.dtype != base.dtype || ft.d_model != base.d_model {
+        anyhow::bail!(
+            "acts: {key} stores vectors as {:?}×{:?}, its base as {:?}×{:?}",
+            ft.dtype,
+            ft.d_model,
+            base.dtype,
+            base.d_model
+        );
+    }
+    Ok(())
+}
+
+/// A fixed-size list of the stored element type when every partition agrees, else `List<Float32>`.
+fn common_vector_type(partitions: &[(PartitionKey, Manifest)]) -> anyhow::Result<DataType> {
+    let mut encodings = Vec::new();
+    for (key, m) in partitions {
+        let enc = encoding_of(key, m)?;
+        if !encodings.contains(&enc) {
+            encodings.push(enc);
+        }
+    }
+    Ok(match encodings.as_slice() {
+        [one] => one.sql_type(),
+        _ => DataType::List(float32_item()),
+    })
+}
+
+fn encoding_of(key: &PartitionKey, m: &Manifest) -> anyhow::Result<VectorEncoding> {
+    let dtype = m.dtype.as_deref().and_then(diffsql_udfs::vector::ElementType::parse);
+    match (dtype, m.d_model) {
+        (Some(dtype), Some(d)) => Ok(VectorEncoding::new(dtype, d)),
+        _ => anyhow::bail!("manifest of {key} lacks dtype/d_model; delete the partition and rerun preprocessing"),
+    }
+}
+
+fn to_df(e: anyhow::Error) -> DataFusionError {
+    DataFusionError::Plan(format!("{e:#}"))
+}
+
+/// Whether an expression only reads partition columns (so it can prune whole partitions).
+fn on_partition_columns(expr: &Expr) -> bool {
+    let cols = expr.column_refs();
+    !cols.is_empty() && cols.iter().all(|c| PARTITION_COLUMNS.contains(&c.name.as_str()))
+}
+
+/// Keeps the keys that satisfy every partition-only filter.
+fn prune(state: &dyn Session, keys: &[PartitionKey], filters: &[Expr]) -> Result<Vec<bool>> {
+    let mut keep = vec![true; keys.len()];
+    let filters: Vec<&Expr> = filters.iter().filter(|f| on_partition_columns(f)).collect();
+    if filters.is_empty() || keys.is_empty() {
+        return Ok(keep);
+    }
+    let schema = Arc::new(Schema::new(partition_fields(Table::Activations)));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.model.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                keys.iter().map(|k| k.organism.as_deref().unwrap_or("")),
+            )),
+            Arc::new(Int32Array::from_iter_values(keys.iter().map(|k| k.layer.unwrap_or(-1)))),
+        ],
+    )?;
+    let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+    for f in filters {
+        let physical = state.create_physical_expr(f.clone(), &df_schema)?;
+        let result = physical.evaluate(&batch)?.into_array(keys.len())?;
+        let result = result.as_boolean();
+        for (i, k) in keep.iter_mut().enumerate() {
+            *k &= result.is_valid(i) && result.value(i);
+        }
+    }
+    Ok(keep)
+}
+
+#[async_trait]
+impl TableProvider for VectorTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if on_partition_columns(f) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let partitions = self.scan_partitions().map_err(to_df)?;
+        let keys: Vec<PartitionKey> = partitions.iter().map(|p| p.0.clone()).collect();
+        let keep = prune(state, &keys, filters)?;
+        let target_partitions = state.config().target_partitions();
+        let mut pairs = Vec::new();
+        let mut total_rows = 0usize;
+        for ((key, manifest, base), keep) in partitions.into_iter().zip(keep) {
+            if !keep {
+                continue;
+            }
+            let encoding = encoding_of(&key, &manifest).map_err(to_df)?;
+            if self.vector_type != encoding.sql_type() && self.vector_type != DataType::List(float32_item()) {
+                return plan_err!(
+                    "{}: the cache changed since it was opened ({key} was added); reopen it",
+                    self.name()
+                );
+            }
+            total_rows += manifest.rows as usize;
+            pairs.push((key, manifest, base, encoding));
+        }
+        // Aim for a few units per output partition so that work balances.
+        let target_rows = (total_rows / (target_partitions * 4)).max(1);
+        let mut units = Vec::new();
+        for (key, manifest, base, encoding) in pairs {
+            let dir = self.layout.partition_dir(&key);
+            let base_dir = base.as_ref().map(|b| self.layout.partition_dir(&b.partition));
+            for (i, entry) in manifest.files.iter().enumerate() {
+                let file = dir.join(&entry.name);
+                let base_file = base_dir
+                    .as_ref()
+                    .map(|d| d.join(&base.as_ref().expect("with dir").files[i].name));
+                let sizes = row_group_rows(&file)?;
+                let same_groups = match &base_file {
+                    Some(b) => row_group_rows(b)? == sizes,
+                    None => true,
+                };
+                let chunks = if same_groups {
+                    chunk_row_groups(&sizes, target_rows)
+                } else {
+                    vec![((0..sizes.len()).collect(), entry.rows as usize)]
+                };
+                for (row_groups, rows) in chunks {
+                    units.push(ScanUnit {
+                        partition: key.clone(),
+                        file: file.clone(),
+                        base_file: base_file.clone(),
+                        row_groups,
+                        rows,
+                        encoding,
+                    });
+                }
+            }
+        }
+        let (schema, sources) = match projection {
+            Some(p) => (
+                Arc::new(self.schema.project(p)?),
+                p.iter().map(|&i| self.sources[i]).collect(),
+            ),
+            None => (Arc::clone(&self.schema), self.sources.clone()),
+        };
+        Ok(Arc::new(VectorScanExec::new(
+            self.name(),
+            schema,
+            sources,
+            balance(units, target_partitions),
+            self.vector_type.clone(),
+            state.config().batch_size(),
+            limit,
+        )))
+    }
+}
+
+/// `tokens` or `sequences` as a listing table over the cache's Parquet files.
+pub fn listing_table(layout: &CacheLayout, table: Table) -> anyhow::Result<Arc<dyn TableProvider>> {
+    let file_schema = match table {
+        Table::Tokens => tokens_file_schema(),
+        Table::Sequences => sequences_file_schema(),
+        Table::Activations => anyhow::bail!("activations is not a listing table"),
+    };
+    let dir = layout.table_dir(table);
+    let partition_cols = partition_fields(table)
+        .into_iter()
+        .map(|f| (f.name().clone(), f.data_type().clone()))
+        .collect();
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(partition_cols);
+    let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(file_schema);
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}

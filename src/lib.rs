@@ -1,0 +1,7 @@
+//! diffsql: find out what a finetune changed in a language model, with SQL over an activation cache.
+//!
+//! Data flows one way: a cache of activations (Parquet, Hive-partitioned; [`cache`]) is opened as SQL
+//! tables with the diffing functions of `diffsql-udfs` ([`sql`]).
+
+pub mod cache;
+pub mod sql;

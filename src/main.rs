@@ -1,0 +1,229 @@
+//! The `diffsql` command line: a thin layer over the library's modules.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use diffsql::cache::synth::{self, SynthSpec};
+use diffsql::cache::writer::parse_compression;
+use diffsql::cache::CacheLayout;
+use diffsql::sql::shell::{one_line, Flow, Shell};
+use diffsql::sql::{open_session, queries, Format};
+use diffsql_udfs::vector::ElementType;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "diffsql",
+    version,
+    about = "Find out what a finetune changed in a language model, with SQL over an activation cache"
+)]
+struct Cli {
+    /// Cache directory.
+    #[arg(long, global = true, env = "DIFFSQL_CACHE", default_value = "cache")]
+    cache: PathBuf,
+    /// Directory of saved queries.
+    #[arg(long, global = true, env = "DIFFSQL_QUERIES", default_value = "queries")]
+    queries: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run SQL over the cache: the `diffsql>` shell, or -c / -f without it.
+    Sql(SqlArgs),
+    /// Run a saved query from the queries directory by name (no name: list them).
+    Query {
+        name: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Write a synthetic cache with known answers (see `docs/ARCHITECTURE.md`).
+    Synth(SynthArgs),
+}
+
+#[derive(Args, Debug, Default)]
+struct SqlArgs {
+    /// SQL to run (repeatable); the shell does not start.
+    #[arg(short = 'c', long = "command")]
+    commands: Vec<String>,
+    /// A file of SQL statements to run; the shell does not start.
+    #[arg(short = 'f', long = "file")]
+    files: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Args, Debug)]
+struct SynthArgs {
+    #[arg(long, default_value = "synthetic")]
+    model: String,
+    /// Organisms besides the base, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "caps")]
+    organisms: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,3")]
+    layers: Vec<i32>,
+    #[arg(long, default_value_t = 4096)]
+    tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    seq_len: usize,
+    #[arg(long, default_value_t = 64)]
+    d_model: usize,
+    /// float32, float16 or bfloat16.
+    #[arg(long, default_value = "float32")]
+    dtype: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 1 << 17)]
+    rows_per_file: usize,
+    /// none, snappy, zstd or zstd(N).
+    #[arg(long, default_value = "zstd(1)")]
+    compression: String,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        None => runtime.block_on(sql(&cli.cache, &cli.queries, SqlArgs::default())),
+        Some(Command::Sql(args)) => runtime.block_on(sql(&cli.cache, &cli.queries, args)),
+        Some(Command::Query { name: None, .. }) => {
+            println!("{}", queries::list(&cli.queries)?.join("\n"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Query {
+            name: Some(name),
+            format,
+        }) => runtime.block_on(async {
+            let sql = queries::read(&cli.queries, &name)?;
+            let mut shell = Shell::new(open_session(&cli.cache)?, cli.queries.clone(), format);
+            shell.execute(&sql).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Some(Command::Synth(args)) => synth_cache(&cli.cache, args),
+    }
+}
+
+async fn sql(cache: &Path, queries_dir: &Path, args: SqlArgs) -> Result<ExitCode> {
+    let ctx = open_session(cache)?;
+    let mut shell = Shell::new(ctx, queries_dir.to_path_buf(), args.format);
+    if !args.commands.is_empty() || !args.files.is_empty() {
+        for c in &args.commands {
+            shell.execute(c).await?;
+        }
+        for f in &args.files {
+            let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+            shell
+                .execute(&text)
+                .await
+                .with_context(|| format!("in {}", f.display()))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if std::io::stdin().is_terminal() {
+        interactive(&mut shell).await?;
+    } else {
+        for line in std::io::stdin().lock().lines() {
+            if shell.line(&line?).await == Flow::Quit {
+                break;
+            }
+        }
+        shell.finish().await;
+    }
+    Ok(if shell.failures() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn interactive(shell: &mut Shell) -> Result<()> {
+    use rustyline::error::ReadlineError;
+    let history = history_path();
+    let mut editor = rustyline::DefaultEditor::new()?;
+    if let Some(h) = &history {
+        editor.load_history(h).ok();
+    }
+    println!(
+        "diffsql {} — SQL over activation caches. \\? for help, \\q to quit.",
+        env!("CARGO_PKG_VERSION")
+    );
+    loop {
+        let prompt = if shell.in_statement() {
+            "     ...> "
+        } else {
+            "diffsql> "
+        };
+        match editor.readline(prompt) {
+            Ok(line) => {
+                if !line.trim().is_empty() {
+                    editor.add_history_entry(line.as_str()).ok();
+                }
+                if shell.line(&line).await == Flow::Quit {
+                    break;
+                }
+            }
+            Err(ReadlineError::Interrupted) => shell.cancel_statement(),
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(h) = &history {
+        if let Some(dir) = h.parent() {
+            std::fs::create_dir_all(dir).ok();
+        }
+        editor.save_history(h).ok();
+    }
+    Ok(())
+}
+
+fn history_path() -> Option<PathBuf> {
+    std::env::var_os("DIFFSQL_HISTORY")
+        .map(PathBuf::from)
+        .or_else(|| dirs::data_dir().map(|d| d.join("diffsql").join("history")))
+}
+
+fn synth_cache(cache: &Path, args: SynthArgs) -> Result<ExitCode> {
+    let Some(dtype) = ElementType::parse(&args.dtype) else {
+        bail!("unknown dtype {:?}: use float32, float16 or bfloat16", args.dtype);
+    };
+    let spec = SynthSpec {
+        model: args.model,
+        organisms: args.organisms,
+        layers: args.layers,
+        tokens: args.tokens,
+        seq_len: args.seq_len,
+        d_model: args.d_model,
+        dtype,
+        seed: args.seed,
+        options: diffsql::cache::WriteOptions {
+            rows_per_file: args.rows_per_file,
+            compression: parse_compression(&args.compression)?,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let start = std::time::Instant::now();
+    synth::write(&CacheLayout::new(cache), &spec, |_| {})?;
+    eprintln!(
+        "wrote {} tokens × {} layers × {} organisms (+ base) to {} in {:.1} s",
+        spec.tokens,
+        spec.layers.len(),
+        spec.organisms.len(),
+        cache.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,229 @@
+//! The `diffsql>` shell: statements ended by `;` over several lines, and backslash commands.
+//!
+//! The engine reads lines from any source; `main` feeds it from rustyline on a terminal and from
+//! standard input otherwise, so piped sessions behave exactly like typed ones.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use datafusion::prelude::SessionContext;
+
+use super::output::{write_result, Format};
+use super::queries;
+use super::session::run_statements;
+
+/// What the caller should do after a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Quit,
+}
+
+/// Help shown by `\?`.
+pub const HELP: &str = "\
+Statements end with ';' and may span lines. Commands:
+  \\d               list tables
+  \\d NAME          show the columns of a table
+  \\df              list diffsql's functions
+  \\timing [on|off] show how long each statement takes
+  \\format table|csv|json
+  \\i FILE          run the SQL in FILE
+  \\run NAME        run a saved query from the queries directory (\\run alone lists them)
+  \\?               this help
+  \\q               quit";
+
+/// Shell state over one session.
+pub struct Shell {
+    ctx: SessionContext,
+    queries_dir: PathBuf,
+    format: Format,
+    timing: bool,
+    buffer: String,
+    failures: usize,
+}
+
+impl Shell {
+    /// A shell over `ctx`, finding saved queries in `queries_dir`.
+    pub fn new(ctx: SessionContext, queries_dir: PathBuf, format: Format) -> Self {
+        Self {
+            ctx,
+            queries_dir,
+            format,
+            timing: false,
+            buffer: String::new(),
+            failures: 0,
+        }
+    }
+
+    /// True while a statement is being continued over several lines.
+    pub fn in_statement(&self) -> bool {
+        !self.buffer.trim().is_empty()
+    }
+
+    /// How many statements or commands failed so far.
+    pub fn failures(&self) -> usize {
+        self.failures
+    }
+
+    /// Forgets a half-typed statement (Ctrl-C at the prompt).
+    pub fn cancel_statement(&mut self) {
+        self.buffer.clear();
+    }
+
+    /// Handles one input line.
+    pub async fn line(&mut self, line: &str) -> Flow {
+        let trimmed = line.trim();
+        if !self.in_statement() && trimmed.starts_with('\\') {
+            return match self.command(trimmed).await {
+                Ok(flow) => flow,
+                Err(e) => {
+                    self.report(e);
+                    Flow::Continue
+                }
+            };
+        }
+        self.buffer.push_str(line);
+        self.buffer.push('\n');
+        if trimmed.ends_with(';') {
+            let sql = std::mem::take(&mut self.buffer);
+            if let Err(e) = self.execute(&sql).await {
+                self.report(e);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Runs what is left in the buffer at end of input (a last statement without `;`).
+    pub async fn finish(&mut self) {
+        if self.in_statement() {
+            let sql = std::mem::take(&mut self.buffer);
+            if let Err(e) = self.execute(&sql).await {
+                self.report(e);
+            }
+        }
+    }
+
+    fn report(&mut self, e: anyhow::Error) {
+        self.failures += 1;
+        eprintln!("Error: {}", one_line(&e));
+    }
+
+    /// Runs SQL text (one or more statements) and prints each result.
+    pub async fn execute(&mut self, sql: &str) -> Result<()> {
+        let format = self.format;
+        let timing = self.timing;
+        let mut started = Instant::now();
+        run_statements(&self.ctx, sql, |result| {
+            let mut out = std::io::stdout().lock();
+            write_result(&mut out, format, &result.schema, &result.batches)?;
+            out.flush()?;
+            if timing {
+                eprintln!(
+                    "Time: {:.3} s ({} rows)",
+                    started.elapsed().as_secs_f64(),
+                    result.rows()
+                );
+            }
+            started = Instant::now();
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn command(&mut self, line: &str) -> Result<Flow> {
+        let mut words = line.split_whitespace();
+        let command = words.next().unwrap_or_default();
+        let arg: Vec<&str> = words.collect();
+        let arg = arg.join(" ");
+        match command {
+            "\\q" | "\\quit" => return Ok(Flow::Quit),
+            "\\?" | "\\h" | "\\help" => println!("{HELP}"),
+            "\\d" if arg.is_empty() => self.list_tables()?,
+            "\\d" => self.describe(&arg).await?,
+            "\\df" => list_functions(),
+            "\\timing" => {
+                self.timing = match arg.as_str() {
+                    "" => !self.timing,
+                    "on" => true,
+                    "off" => false,
+                    other => bail!("\\timing takes on or off, got {other:?}"),
+                };
+                println!("Timing is {}.", if self.timing { "on" } else { "off" });
+            }
+            "\\format" => {
+                self.format =
+                    Format::parse(&arg).with_context(|| format!("\\format takes table, csv or json, got {arg:?}"))?;
+                println!("Output format is {arg}.");
+            }
+            "\\i" => {
+                if arg.is_empty() {
+                    bail!("\\i needs a file name");
+                }
+                let sql = std::fs::read_to_string(&arg).with_context(|| format!("cannot read {arg}"))?;
+                self.execute(&sql).await?;
+            }
+            "\\run" if arg.is_empty() => println!("{}", queries::list(&self.queries_dir)?.join("\n")),
+            "\\run" => {
+                let sql = queries::read(&self.queries_dir, &arg)?;
+                self.execute(&sql).await?;
+            }
+            other => bail!("unknown command {other}; \\? lists the commands"),
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn list_tables(&self) -> Result<()> {
+        let mut names: Vec<String> = self
+            .ctx
+            .catalog("datafusion")
+            .and_then(|c| c.schema("public"))
+            .map(|s| s.table_names())
+            .unwrap_or_default();
+        names.sort();
+        for n in names {
+            println!("{n}");
+        }
+        Ok(())
+    }
+
+    async fn describe(&self, name: &str) -> Result<()> {
+        let table = self
+            .ctx
+            .table_provider(name)
+            .await
+            .with_context(|| format!("no table {name:?}; \\d lists them"))?;
+        let schema = table.schema();
+        let width = schema.fields().iter().map(|f| f.name().len()).max().unwrap_or(0);
+        for f in schema.fields() {
+            let null = if f.is_nullable() { "" } else { " not null" };
+            println!("{:width$}  {}{null}", f.name(), f.data_type());
+        }
+        Ok(())
+    }
+}
+
+fn list_functions() {
+    for f in diffsql_udfs::scalar_functions() {
+        if let Some(doc) = f.documentation() {
+            println!("{:32} {}", doc.syntax_example, first_sentence(&doc.description));
+        }
+    }
+    for f in diffsql_udfs::aggregate_functions() {
+        if let Some(doc) = f.documentation() {
+            println!("{:32} {}", doc.syntax_example, first_sentence(&doc.description));
+        }
+    }
+    println!("{:32} What the cache holds, one row per partition.", "cache_info()");
+}
+
+fn first_sentence(s: &str) -> &str {
+    s.split(". ").next().unwrap_or(s).trim_end_matches('.')
+}
+
+/// An error and its causes on one line.
+pub fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}

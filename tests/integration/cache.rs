@@ -1,0 +1,200 @@
+//! The cache's writers and readers: atomic partitions, locks, manifests, and the errors users meet.
+
+use std::sync::Arc;
+
+use diffsql::cache::synth::{self, SynthSpec};
+use diffsql::cache::tables::{VectorTable, VectorTableKind};
+use diffsql::cache::vectors::VectorEncoding;
+use diffsql::cache::{ActivationBatch, ActivationWriter, CacheLayout, PartitionKey, Table};
+use diffsql_udfs::vector::ElementType;
+
+use super::fixtures::{small_files, D_MODEL};
+
+fn batch<'a>(seq: &'a [i64], pos: &'a [i32], tok: &'a [i32], vectors: &'a [f32]) -> ActivationBatch<'a> {
+    ActivationBatch {
+        dataset: "d",
+        split: "train",
+        seq_id: seq,
+        pos,
+        token_id: tok,
+        vectors,
+    }
+}
+
+#[test]
+fn unfinished_partition_is_invisible_and_rewritten_on_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = CacheLayout::new(dir.path());
+    let key = PartitionKey::activations("m", "base", 0);
+    let enc = VectorEncoding::new(ElementType::Float32, 2);
+    let mut w = ActivationWriter::create(&layout, key.clone(), enc, small_files()).unwrap();
+    let (seq, pos, tok) = (vec![0i64; 200], (0..200).collect::<Vec<i32>>(), vec![1i32; 200]);
+    let vectors = vec![1.0f32; 400];
+    w.push(&batch(&seq, &pos, &tok, &vectors)).unwrap();
+    // The writer is dropped without finish(), as when a run is killed.
+    drop(w);
+    assert!(layout.partitions(Table::Activations).unwrap().is_empty());
+    assert!(!layout.partition_dir(&key).exists());
+
+    let mut w = ActivationWriter::create(&layout, key.clone(), enc, small_files()).unwrap();
+    w.push(&batch(&seq, &pos, &tok, &vectors)).unwrap();
+    let manifest = w.finish().unwrap();
+    assert_eq!(manifest.rows, 200);
+    assert_eq!(manifest.files.iter().map(|f| f.rows).collect::<Vec<_>>(), vec![128, 72]);
+    assert_eq!(layout.partitions(Table::Activations).unwrap().len(), 1);
+    assert!(
+        std::fs::read_dir(layout.staging_dir()).unwrap().next().is_none(),
+        "staging left behind"
+    );
+
+    let err = ActivationWriter::create(&layout, key, enc, small_files())
+        .err()
+        .unwrap();
+    assert!(format!("{err:#}").contains("already complete"), "{err:#}");
+}
+
+#[test]
+fn second_writer_of_a_partition_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = CacheLayout::new(dir.path());
+    let key = PartitionKey::activations("m", "caps", 1);
+    let enc = VectorEncoding::new(ElementType::BFloat16, 4);
+    let _first = ActivationWriter::create(&layout, key.clone(), enc, small_files()).unwrap();
+    let err = ActivationWriter::create(&layout, key.clone(), enc, small_files())
+        .err()
+        .unwrap();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("is being written by process") && msg.contains("organism=caps/layer=1"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn stale_lock_of_a_dead_process_is_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = CacheLayout::new(dir.path());
+    let key = PartitionKey::activations("m", "caps", 1);
+    std::fs::create_dir_all(layout.staging_dir()).unwrap();
+    let lock = layout
+        .staging_dir()
+        .join(format!("{}.lock", key.to_string().replace('/', ",")));
+    std::fs::write(&lock, "999999999").unwrap();
+    let enc = VectorEncoding::new(ElementType::Float32, 4);
+    ActivationWriter::create(&layout, key, enc, small_files()).unwrap();
+}
+
+#[test]
+fn fingerprint_depends_on_tokens_not_on_vectors_or_batching() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = CacheLayout::new(dir.path());
+    let enc = VectorEncoding::new(ElementType::Float32, 1);
+    let seq: Vec<i64> = (0..10).map(|i| i / 5).collect();
+    let pos: Vec<i32> = (0..10).map(|i| i % 5).collect();
+    let tok: Vec<i32> = (0..10).collect();
+    let write = |organism: &str, vectors: &[f32], tok: &[i32], split_at: usize| {
+        let key = PartitionKey::activations("m", organism, 0);
+        let mut w = ActivationWriter::create(&layout, key, enc, small_files()).unwrap();
+        w.push(&batch(
+            &seq[..split_at],
+            &pos[..split_at],
+            &tok[..split_at],
+            &vectors[..split_at],
+        ))
+        .unwrap();
+        w.push(&batch(
+            &seq[split_at..],
+            &pos[split_at..],
+            &tok[split_at..],
+            &vectors[split_at..],
+        ))
+        .unwrap();
+        w.finish().unwrap().token_fingerprint.unwrap()
+    };
+    let a = write("base", &[0.0; 10], &tok, 3);
+    let b = write("caps", &[1.0; 10], &tok, 7);
+    let mut other = tok.clone();
+    other[9] = 99;
+    let c = write("roman", &[1.0; 10], &other, 5);
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn corrupt_manifest_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = CacheLayout::new(dir.path());
+    let spec = SynthSpec {
+        tokens: 20,
+        layers: vec![0],
+        d_model: D_MODEL,
+        options: small_files(),
+        ..Default::default()
+    };
+    synth::write(&layout, &spec, |_| {}).unwrap();
+    let manifest = layout
+        .partition_dir(&PartitionKey::activations("synthetic", "caps", 0))
+        .join("_manifest.json");
+    std::fs::write(&manifest, "{ not json").unwrap();
+    let err = VectorTable::open(layout, VectorTableKind::Acts).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("is corrupt") && msg.contains("organism=caps/layer=0"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn invalid_partition_names_are_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = CacheLayout::new(dir.path());
+    let enc = VectorEncoding::new(ElementType::Float32, 1);
+    let err = ActivationWriter::create(
+        &layout,
+        PartitionKey::activations("google/gemma", "base", 0),
+        enc,
+        small_files(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        format!("{err:#}").contains("model name \"google/gemma\" cannot be a cache partition"),
+        "{err:#}"
+    );
+    assert!(!layout.staging_dir().exists());
+}
+
+#[tokio::test]
+async fn truncated_data_file_fails_the_query_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = CacheLayout::new(dir.path());
+    let spec = SynthSpec {
+        tokens: 50,
+        layers: vec![0],
+        d_model: D_MODEL,
+        options: small_files(),
+        ..Default::default()
+    };
+    synth::write(&layout, &spec, |_| {}).unwrap();
+    let file = layout
+        .partition_dir(&PartitionKey::activations("synthetic", "base", 0))
+        .join("part-00000.parquet");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let ctx = datafusion::prelude::SessionContext::new();
+    diffsql_udfs::register_all(&ctx);
+    ctx.register_table(
+        "acts",
+        Arc::new(VectorTable::open(layout, VectorTableKind::Acts).unwrap()),
+    )
+    .unwrap();
+    let err = ctx
+        .sql("SELECT normdiff(base, ft) FROM acts")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("part-00000.parquet is unreadable"), "{msg}");
+}

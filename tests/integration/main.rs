@@ -1,0 +1,8 @@
+//! All integration tests, in one test binary: SQL logic tests over synthetic caches, the cache's
+//! writers and readers, and the `diffsql` binary driven as a user would.
+
+mod cache;
+mod fixtures;
+mod python;
+mod shell;
+mod slt;

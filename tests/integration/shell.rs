@@ -1,0 +1,256 @@
+//! The `diffsql` binary driven as a user would: `sql -c`, `sql -f`, a piped shell session, saved queries.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use super::fixtures::caches;
+
+fn diffsql(cache: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_diffsql"));
+    c.arg("--cache")
+        .arg(cache)
+        .arg("--queries")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("queries"));
+    c.env_remove("DIFFSQL_CACHE").env_remove("DIFFSQL_QUERIES");
+    c
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn with_stdin(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Parses `--format csv` output of two numeric columns.
+fn csv_pairs(stdout: &str) -> Vec<(f64, f64)> {
+    stdout
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (a, b) = l.split_once(',').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Float32 storage: values equal the closed form to 1e-6 relative.
+fn assert_close(got: &[(f64, f64)], expect: &[(f64, f64)]) {
+    assert_eq!(got.len(), expect.len(), "{got:?}");
+    for (g, e) in got.iter().zip(expect) {
+        assert!(
+            g.0 == e.0 && (g.1 - e.1).abs() <= 1e-6 * e.1.abs(),
+            "{got:?} vs {expect:?}"
+        );
+    }
+}
+
+#[test]
+fn sql_c_prints_normdiff_per_layer() {
+    let out = diffsql(&caches().f32)
+        .args(["sql", "--format", "csv", "-c"])
+        .arg("SELECT layer, normdiff(base, ft) FROM acts WHERE organism = 'caps' GROUP BY layer ORDER BY layer")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let rows = csv_pairs(&stdout);
+    assert_eq!(rows.len(), 4, "{stdout}");
+    for (layer, value) in rows {
+        assert!((value - (layer + 1.0)).abs() < 1e-5, "layer {layer}: {value}");
+    }
+}
+
+#[test]
+fn table_output_abbreviates_long_vectors_and_json_keeps_them() {
+    let out = diffsql(&caches().f32)
+        .args([
+            "sql",
+            "-c",
+            "SELECT vec_sub([1,2,3,4,5,6,7,8,9,10], [0,0,0,0,0,0,0,0,0,0.5]) AS v",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("| [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, … (10 values)] |"),
+        "{stdout}"
+    );
+    let out = diffsql(&caches().f32)
+        .args([
+            "sql",
+            "--format",
+            "json",
+            "-c",
+            "SELECT layer, act FROM activations WHERE layer = 2 LIMIT 1",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(rows[0]["layer"], 2);
+    assert_eq!(rows[0]["act"].as_array().unwrap().len(), 8);
+}
+
+#[test]
+fn sql_f_runs_every_statement_of_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("q.sql");
+    std::fs::write(
+        &file,
+        "-- two statements\nCREATE VIEW d AS SELECT layer, diff_norm(base, ft) AS n FROM acts WHERE organism = 'roman';\n\
+         SELECT layer, avg(n) FROM d GROUP BY layer ORDER BY layer;\n",
+    )
+    .unwrap();
+    let out = diffsql(&caches().f32)
+        .args(["sql", "--format", "csv", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let rows = csv_pairs(&stdout[stdout.find("layer,").unwrap()..]);
+    assert_eq!(
+        rows.iter().map(|r| r.1.round()).collect::<Vec<_>>(),
+        vec![2.0, 4.0, 6.0, 8.0]
+    );
+}
+
+#[test]
+fn bad_sql_is_one_line_on_stderr_and_a_failing_exit() {
+    let out = diffsql(&caches().f32).args(["sql", "-c", "SELEC 1"]).output().unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("Error: "), "{stderr}");
+
+    let out = diffsql(&caches().f32)
+        .args(["sql", "-c", "SELECT diff_norm([1.0], [1.0, 2.0])"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("diff_norm: vectors have different lengths: 1 and 2"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn piped_session_handles_multiline_statements_commands_and_errors() {
+    let input = "\\format csv\n\
+                 SELECT layer,\n  normdiff(base, ft)\nFROM acts WHERE organism = 'caps'\nGROUP BY layer ORDER BY layer;\n\
+                 SELECT nope FROM acts;\n\
+                 \\d\n\
+                 \\d acts\n\
+                 \\run normdiff\n\
+                 \\bogus\n\
+                 \\q\n\
+                 SELECT 'not reached';\n";
+    let out = with_stdin(diffsql(&caches().f32).arg("sql"), input);
+    let (stdout, stderr) = text(&out);
+    // Two failures (the bad column and the bad command) make the exit code non-zero, and the shell went on.
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("Error: ")).count(),
+        2,
+        "{stderr}"
+    );
+    assert!(stderr.contains("nope"), "{stderr}");
+    assert!(stderr.contains("unknown command \\bogus"), "{stderr}");
+    let first = &stdout[stdout
+        .find("layer,\"normdiff(acts.base,acts.ft)\"\n")
+        .expect("csv header")..];
+    let caps: Vec<(f64, f64)> = csv_pairs(&first[..first.find("activations").unwrap()]);
+    assert_close(&caps, &[(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)]);
+    for table in ["activations", "acts", "sequences", "tokens"] {
+        assert!(stdout.lines().any(|l| l == table), "\\d lacks {table}: {stdout}");
+    }
+    assert!(
+        stdout.contains("ft        FixedSizeList(8 x Float32) not null"),
+        "{stdout}"
+    );
+    // The saved query: every organism, so the mean over caps and roman is 1.5·(layer+1).
+    let saved = &stdout[stdout.find("layer,normdiff\n").expect("saved query output")..];
+    assert_close(&csv_pairs(saved), &[(0.0, 1.5), (1.0, 3.0), (2.0, 4.5), (3.0, 6.0)]);
+    assert!(!stdout.contains("not reached"));
+}
+
+#[test]
+fn saved_query_runs_by_name_and_unknown_names_list_the_choices() {
+    let out = diffsql(&caches().f32)
+        .args(["query", "normdiff", "--format", "csv"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_close(&csv_pairs(&stdout), &[(0.0, 1.5), (1.0, 3.0), (2.0, 4.5), (3.0, 6.0)]);
+
+    let out = diffsql(&caches().f32).args(["query", "nope"]).output().unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no saved query \"nope\"") && stderr.contains("available: normdiff"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_cache_gives_empty_tables_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = diffsql(&dir.path().join("none"))
+        .args(["sql", "--format", "csv", "-c", "SELECT count(*) AS n FROM acts"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, "n\n0\n");
+}
+
+#[test]
+fn synth_command_writes_a_cache_that_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("c");
+    let out = diffsql(&cache)
+        .args([
+            "synth",
+            "--tokens",
+            "100",
+            "--d-model",
+            "16",
+            "--dtype",
+            "bfloat16",
+            "--layers",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = diffsql(&cache)
+        .args([
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT layer, count(*) FROM acts GROUP BY layer",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out).0, "layer,count(*)\n5,100\n");
+    let out = diffsql(&cache).args(["synth", "--dtype", "float8"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("unknown dtype \"float8\""));
+}
