@@ -13,6 +13,11 @@ use diffsql::sql::shell::{one_line, Flow, Shell};
 use diffsql::sql::{open_session, queries, Format};
 use diffsql_udfs::vector::ElementType;
 
+/// mimalloc keeps freed pages for reuse: scans allocate large vector buffers batch after batch, and the
+/// system allocator returns each to the kernel, paying page faults and zeroing on every batch.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "diffsql",
@@ -54,6 +59,9 @@ struct SqlArgs {
     files: Vec<PathBuf>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Print each statement's time on stderr (as `\timing on`).
+    #[arg(long)]
+    timing: bool,
 }
 
 #[derive(Args, Debug)]
@@ -78,8 +86,8 @@ struct SynthArgs {
     seed: u64,
     #[arg(long, default_value_t = 1 << 17)]
     rows_per_file: usize,
-    /// none, snappy, zstd or zstd(N).
-    #[arg(long, default_value = "zstd(1)")]
+    /// Compression of the vectors: none, snappy, zstd or zstd(N).
+    #[arg(long, default_value = "none")]
     compression: String,
 }
 
@@ -119,6 +127,7 @@ fn run() -> Result<ExitCode> {
 async fn sql(cache: &Path, queries_dir: &Path, args: SqlArgs) -> Result<ExitCode> {
     let ctx = open_session(cache)?;
     let mut shell = Shell::new(ctx, queries_dir.to_path_buf(), args.format);
+    shell.set_timing(args.timing);
     if !args.commands.is_empty() || !args.files.is_empty() {
         for c in &args.commands {
             shell.execute(c).await?;
@@ -210,7 +219,7 @@ fn synth_cache(cache: &Path, args: SynthArgs) -> Result<ExitCode> {
         seed: args.seed,
         options: diffsql::cache::WriteOptions {
             rows_per_file: args.rows_per_file,
-            compression: parse_compression(&args.compression)?,
+            vector_compression: parse_compression(&args.compression)?,
             ..Default::default()
         },
         ..Default::default()

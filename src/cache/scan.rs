@@ -249,8 +249,7 @@ impl UnitReader {
     }
 
     fn reader(&self, path: &Path, row_groups: &[usize], columns: &[usize]) -> Result<ParquetRecordBatchReader> {
-        let f = File::open(path).map_err(|e| io_error(path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| corrupt(path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(map_file(path)?).map_err(|e| corrupt(path, e))?;
         let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
         builder
             .with_row_groups(row_groups.to_vec())
@@ -379,6 +378,17 @@ fn column(batch: Option<&RecordBatch>, name: &str) -> Result<ArrayRef> {
         .and_then(|b| b.column_by_name(name))
         .cloned()
         .ok_or_else(|| exec_datafusion_err!("column {name} missing from a cache file"))
+}
+
+/// Maps a cache file into memory: Parquet pages are then read straight from the page cache, without a
+/// copy into freshly allocated buffers. Cache files are immutable once their partition is in place.
+fn map_file(path: &Path) -> Result<bytes::Bytes> {
+    let f = File::open(path).map_err(|e| io_error(path, e))?;
+    // SAFETY: cache files are written once under .staging/ and renamed into place; nothing writes them
+    // afterwards. A file truncated behind diffsql's back is outside what this can guard against.
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io_error(path, e))?;
+    map.advise(memmap2::Advice::Sequential).ok();
+    Ok(bytes::Bytes::from_owner(map))
 }
 
 fn io_error(path: &std::path::Path, e: std::io::Error) -> DataFusionError {

@@ -11,7 +11,7 @@ use anyhow::Result;
 use datafusion::arrow::array::{Float32Array, Int32Array, Int64Array, ListArray, RecordBatch, StringArray};
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field};
-use diffsql_udfs::vector::ElementType;
+use diffsql_udfs::vector::{add_to_coordinate, ElementType};
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
@@ -100,9 +100,7 @@ pub fn write(layout: &CacheLayout, spec: &SynthSpec, mut progress: impl FnMut(us
                 } else {
                     let (coord, amount) = organism_shift(*k, *l, d);
                     shifted[..rows * d].copy_from_slice(&base[..rows * d]);
-                    for r in 0..rows {
-                        shifted[r * d + coord] += amount;
-                    }
+                    add_to_coordinate(&mut shifted[..rows * d], d, coord, amount);
                     &shifted[..rows * d]
                 };
                 writer.push(&ActivationBatch {

@@ -15,7 +15,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::buffer::{Buffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{ArrowPrimitiveType, DataType, Field, Float16Type, Float32Type, UInt16Type};
-use diffsql_udfs::vector::{bf16_bits_to_f32, f32_to_bf16_bits, float32_item, ElementType};
+use diffsql_udfs::vector::{bf16_bits_to_f32, encode_le_bytes, float32_item, ElementType};
 
 /// Field metadata key holding the element encoding.
 pub const DTYPE_KEY: &str = "diffsql.dtype";
@@ -80,14 +80,7 @@ impl VectorEncoding {
                 self.d_model
             );
         }
-        let bytes: Vec<u8> = match self.dtype {
-            ElementType::Float32 => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ElementType::Float16 => values
-                .iter()
-                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                .collect(),
-            ElementType::BFloat16 => values.iter().flat_map(|&x| f32_to_bf16_bits(x).to_le_bytes()).collect(),
-        };
+        let bytes = encode_le_bytes(self.dtype, values);
         Ok(FixedSizeBinaryArray::new(
             self.byte_width() as i32,
             Buffer::from(bytes),

@@ -62,6 +62,11 @@ impl Shell {
         !self.buffer.trim().is_empty()
     }
 
+    /// Turns per-statement timing on or off.
+    pub fn set_timing(&mut self, on: bool) {
+        self.timing = on;
+    }
+
     /// How many statements or commands failed so far.
     pub fn failures(&self) -> usize {
         self.failures

@@ -198,3 +198,47 @@ async fn truncated_data_file_fails_the_query_with_its_path() {
     let msg = err.to_string();
     assert!(msg.contains("part-00000.parquet is unreadable"), "{msg}");
 }
+
+#[tokio::test]
+async fn compressed_vectors_read_back_the_same_as_plain_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut normdiffs = Vec::new();
+    for (name, compression) in [("plain", "none"), ("zstd", "zstd(3)"), ("snappy", "snappy")] {
+        let layout = CacheLayout::new(dir.path().join(name));
+        let mut options = small_files();
+        options.vector_compression = diffsql::cache::writer::parse_compression(compression).unwrap();
+        let spec = SynthSpec {
+            tokens: 200,
+            layers: vec![2],
+            d_model: 16,
+            dtype: ElementType::BFloat16,
+            options,
+            ..Default::default()
+        };
+        synth::write(&layout, &spec, |_| {}).unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        diffsql_udfs::register_all(&ctx);
+        ctx.register_table(
+            "acts",
+            Arc::new(VectorTable::open(layout, VectorTableKind::Acts).unwrap()),
+        )
+        .unwrap();
+        let batches = ctx
+            .sql("SELECT normdiff(base, ft) FROM acts")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let value = batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Float64Array>()
+            .unwrap()
+            .value(0);
+        normdiffs.push(value);
+    }
+    assert!((normdiffs[0] - 3.0).abs() < 0.03, "{normdiffs:?}");
+    assert_eq!(normdiffs[0], normdiffs[1]);
+    assert_eq!(normdiffs[0], normdiffs[2]);
+}

@@ -286,6 +286,37 @@ pub fn f32_to_bf16_bits(x: f32) -> u16 {
     half::bf16::from_f32(x).to_bits()
 }
 
+/// Encodes f32 values as little-endian bytes of `dtype` (bfloat16 rounded to nearest even), the storage
+/// form of a cache's vectors. Compiled here, with the kernels, so it runs optimised in every build.
+pub fn encode_le_bytes(dtype: ElementType, values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * dtype.width());
+    match dtype {
+        ElementType::Float32 => {
+            for x in values {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        ElementType::Float16 => {
+            for &x in values {
+                out.extend_from_slice(&f16::from_f32(x).to_le_bytes());
+            }
+        }
+        ElementType::BFloat16 => {
+            for &x in values {
+                out.extend_from_slice(&f32_to_bf16_bits(x).to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Adds `amount` to coordinate `coord` of every row of a row-major matrix with rows of length `d`.
+pub fn add_to_coordinate(values: &mut [f32], d: usize, coord: usize, amount: f32) {
+    for row in values.chunks_exact_mut(d) {
+        row[coord] += amount;
+    }
+}
+
 /// One function argument as a vector column: arrays are borrowed as they are, scalars as a single row
 /// that every row of the batch reads.
 pub fn vector_arg(value: &ColumnarValue) -> Result<(ArrayRef, bool)> {
