@@ -249,7 +249,22 @@ impl UnitReader {
     }
 
     fn reader(&self, path: &Path, row_groups: &[usize], columns: &[usize]) -> Result<ParquetRecordBatchReader> {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(map_file(path)?).map_err(|e| corrupt(path, e))?;
+        let map = MappedFile::open(path)?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(map.bytes()).map_err(|e| corrupt(path, e))?;
+        // Map the pages this unit reads in one call rather than one page fault at a time.
+        for &rg in row_groups {
+            for &col in columns {
+                if let Some(chunk) = builder
+                    .metadata()
+                    .row_groups()
+                    .get(rg)
+                    .and_then(|g| g.columns().get(col))
+                {
+                    let (start, len) = chunk.byte_range();
+                    map.populate(start as usize, len as usize);
+                }
+            }
+        }
         let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
         builder
             .with_row_groups(row_groups.to_vec())
@@ -380,15 +395,39 @@ fn column(batch: Option<&RecordBatch>, name: &str) -> Result<ArrayRef> {
         .ok_or_else(|| exec_datafusion_err!("column {name} missing from a cache file"))
 }
 
-/// Maps a cache file into memory: Parquet pages are then read straight from the page cache, without a
-/// copy into freshly allocated buffers. Cache files are immutable once their partition is in place.
-fn map_file(path: &Path) -> Result<bytes::Bytes> {
-    let f = File::open(path).map_err(|e| io_error(path, e))?;
-    // SAFETY: cache files are written once under .staging/ and renamed into place; nothing writes them
-    // afterwards. A file truncated behind diffsql's back is outside what this can guard against.
-    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io_error(path, e))?;
-    map.advise(memmap2::Advice::Sequential).ok();
-    Ok(bytes::Bytes::from_owner(map))
+/// A cache file mapped into memory: Parquet pages are read straight from the page cache, without a copy
+/// into freshly allocated buffers. Cache files are immutable once their partition is in place.
+struct MappedFile(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+}
+
+impl MappedFile {
+    fn open(path: &Path) -> Result<Self> {
+        let f = File::open(path).map_err(|e| io_error(path, e))?;
+        // SAFETY: cache files are written once under .staging/ and renamed into place; nothing writes
+        // them afterwards. A file truncated behind diffsql's back is outside what this can guard against.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io_error(path, e))?;
+        Ok(Self(Arc::new(map)))
+    }
+
+    /// The whole file as `Bytes` sharing this mapping.
+    fn bytes(&self) -> bytes::Bytes {
+        bytes::Bytes::from_owner(MappedFile(Arc::clone(&self.0)))
+    }
+
+    /// Prefaults a byte range (best effort: older kernels lack MADV_POPULATE_READ).
+    fn populate(&self, start: usize, len: usize) {
+        let end = (start + len).min(self.0.len());
+        if start < end {
+            self.0
+                .advise_range(memmap2::Advice::PopulateRead, start, end - start)
+                .ok();
+        }
+    }
 }
 
 fn io_error(path: &std::path::Path, e: std::io::Error) -> DataFusionError {

@@ -1,12 +1,36 @@
 //! The arithmetic behind every function, over plain `f32` slices, written so the compiler vectorises it.
 //!
-//! Sums run in eight independent `f32` lanes (SIMD-friendly, and more accurate than one running sum),
-//! folded into `f64` at the end. KL divergence sums in `f64` throughout, since vocabularies are large.
+//! Sums run in 32 independent `f32` lanes (four 8-wide registers: no add-latency chain, and more accurate
+//! than one running sum), folded into `f64` at the end. KL divergence sums in `f64` throughout, since vocabularies are large.
 
-const LANES: usize = 8;
+/// Defines a public kernel that runs an AVX2 build of `$body` when the CPU has it (checked once, cached
+/// by std) and the portable build otherwise. Both builds are the same Rust code; the AVX2 one lets the
+/// compiler use 8-wide vectors, which doubles the throughput of the reductions below on x86-64.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $body:ident;) => {
+        $(#[$meta])*
+        #[inline]
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    #[target_feature(enable = "avx2")]
+                    unsafe fn avx2($($arg: $ty),*) -> $ret {
+                        $body($($arg),*)
+                    }
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+const LANES: usize = 32;
 
 /// Sums `term(a[i], b[i])` over both slices, which must have the same length.
-#[inline]
+#[inline(always)]
 fn lane_sum(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f64 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
@@ -21,27 +45,43 @@ fn lane_sum(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f64 {
     acc.iter().map(|&s| s as f64).sum::<f64>() + tail
 }
 
-/// Σ aᵢbᵢ.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+multiversion! {
+    /// Σ aᵢbᵢ.
+    pub fn dot(a: &[f32], b: &[f32]) -> f64 = dot_body;
+}
+
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f64 {
     lane_sum(a, b, |x, y| x * y)
 }
 
-/// ‖v‖₂.
-#[inline]
-pub fn norm(v: &[f32]) -> f64 {
+multiversion! {
+    /// ‖v‖₂.
+    pub fn norm(v: &[f32]) -> f64 = norm_body;
+}
+
+#[inline(always)]
+fn norm_body(v: &[f32]) -> f64 {
     lane_sum(v, v, |x, _| x * x).sqrt()
 }
 
-/// ‖b − a‖₂.
-#[inline]
-pub fn distance(a: &[f32], b: &[f32]) -> f64 {
+multiversion! {
+    /// ‖b − a‖₂.
+    pub fn distance(a: &[f32], b: &[f32]) -> f64 = distance_body;
+}
+
+#[inline(always)]
+fn distance_body(a: &[f32], b: &[f32]) -> f64 {
     lane_sum(a, b, |x, y| (y - x) * (y - x)).sqrt()
 }
 
-/// a·b / (‖a‖‖b‖) in one pass; `None` when either vector is all zeros.
-#[inline]
-pub fn cosine(a: &[f32], b: &[f32]) -> Option<f64> {
+multiversion! {
+    /// a·b / (‖a‖‖b‖) in one pass; `None` when either vector is all zeros.
+    pub fn cosine(a: &[f32], b: &[f32]) -> Option<f64> = cosine_body;
+}
+
+#[inline(always)]
+fn cosine_body(a: &[f32], b: &[f32]) -> Option<f64> {
     debug_assert_eq!(a.len(), b.len());
     let mut ab = [0f32; LANES];
     let mut aa = [0f32; LANES];
