@@ -4,4 +4,5 @@
 //! tables with the diffing functions of `diffsql-udfs` ([`sql`]).
 
 pub mod cache;
+pub mod model;
 pub mod sql;

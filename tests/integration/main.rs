@@ -3,6 +3,7 @@
 
 mod cache;
 mod fixtures;
+mod model;
 mod python;
 mod shell;
 mod slt;

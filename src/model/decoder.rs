@@ -1,0 +1,328 @@
+//! One decoder-only transformer that every supported family configures: which norms, biases, attention
+//! windows, rotary tables and softcaps it has. Its forward returns the residual stream after each chosen
+//! decoder layer (what preprocessing caches) and the final normed hidden state for the logits.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+
+use super::layers::{
+    causal_mask, inv_freq, positions_from_mask, rotary_tables, Activation, GatedMlp, Linear, RmsNorm, RopeScaling,
+};
+use super::weights::Weights;
+
+/// Attention settings of one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerAttention {
+    /// Sliding window in tokens (a query sees the last `window` keys, itself included), or global.
+    pub window: Option<usize>,
+    /// Rotary base frequency.
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+}
+
+/// Everything that distinguishes one family (and size) from another.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderSpec {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub eps: f64,
+    /// 1.0 for Gemma's `(1 + w)` norms.
+    pub norm_offset: f64,
+    pub qkv_bias: bool,
+    /// Per-head RMS norms on queries and keys (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// Gemma's four norms per block (post-attention and pre/post feed-forward).
+    pub sandwich_norms: bool,
+    /// Multiplies q·k.
+    pub attn_scale: f64,
+    pub attn_softcap: Option<f64>,
+    pub final_softcap: Option<f64>,
+    /// Multiplies the embeddings (Gemma: √hidden).
+    pub embed_scale: Option<f64>,
+    pub act: Activation,
+    pub tied_embeddings: bool,
+    /// One entry per layer.
+    pub layers: Vec<LayerAttention>,
+}
+
+#[derive(Debug)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+}
+
+#[derive(Debug)]
+struct Block {
+    input_norm: RmsNorm,
+    attn: Attention,
+    post_attn_norm: Option<RmsNorm>,
+    pre_ffn_norm: RmsNorm,
+    mlp: GatedMlp,
+    post_ffn_norm: Option<RmsNorm>,
+    /// Index into the rotary tables.
+    rope: usize,
+    window: Option<usize>,
+}
+
+/// A loaded model.
+#[derive(Debug)]
+pub struct Decoder {
+    spec: DecoderSpec,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    /// Distinct inverse-frequency tables.
+    ropes: Vec<Vec<f64>>,
+    dtype: DType,
+}
+
+/// What a forward pass returns.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// Residual stream after each requested layer, in request order: (batch, seq, hidden).
+    pub layers: Vec<Tensor>,
+    /// Final hidden state after the last norm (batch, seq, hidden), when requested.
+    pub final_hidden: Option<Tensor>,
+}
+
+impl Decoder {
+    /// Builds the model from HF-named weights.
+    pub fn load(spec: DecoderSpec, w: &Weights) -> Result<Self> {
+        let (h, hd) = (spec.hidden, spec.head_dim);
+        let norm = |name: &str, dim: usize| RmsNorm::load(w, name, dim, spec.eps, spec.norm_offset);
+        let mut ropes: Vec<Vec<f64>> = Vec::new();
+        let mut blocks = Vec::with_capacity(spec.layers.len());
+        for (i, la) in spec.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let freqs = inv_freq(hd, la.rope_theta, &la.rope_scaling);
+            let rope = match ropes.iter().position(|r| *r == freqs) {
+                Some(k) => k,
+                None => {
+                    ropes.push(freqs);
+                    ropes.len() - 1
+                }
+            };
+            let attn = Attention {
+                q: Linear::load(w, &format!("{p}.self_attn.q_proj"), h, spec.heads * hd, spec.qkv_bias)?,
+                k: Linear::load(
+                    w,
+                    &format!("{p}.self_attn.k_proj"),
+                    h,
+                    spec.kv_heads * hd,
+                    spec.qkv_bias,
+                )?,
+                v: Linear::load(
+                    w,
+                    &format!("{p}.self_attn.v_proj"),
+                    h,
+                    spec.kv_heads * hd,
+                    spec.qkv_bias,
+                )?,
+                o: Linear::load(w, &format!("{p}.self_attn.o_proj"), spec.heads * hd, h, false)?,
+                q_norm: spec
+                    .qk_norm
+                    .then(|| norm(&format!("{p}.self_attn.q_norm"), hd))
+                    .transpose()?,
+                k_norm: spec
+                    .qk_norm
+                    .then(|| norm(&format!("{p}.self_attn.k_norm"), hd))
+                    .transpose()?,
+            };
+            let (post_attn_norm, pre_ffn_norm, post_ffn_norm) = if spec.sandwich_norms {
+                (
+                    Some(norm(&format!("{p}.post_attention_layernorm"), h)?),
+                    norm(&format!("{p}.pre_feedforward_layernorm"), h)?,
+                    Some(norm(&format!("{p}.post_feedforward_layernorm"), h)?),
+                )
+            } else {
+                (None, norm(&format!("{p}.post_attention_layernorm"), h)?, None)
+            };
+            blocks.push(Block {
+                input_norm: norm(&format!("{p}.input_layernorm"), h)?,
+                attn,
+                post_attn_norm,
+                pre_ffn_norm,
+                mlp: GatedMlp::load(w, &format!("{p}.mlp"), h, spec.intermediate, spec.act)?,
+                post_ffn_norm,
+                rope,
+                window: la.window,
+            });
+        }
+        let embed = w.get("model.embed_tokens.weight", &[spec.vocab, h])?;
+        let lm_head = if spec.tied_embeddings || !w.contains("lm_head.weight") {
+            Linear::from_weight(embed.clone())
+        } else {
+            Linear::load(w, "lm_head", h, spec.vocab, false)?
+        };
+        let dtype = embed.dtype();
+        Ok(Self {
+            norm: norm("model.norm", h)?,
+            embed,
+            blocks,
+            lm_head,
+            ropes,
+            spec,
+            dtype,
+        })
+    }
+
+    /// The configuration this model was built from.
+    pub fn spec(&self) -> &DecoderSpec {
+        &self.spec
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Runs `input_ids` (batch, seq; u32) with `attention_mask` (batch, seq; 1 = token, 0 = padding, either
+    /// side), returning the residual stream after each layer in `capture` and, if `final_hidden`, the
+    /// final normed hidden state.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        capture: &[usize],
+        final_hidden: bool,
+    ) -> Result<ForwardOutput> {
+        let (b, s) = input_ids.dims2()?;
+        if attention_mask.dims() != [b, s] {
+            bail!(
+                "attention mask has shape {:?}, input ids {:?}",
+                attention_mask.dims(),
+                input_ids.dims()
+            );
+        }
+        if let Some(&bad) = capture.iter().find(|&&l| l >= self.blocks.len()) {
+            bail!(
+                "layer {bad} does not exist: the model has layers 0..{}",
+                self.blocks.len() - 1
+            );
+        }
+        let device = input_ids.device();
+        let max_id = input_ids.max_all()?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
+        if max_id as usize >= self.spec.vocab {
+            bail!(
+                "token id {max_id} is outside the vocabulary of {} tokens",
+                self.spec.vocab
+            );
+        }
+        let positions = positions_from_mask(attention_mask)?;
+        let tables: Vec<(Tensor, Tensor)> = self
+            .ropes
+            .iter()
+            .map(|f| rotary_tables(f, &positions, self.dtype))
+            .collect::<Result<_>>()?;
+        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+        for block in &self.blocks {
+            if !masks.iter().any(|(w, _)| *w == block.window) {
+                masks.push((
+                    block.window,
+                    causal_mask(attention_mask, block.window, self.dtype, device)?,
+                ));
+            }
+        }
+        let mut x = self
+            .embed
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((b, s, self.spec.hidden))?;
+        if let Some(scale) = self.spec.embed_scale {
+            x = (x * scale)?;
+        }
+        let last_needed = if final_hidden {
+            self.blocks.len()
+        } else {
+            capture.iter().max().map_or(0, |m| m + 1)
+        };
+        let mut captured: Vec<Option<Tensor>> = vec![None; capture.len()];
+        for (i, block) in self.blocks.iter().enumerate().take(last_needed) {
+            let mask = &masks.iter().find(|(w, _)| *w == block.window).expect("built above").1;
+            let (cos, sin) = &tables[block.rope];
+            x = self.block_forward(block, &x, mask, cos, sin)?;
+            for (k, &l) in capture.iter().enumerate() {
+                if l == i {
+                    captured[k] = Some(x.clone());
+                }
+            }
+        }
+        let final_hidden = if final_hidden {
+            Some(self.norm.forward(&x)?)
+        } else {
+            None
+        };
+        Ok(ForwardOutput {
+            layers: captured
+                .into_iter()
+                .map(|t| t.expect("every captured layer ran"))
+                .collect(),
+            final_hidden,
+        })
+    }
+
+    /// Logits (…, vocab) from final normed hidden states, with the family's final softcap.
+    pub fn logits(&self, final_hidden: &Tensor) -> Result<Tensor> {
+        let logits = self.lm_head.forward(final_hidden)?;
+        Ok(match self.spec.final_softcap {
+            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+            None => logits,
+        })
+    }
+
+    fn block_forward(&self, block: &Block, x: &Tensor, mask: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let h = block.input_norm.forward(x)?;
+        let mut h = self.attention(&block.attn, &h, mask, cos, sin)?;
+        if let Some(n) = &block.post_attn_norm {
+            h = n.forward(&h)?;
+        }
+        let x = (x + h)?;
+        let mut h = block.mlp.forward(&block.pre_ffn_norm.forward(&x)?)?;
+        if let Some(n) = &block.post_ffn_norm {
+            h = n.forward(&h)?;
+        }
+        Ok((x + h)?)
+    }
+
+    fn attention(&self, a: &Attention, x: &Tensor, mask: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.spec.heads, self.spec.kv_heads, self.spec.head_dim);
+        let heads =
+            |t: Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous()?) };
+        let mut q = heads(a.q.forward(x)?, nh)?;
+        let mut k = heads(a.k.forward(x)?, nkv)?;
+        let v = heads(a.v.forward(x)?, nkv)?;
+        if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let (k, v) = (repeat_kv(k, nh / nkv)?, repeat_kv(v, nh / nkv)?);
+        let mut scores = (q.matmul(&k.t()?.contiguous()?)? * self.spec.attn_scale)?;
+        if let Some(cap) = self.spec.attn_softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
+        let scores = scores.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+        a.o.forward(&out)
+    }
+}
+
+/// Repeats each key/value head `n` times (grouped-query attention).
+fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x);
+    }
+    let (b, kv, s, hd) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.expand((b, kv, n, s, hd))?.reshape((b, kv * n, s, hd))?)
+}

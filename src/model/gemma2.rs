@@ -1,0 +1,99 @@
+//! Gemma 2 family: Gemma's four (1 + w) norms per block, alternating sliding and global layers, and
+//! tanh softcaps on attention scores and final logits.
+
+use anyhow::{bail, Result};
+use serde::Deserialize;
+
+use super::decoder::{DecoderSpec, LayerAttention};
+use super::gemma3::layer_types;
+use super::hf_config::RopeFields;
+use super::layers::Activation;
+
+/// HF `Gemma2Config` fields diffsql reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    #[serde(default = "default_head_dim")]
+    pub head_dim: usize,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_act", alias = "hidden_act")]
+    pub hidden_activation: String,
+    #[serde(default = "default_head_dim_f")]
+    pub query_pre_attn_scalar: f64,
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    #[serde(default)]
+    pub final_logit_softcapping: Option<f64>,
+    #[serde(default)]
+    pub attn_logit_softcapping: Option<f64>,
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+    #[serde(flatten)]
+    pub rope: RopeFields,
+}
+
+fn default_head_dim() -> usize {
+    256
+}
+fn default_head_dim_f() -> f64 {
+    256.0
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_act() -> String {
+    "gelu_pytorch_tanh".into()
+}
+fn yes() -> bool {
+    true
+}
+
+impl Config {
+    /// The decoder this config describes.
+    pub fn spec(&self) -> Result<DecoderSpec> {
+        // Gemma 2 alternates: even layers slide, odd layers are global.
+        let types = layer_types(&self.layer_types, Some(2), self.num_hidden_layers, 2)?;
+        let (rope_theta, rope_scaling) = self.rope.resolve(None, 10000.0)?;
+        let mut layers = Vec::with_capacity(types.len());
+        for t in &types {
+            let window = match t.as_str() {
+                "sliding_attention" => self.sliding_window,
+                "full_attention" => None,
+                other => bail!("unknown layer type {other:?} in layer_types"),
+            };
+            layers.push(LayerAttention {
+                window,
+                rope_theta,
+                rope_scaling: rope_scaling.clone(),
+            });
+        }
+        Ok(DecoderSpec {
+            hidden: self.hidden_size,
+            intermediate: self.intermediate_size,
+            heads: self.num_attention_heads,
+            kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            vocab: self.vocab_size,
+            eps: self.rms_norm_eps,
+            norm_offset: 1.0,
+            qkv_bias: false,
+            qk_norm: false,
+            sandwich_norms: true,
+            attn_scale: 1.0 / self.query_pre_attn_scalar.sqrt(),
+            attn_softcap: self.attn_logit_softcapping,
+            final_softcap: self.final_logit_softcapping,
+            embed_scale: Some((self.hidden_size as f64).sqrt()),
+            act: Activation::parse(&self.hidden_activation)?,
+            tied_embeddings: self.tie_word_embeddings,
+            layers,
+        })
+    }
+}

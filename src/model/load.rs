@@ -1,0 +1,179 @@
+//! Finding and loading a model: a local checkpoint directory, or a Hugging Face repo id resolved through
+//! the local hub cache (`HF_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`) and downloaded only
+//! when missing and not offline (`HF_HUB_OFFLINE=1`). An optional LoRA adapter is merged at load.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+
+use super::arch::Architecture;
+use super::decoder::Decoder;
+use super::lora;
+use super::weights::{safetensors_files, Weights};
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A directory with config.json, safetensors and tokenizer files.
+    Dir(PathBuf),
+    /// A Hugging Face repo id (`org/name`) at a revision.
+    Hub { repo: String, revision: String },
+}
+
+impl ModelSource {
+    /// An existing path is a directory source; otherwise `org/name[@revision]` is a hub repo.
+    pub fn parse(s: &str) -> Result<Self> {
+        let path = Path::new(s);
+        if path.exists() {
+            return Ok(Self::Dir(path.to_path_buf()));
+        }
+        let (repo, revision) = s.split_once('@').unwrap_or((s, "main"));
+        let parts: Vec<&str> = repo.split('/').collect();
+        if parts.len() == 2
+            && parts.iter().all(|p| !p.is_empty() && !p.contains(char::is_whitespace))
+            && !s.starts_with('.')
+        {
+            return Ok(Self::Hub {
+                repo: repo.to_string(),
+                revision: revision.to_string(),
+            });
+        }
+        bail!("model {s:?} is neither an existing directory nor a Hugging Face repo id like org/name")
+    }
+}
+
+/// Files that make up a checkpoint besides the weights.
+const METADATA_FILES: [&str; 2] = ["config.json", "tokenizer.json"];
+const OPTIONAL_FILES: [&str; 3] = [
+    "tokenizer_config.json",
+    "generation_config.json",
+    "model.safetensors.index.json",
+];
+
+/// The hub cache directory this process uses.
+pub fn hub_cache_dir() -> PathBuf {
+    for var in ["HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"] {
+        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return PathBuf::from(v);
+        }
+    }
+    hf_hub::Cache::from_env().path().clone()
+}
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Resolves a hub repo to a local snapshot directory, downloading missing files unless offline.
+pub fn resolve_hub(repo: &str, revision: &str) -> Result<PathBuf> {
+    resolve_hub_in(&hub_cache_dir(), repo, revision, offline())
+}
+
+/// [`resolve_hub`] with the cache directory and offline mode given.
+pub fn resolve_hub_in(cache_dir: &Path, repo: &str, revision: &str, offline: bool) -> Result<PathBuf> {
+    let cache = hf_hub::Cache::new(cache_dir.to_path_buf());
+    let cached = cache.repo(hf_hub::Repo::with_revision(
+        repo.to_string(),
+        hf_hub::RepoType::Model,
+        revision.to_string(),
+    ));
+    let complete = |dir: &Path| {
+        METADATA_FILES.iter().all(|f| dir.join(f).exists())
+            && safetensors_files(dir).is_ok_and(|fs| fs.iter().all(|f| f.exists()))
+    };
+    if let Some(config) = cached.get("config.json") {
+        let dir = config.parent().expect("a file in a snapshot").to_path_buf();
+        if complete(&dir) {
+            return Ok(dir);
+        }
+    }
+    if offline {
+        bail!(
+            "model {repo}@{revision} is not complete in the Hugging Face cache {} and HF_HUB_OFFLINE is set; download it where there is network, or point the model at a local directory",
+            cache_dir.display()
+        );
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_cache_dir(cache_dir.to_path_buf())
+        .build()
+        .context("cannot start the Hugging Face client")?;
+    let api_repo = api.repo(hf_hub::Repo::with_revision(
+        repo.to_string(),
+        hf_hub::RepoType::Model,
+        revision.to_string(),
+    ));
+    let fetch = |f: &str| {
+        api_repo.get(f).with_context(|| {
+            format!("cannot download {f} of {repo}@{revision} (no network? set HF_HUB_OFFLINE=1 to use only the cache)")
+        })
+    };
+    let config = fetch("config.json")?;
+    fetch("tokenizer.json")?;
+    for f in OPTIONAL_FILES {
+        api_repo.get(f).ok();
+    }
+    let dir = config.parent().expect("a file in a snapshot").to_path_buf();
+    match api_repo.get("model.safetensors") {
+        Ok(_) => {}
+        Err(_) => {
+            let index = dir.join("model.safetensors.index.json");
+            if !index.exists() {
+                bail!("{repo}@{revision} has neither model.safetensors nor model.safetensors.index.json");
+            }
+            for shard in safetensors_files(&dir)? {
+                fetch(&shard.file_name().expect("a file").to_string_lossy())?;
+            }
+        }
+    }
+    Ok(dir)
+}
+
+/// A model ready to run.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub architecture: Architecture,
+    pub decoder: Decoder,
+    pub tokenizer: tokenizers::Tokenizer,
+    /// The chat template from tokenizer_config.json, if any.
+    pub chat_template: Option<String>,
+    /// The directory the files came from.
+    pub dir: PathBuf,
+}
+
+/// Loads a model (and merges `adapter`, a PEFT LoRA directory, if given) in `dtype`.
+pub fn load(source: &ModelSource, adapter: Option<&Path>, dtype: DType) -> Result<LoadedModel> {
+    let dir = match source {
+        ModelSource::Dir(d) => d.clone(),
+        ModelSource::Hub { repo, revision } => resolve_hub(repo, revision)?,
+    };
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("cannot read {}: not a model directory?", config_path.display()))?;
+    let architecture = Architecture::from_config_json(&text, &config_path.display().to_string())?;
+    let spec = architecture.spec()?;
+    let mut weights = Weights::from_dir(&dir, dtype)?;
+    if let Some(adapter) = adapter {
+        lora::merge(&mut weights, adapter)?;
+    }
+    let decoder = Decoder::load(spec, &weights)?;
+    let tokenizer_path = dir.join("tokenizer.json");
+    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", tokenizer_path.display()))?;
+    // transformers 5 saves the template as chat_template.jinja; 4.x inside tokenizer_config.json.
+    let chat_template = std::fs::read_to_string(dir.join("chat_template.jinja"))
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string(dir.join("tokenizer_config.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v.get("chat_template").and_then(|c| c.as_str()).map(String::from))
+        });
+    Ok(LoadedModel {
+        architecture,
+        decoder,
+        tokenizer,
+        chat_template,
+        dir,
+    })
+}

@@ -1,0 +1,306 @@
+//! The model runtime against transformers: every family's tiny fixture model (tools/make_fixtures.py)
+//! must reproduce transformers' per-layer residual stream and logits within 1e-4 (f32), and bad inputs
+//! must give clear errors.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use diffsql::model::load::{resolve_hub_in, ModelSource};
+use diffsql::model::{load, LoadedModel};
+
+/// Largest allowed |diffsql − transformers| at any layer, position and dimension, in f32.
+const TOLERANCE: f32 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+fn reference(dir: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap()
+}
+
+/// Max |a − b| over the positions the mask marks as tokens.
+fn max_error(a: &Tensor, b: &Tensor, mask: &Tensor) -> f32 {
+    let m = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
+    let diff = (a - b).unwrap().abs().unwrap().broadcast_mul(&m).unwrap();
+    diff.flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+fn check_against_reference(model: &LoadedModel, reference_dir: &Path) {
+    let r = reference(reference_dir);
+    let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = &r["attention_mask"];
+    let n = model.decoder.num_layers();
+    let layers: Vec<usize> = (0..n).collect();
+    let out = model.decoder.forward(&ids, mask, &layers, true).unwrap();
+    for (i, hidden) in out.layers.iter().enumerate() {
+        let err = max_error(hidden, &r[&format!("layer.{i}")], mask);
+        assert!(
+            err <= TOLERANCE,
+            "{}: layer {i} differs from transformers by {err}",
+            reference_dir.display()
+        );
+    }
+    let logits = model.decoder.logits(out.final_hidden.as_ref().unwrap()).unwrap();
+    let err = max_error(&logits, &r["logits"], mask);
+    assert!(
+        err <= TOLERANCE,
+        "{}: logits differ from transformers by {err}",
+        reference_dir.display()
+    );
+}
+
+fn load_fixture(name: &str) -> LoadedModel {
+    load(&ModelSource::Dir(fixture(name)), None, DType::F32).unwrap()
+}
+
+#[test]
+fn llama_matches_transformers() {
+    check_against_reference(&load_fixture("llama"), &fixture("llama"));
+}
+
+#[test]
+fn qwen2_matches_transformers() {
+    check_against_reference(&load_fixture("qwen2"), &fixture("qwen2"));
+}
+
+#[test]
+fn qwen3_matches_transformers() {
+    check_against_reference(&load_fixture("qwen3"), &fixture("qwen3"));
+}
+
+#[test]
+fn gemma3_matches_transformers() {
+    check_against_reference(&load_fixture("gemma3"), &fixture("gemma3"));
+}
+
+#[test]
+fn gemma2_matches_transformers() {
+    check_against_reference(&load_fixture("gemma2"), &fixture("gemma2"));
+}
+
+#[test]
+fn lora_adapter_merges_like_peft() {
+    let model = load(
+        &ModelSource::Dir(fixture("llama")),
+        Some(&fixture("llama-lora")),
+        DType::F32,
+    )
+    .unwrap();
+    check_against_reference(&model, &fixture("llama-lora"));
+    // And the adapter really changes the model.
+    let base = load_fixture("llama");
+    let r = reference(&fixture("llama-lora"));
+    let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
+    let out = base.decoder.forward(&ids, &r["attention_mask"], &[1], false).unwrap();
+    assert!(max_error(&out.layers[0], &r["layer.1"], &r["attention_mask"]) > 1e-2);
+}
+
+#[test]
+fn tokenizer_reproduces_the_reference_ids() {
+    let model = load_fixture("gemma3");
+    let r = reference(&fixture("gemma3"));
+    let ids: Vec<Vec<i64>> = r["input_ids"].to_vec2().unwrap();
+    let mask: Vec<Vec<i64>> = r["attention_mask"].to_vec2().unwrap();
+    let enc = model
+        .tokenizer
+        .encode("To be, or not to be, that is the question:", true)
+        .unwrap();
+    let n = mask[0].iter().filter(|&&m| m == 1).count();
+    let expect: Vec<u32> = ids[0][..n].iter().map(|&i| i as u32).collect();
+    assert_eq!(enc.get_ids(), expect.as_slice());
+    assert!(model
+        .chat_template
+        .as_deref()
+        .is_some_and(|t| t.contains("add_generation_prompt")));
+}
+
+#[test]
+fn left_padding_gives_the_same_activations_as_right_padding() {
+    let model = load_fixture("gemma3");
+    let r = reference(&fixture("gemma3"));
+    let ids: Vec<Vec<i64>> = r["input_ids"].to_vec2().unwrap();
+    let mask: Vec<Vec<i64>> = r["attention_mask"].to_vec2().unwrap();
+    // Row 2 has 10 tokens and 6 pads on the right: move the pads to the left.
+    let n = mask[2].iter().filter(|&&m| m == 1).count();
+    let s = ids[2].len();
+    let mut left_ids = vec![0u32; s - n];
+    left_ids.extend(ids[2][..n].iter().map(|&i| i as u32));
+    let mut left_mask = vec![0u32; s - n];
+    left_mask.extend(std::iter::repeat_n(1u32, n));
+    let left_ids = Tensor::from_vec(left_ids, (1, s), &Device::Cpu).unwrap();
+    let left_mask = Tensor::from_vec(left_mask, (1, s), &Device::Cpu).unwrap();
+    let out = model.decoder.forward(&left_ids, &left_mask, &[1], false).unwrap();
+    let got = out.layers[0].narrow(1, s - n, n).unwrap();
+    let expect = r["layer.1"].narrow(0, 2, 1).unwrap().narrow(1, 0, n).unwrap();
+    let err = (got - expect)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(err <= TOLERANCE, "left padding differs by {err}");
+}
+
+/// Lays a fixture out as the Hugging Face hub cache does: models--org--name/{refs/main, snapshots/REV/...}.
+fn fake_hub_cache(root: &Path, repo: &str, from: &Path) {
+    let rev = "0123456789abcdef0123456789abcdef01234567";
+    let repo_dir = root.join(format!("models--{}", repo.replace('/', "--")));
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs/main"), rev).unwrap();
+    let snapshot = repo_dir.join("snapshots").join(rev);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo_dir.join("blobs")).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let blob = repo_dir.join("blobs").join(entry.file_name());
+        std::fs::copy(entry.path(), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, snapshot.join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn hub_repo_ids_resolve_offline_from_a_hub_shaped_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    fake_hub_cache(cache.path(), "diffsql/tiny-qwen3", &fixture("qwen3"));
+    let dir = resolve_hub_in(cache.path(), "diffsql/tiny-qwen3", "main", true).unwrap();
+    let model = load(&ModelSource::Dir(dir), None, DType::F32).unwrap();
+    check_against_reference(&model, &fixture("qwen3"));
+
+    let err = resolve_hub_in(cache.path(), "diffsql/absent", "main", true).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("is not complete in the Hugging Face cache"),
+        "{err:#}"
+    );
+    assert_eq!(
+        ModelSource::parse("google/gemma-3-1b-it").unwrap(),
+        ModelSource::Hub {
+            repo: "google/gemma-3-1b-it".into(),
+            revision: "main".into()
+        }
+    );
+    assert!(ModelSource::parse("not a model").is_err());
+}
+
+/// A copy of a fixture with one file changed.
+fn broken_copy(name: &str, edit: impl FnOnce(&Path)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    edit(dir.path());
+    dir
+}
+
+fn load_error(dir: &Path, adapter: Option<&Path>) -> String {
+    format!(
+        "{:#}",
+        load(&ModelSource::Dir(dir.to_path_buf()), adapter, DType::F32).unwrap_err()
+    )
+}
+
+fn edit_config(dir: &Path, from: &str, to: &str) {
+    let p = dir.join("config.json");
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(text.contains(from), "{from} not in config");
+    std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let missing = broken_copy("llama", |d| std::fs::remove_file(d.join("model.safetensors")).unwrap());
+    let msg = load_error(missing.path(), None);
+    assert!(
+        msg.contains("no weights in") && msg.contains("model.safetensors"),
+        "{msg}"
+    );
+
+    let corrupt = broken_copy("llama", |d| {
+        let p = d.join("model.safetensors");
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
+    });
+    let msg = load_error(corrupt.path(), None);
+    assert!(msg.contains("cannot read weights") && msg.contains("corrupt"), "{msg}");
+
+    let unknown = broken_copy("llama", |d| {
+        edit_config(d, "\"model_type\": \"llama\"", "\"model_type\": \"mamba\"")
+    });
+    let msg = load_error(unknown.path(), None);
+    assert!(
+        msg.contains("unsupported architecture \"mamba\"") && msg.contains("llama, qwen2"),
+        "{msg}"
+    );
+
+    let wrong_type = broken_copy("llama", |d| {
+        edit_config(d, "\"hidden_size\": 64", "\"hidden_size\": \"64\"")
+    });
+    let msg = load_error(wrong_type.path(), None);
+    assert!(msg.contains("field hidden_size: invalid type: string"), "{msg}");
+
+    let wrong_shape = broken_copy("llama", |d| {
+        edit_config(d, "\"intermediate_size\": 128", "\"intermediate_size\": 96")
+    });
+    let msg = load_error(wrong_shape.path(), None);
+    assert!(
+        msg.contains("mlp.gate_proj.weight") && msg.contains("has shape [128, 64], the config implies [96, 64]"),
+        "{msg}"
+    );
+
+    let no_tokenizer = broken_copy("llama", |d| std::fs::remove_file(d.join("tokenizer.json")).unwrap());
+    let msg = load_error(no_tokenizer.path(), None);
+    assert!(msg.contains("tokenizer.json"), "{msg}");
+}
+
+#[test]
+fn lora_adapters_that_do_not_fit_are_refused() {
+    // An adapter for a module the base model lacks: another architecture's.
+    let foreign = broken_copy("llama-lora", |d| {
+        let p = d.join("adapter_model.safetensors");
+        let tensors = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+        let renamed: HashMap<String, Tensor> = tensors
+            .into_iter()
+            .map(|(k, v)| (k.replace("self_attn.q_proj", "mixer.in_proj"), v))
+            .collect();
+        candle_core::safetensors::save(&renamed, &p).unwrap();
+    });
+    let msg = load_error(&fixture("llama"), Some(foreign.path()));
+    assert!(
+        msg.contains("mixer.in_proj.weight, which the base model does not have"),
+        "{msg}"
+    );
+
+    // An adapter whose matrices do not fit the base shapes.
+    let misfit = broken_copy("llama-lora", |d| {
+        let p = d.join("adapter_model.safetensors");
+        let tensors = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+        let cut: HashMap<String, Tensor> = tensors
+            .into_iter()
+            .map(|(k, v)| {
+                if k.contains("lora_A") {
+                    (k, v.narrow(1, 0, 32).unwrap())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        candle_core::safetensors::save(&cut, &p).unwrap();
+    });
+    let msg = load_error(&fixture("llama"), Some(misfit.path()));
+    assert!(
+        msg.contains("does not fit the base model") && msg.contains("the config implies"),
+        "{msg}"
+    );
+
+    let not_an_adapter = tempfile::tempdir().unwrap();
+    let msg = load_error(&fixture("llama"), Some(not_an_adapter.path()));
+    assert!(msg.contains("is") && msg.contains("a PEFT LoRA adapter?"), "{msg}");
+}
