@@ -19,13 +19,18 @@ pub enum ModelSource {
     Dir(PathBuf),
     /// A Hugging Face repo id (`org/name`) at a revision.
     Hub { repo: String, revision: String },
+    /// A GGUF file (dequantised at load), with `tokenizer.json` beside it.
+    Gguf(PathBuf),
 }
 
 impl ModelSource {
     /// An existing path is a directory source; otherwise `org/name[@revision]` is a hub repo.
     pub fn parse(s: &str) -> Result<Self> {
         let path = Path::new(s);
-        if path.exists() {
+        if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+            return Ok(Self::Gguf(path.to_path_buf()));
+        }
+        if path.is_dir() {
             return Ok(Self::Dir(path.to_path_buf()));
         }
         let (repo, revision) = s.split_once('@').unwrap_or((s, "main"));
@@ -143,16 +148,26 @@ pub struct LoadedModel {
 
 /// Loads a model (and merges `adapter`, a PEFT LoRA directory, if given) in `dtype`.
 pub fn load(source: &ModelSource, adapter: Option<&Path>, dtype: DType) -> Result<LoadedModel> {
-    let dir = match source {
-        ModelSource::Dir(d) => d.clone(),
-        ModelSource::Hub { repo, revision } => resolve_hub(repo, revision)?,
+    let (dir, architecture, mut weights, gguf_template) = match source {
+        ModelSource::Gguf(file) => {
+            let g = super::gguf::read(file, dtype)?;
+            let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+            (dir, g.architecture, g.weights, g.chat_template)
+        }
+        ModelSource::Dir(_) | ModelSource::Hub { .. } => {
+            let dir = match source {
+                ModelSource::Hub { repo, revision } => resolve_hub(repo, revision)?,
+                ModelSource::Dir(d) | ModelSource::Gguf(d) => d.clone(),
+            };
+            let config_path = dir.join("config.json");
+            let text = std::fs::read_to_string(&config_path)
+                .with_context(|| format!("cannot read {}: not a model directory?", config_path.display()))?;
+            let architecture = Architecture::from_config_json(&text, &config_path.display().to_string())?;
+            let weights = Weights::from_dir(&dir, dtype)?;
+            (dir, architecture, weights, None)
+        }
     };
-    let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("cannot read {}: not a model directory?", config_path.display()))?;
-    let architecture = Architecture::from_config_json(&text, &config_path.display().to_string())?;
     let spec = architecture.spec()?;
-    let mut weights = Weights::from_dir(&dir, dtype)?;
     if let Some(adapter) = adapter {
         lora::merge(&mut weights, adapter)?;
     }
@@ -168,7 +183,8 @@ pub fn load(source: &ModelSource, adapter: Option<&Path>, dtype: DType) -> Resul
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
                 .and_then(|v| v.get("chat_template").and_then(|c| c.as_str()).map(String::from))
-        });
+        })
+        .or(gguf_template);
     Ok(LoadedModel {
         architecture,
         decoder,

@@ -5,6 +5,7 @@ pub mod arch;
 pub mod decoder;
 pub mod gemma2;
 pub mod gemma3;
+pub mod gguf;
 pub mod hf_config;
 pub mod layers;
 pub mod llama;

@@ -5,5 +5,6 @@ mod cache;
 mod fixtures;
 mod model;
 mod python;
+mod real_models;
 mod shell;
 mod slt;
