@@ -304,3 +304,114 @@ fn lora_adapters_that_do_not_fit_are_refused() {
     let msg = load_error(&fixture("llama"), Some(not_an_adapter.path()));
     assert!(msg.contains("is") && msg.contains("a PEFT LoRA adapter?"), "{msg}");
 }
+
+/// Writes a fixture model as llama.cpp would convert it: GGUF names and metadata, q/k rows permuted for
+/// Llama, +1 folded into Gemma norms (f32, so the round trip is exact).
+fn write_gguf(name: &str, arch: &str, out: &Path) {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use diffsql::model::gguf::{hf_name, permute};
+    let dir = fixture(name);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let gemma = arch.starts_with("gemma");
+    let layers = config["num_hidden_layers"].as_u64().unwrap() as usize;
+    let modules = [
+        "attn_norm",
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "attn_q_norm",
+        "attn_k_norm",
+        "ffn_gate",
+        "ffn_up",
+        "ffn_down",
+        "ffn_norm",
+        "post_attention_norm",
+        "post_ffw_norm",
+    ];
+    let mut names: Vec<String> = vec![
+        "token_embd.weight".into(),
+        "output_norm.weight".into(),
+        "output.weight".into(),
+    ];
+    for i in 0..layers {
+        for m in modules {
+            for kind in ["weight", "bias"] {
+                names.push(format!("blk.{i}.{m}.{kind}"));
+            }
+        }
+    }
+    let heads = config["num_attention_heads"].as_u64().unwrap() as usize;
+    let kv_heads = config["num_key_value_heads"].as_u64().unwrap() as usize;
+    let mut qtensors = Vec::new();
+    for g in names {
+        let Some(hf) = hf_name(&g, gemma) else { continue };
+        let Some(t) = tensors.get(&hf) else { continue };
+        let mut t = t.clone();
+        if gemma && hf.ends_with("norm.weight") {
+            t = (t + 1.0).unwrap();
+        }
+        if arch == "llama" && hf.ends_with("q_proj.weight") {
+            t = permute(&t, heads).unwrap();
+        }
+        if arch == "llama" && hf.ends_with("k_proj.weight") {
+            t = permute(&t, kv_heads).unwrap();
+        }
+        qtensors.push((g, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+    }
+    let u = |k: &str| gguf_file::Value::U32(config[k].as_u64().unwrap() as u32);
+    let head_dim = config["head_dim"]
+        .as_u64()
+        .unwrap_or(config["hidden_size"].as_u64().unwrap() / heads as u64) as u32;
+    let mut meta: Vec<(String, gguf_file::Value)> = vec![
+        ("general.architecture".into(), gguf_file::Value::String(arch.into())),
+        (format!("{arch}.embedding_length"), u("hidden_size")),
+        (format!("{arch}.feed_forward_length"), u("intermediate_size")),
+        (format!("{arch}.block_count"), u("num_hidden_layers")),
+        (format!("{arch}.attention.head_count"), u("num_attention_heads")),
+        (format!("{arch}.attention.head_count_kv"), u("num_key_value_heads")),
+        (format!("{arch}.attention.key_length"), gguf_file::Value::U32(head_dim)),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            gguf_file::Value::F32(config["rms_norm_eps"].as_f64().unwrap() as f32),
+        ),
+        (format!("{arch}.rope.freq_base"), gguf_file::Value::F32(10000.0)),
+    ];
+    if arch == "gemma2" {
+        meta.push((format!("{arch}.attention.sliding_window"), u("sliding_window")));
+        meta.push((
+            format!("{arch}.attn_logit_softcapping"),
+            gguf_file::Value::F32(config["attn_logit_softcapping"].as_f64().unwrap() as f32),
+        ));
+        meta.push((
+            format!("{arch}.final_logit_softcapping"),
+            gguf_file::Value::F32(config["final_logit_softcapping"].as_f64().unwrap() as f32),
+        ));
+    }
+    let meta_refs: Vec<(&str, &gguf_file::Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(out.join("model.gguf")).unwrap();
+    gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
+    std::fs::copy(dir.join("tokenizer.json"), out.join("tokenizer.json")).unwrap();
+}
+
+#[test]
+fn gguf_files_load_like_the_checkpoints_they_came_from() {
+    for (name, arch) in [("llama", "llama"), ("gemma2", "gemma2")] {
+        let dir = tempfile::tempdir().unwrap();
+        write_gguf(name, arch, dir.path());
+        let source = ModelSource::parse(dir.path().join("model.gguf").to_str().unwrap()).unwrap();
+        assert!(matches!(source, ModelSource::Gguf(_)));
+        let model = load(&source, None, DType::F32).unwrap();
+        check_against_reference(&model, &fixture(name));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("model.gguf"), b"GGUF but not really").unwrap();
+    let msg = format!(
+        "{:#}",
+        load(&ModelSource::Gguf(dir.path().join("model.gguf")), None, DType::F32).unwrap_err()
+    );
+    assert!(msg.contains("is not a readable GGUF file"), "{msg}");
+}
