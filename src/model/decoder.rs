@@ -159,7 +159,7 @@ impl Decoder {
         }
         let embed = w.get("model.embed_tokens.weight", &[spec.vocab, h])?;
         let lm_head = if spec.tied_embeddings || !w.contains("lm_head.weight") {
-            Linear::from_weight(embed.clone())
+            Linear::from_weight(&embed)?
         } else {
             Linear::load(w, "lm_head", h, spec.vocab, false)?
         };

@@ -30,10 +30,10 @@ impl RmsNorm {
     }
 }
 
-/// y = x Wᵀ (+ b).
+/// y = x Wᵀ (+ b). Wᵀ is stored contiguous: gemm runs about twice as fast on it as on a transposed view.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight_t: Tensor,
     bias: Option<Tensor>,
 }
 
@@ -46,17 +46,23 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
     }
 
-    /// A linear map over an existing matrix (tied embeddings).
-    pub fn from_weight(weight: Tensor) -> Self {
-        Self { weight, bias: None }
+    /// A linear map over an existing (out, in) matrix (tied embeddings).
+    pub fn from_weight(weight: &Tensor) -> Result<Self> {
+        Ok(Self {
+            weight_t: weight.t()?.contiguous()?,
+            bias: None,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, s, input) = x.dims3()?;
-        let y = x.reshape((b * s, input))?.matmul(&self.weight.t()?)?;
+        let y = x.reshape((b * s, input))?.matmul(&self.weight_t)?;
         let y = match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
             None => y,
