@@ -49,6 +49,53 @@ pub struct DecoderSpec {
     pub layers: Vec<LayerAttention>,
 }
 
+/// The sizes every family's config gives.
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub layers: usize,
+}
+
+impl DecoderSpec {
+    /// A Llama-style pre-norm decoder (Llama, Qwen2, Qwen3 start here): plain RMS norms, no biases, global
+    /// attention with one rotary table at every layer, 1/√head_dim scores.
+    pub fn llama_like(dims: Dims, eps: f64, act: Activation, tied_embeddings: bool, rope: (f64, RopeScaling)) -> Self {
+        let (rope_theta, rope_scaling) = rope;
+        Self {
+            hidden: dims.hidden,
+            intermediate: dims.intermediate,
+            heads: dims.heads,
+            kv_heads: dims.kv_heads,
+            head_dim: dims.head_dim,
+            vocab: dims.vocab,
+            eps,
+            norm_offset: 0.0,
+            qkv_bias: false,
+            qk_norm: false,
+            sandwich_norms: false,
+            attn_scale: 1.0 / (dims.head_dim as f64).sqrt(),
+            attn_softcap: None,
+            final_softcap: None,
+            embed_scale: None,
+            act,
+            tied_embeddings,
+            layers: vec![
+                LayerAttention {
+                    window: None,
+                    rope_theta,
+                    rope_scaling
+                };
+                dims.layers
+            ],
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Attention {
     q: Linear,

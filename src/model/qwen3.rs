@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Deserialize;
 
-use super::decoder::{DecoderSpec, LayerAttention};
+use super::decoder::{DecoderSpec, Dims};
 use super::hf_config::RopeFields;
 use super::layers::Activation;
 
@@ -47,33 +47,21 @@ impl Config {
             anyhow::bail!("Qwen3 configs with use_sliding_window = true are not supported");
         }
         let head_dim = self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads);
-        let (rope_theta, rope_scaling) = self.rope.resolve(None, 10000.0)?;
-        Ok(DecoderSpec {
+        let dims = Dims {
             hidden: self.hidden_size,
             intermediate: self.intermediate_size,
             heads: self.num_attention_heads,
             kv_heads: self.num_key_value_heads,
             head_dim,
             vocab: self.vocab_size,
-            eps: self.rms_norm_eps,
-            norm_offset: 0.0,
+            layers: self.num_hidden_layers,
+        };
+        let act = Activation::parse(&self.hidden_act)?;
+        let rope = self.rope.resolve(None, 10000.0)?;
+        Ok(DecoderSpec {
             qkv_bias: self.attention_bias,
             qk_norm: true,
-            sandwich_norms: false,
-            attn_scale: 1.0 / (head_dim as f64).sqrt(),
-            attn_softcap: None,
-            final_softcap: None,
-            embed_scale: None,
-            act: Activation::parse(&self.hidden_act)?,
-            tied_embeddings: self.tie_word_embeddings,
-            layers: vec![
-                LayerAttention {
-                    window: None,
-                    rope_theta,
-                    rope_scaling
-                };
-                self.num_hidden_layers
-            ],
+            ..DecoderSpec::llama_like(dims, self.rms_norm_eps, act, self.tie_word_embeddings, rope)
         })
     }
 }

@@ -181,20 +181,7 @@ async fn truncated_data_file_fails_the_query_with_its_path() {
         .join("part-00000.parquet");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
-    let ctx = datafusion::prelude::SessionContext::new();
-    diffsql_udfs::register_all(&ctx);
-    ctx.register_table(
-        "acts",
-        Arc::new(VectorTable::open(layout, VectorTableKind::Acts).unwrap()),
-    )
-    .unwrap();
-    let err = ctx
-        .sql("SELECT normdiff(base, ft) FROM acts")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap_err();
+    let err = normdiff_of(layout).await.unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("part-00000.parquet is unreadable"), "{msg}");
 }
@@ -216,20 +203,7 @@ async fn compressed_vectors_read_back_the_same_as_plain_ones() {
             ..Default::default()
         };
         synth::write(&layout, &spec, |_| {}).unwrap();
-        let ctx = datafusion::prelude::SessionContext::new();
-        diffsql_udfs::register_all(&ctx);
-        ctx.register_table(
-            "acts",
-            Arc::new(VectorTable::open(layout, VectorTableKind::Acts).unwrap()),
-        )
-        .unwrap();
-        let batches = ctx
-            .sql("SELECT normdiff(base, ft) FROM acts")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let batches = normdiff_of(layout).await.unwrap();
         let value = batches[0]
             .column(0)
             .as_any()
@@ -241,4 +215,15 @@ async fn compressed_vectors_read_back_the_same_as_plain_ones() {
     assert!((normdiffs[0] - 3.0).abs() < 0.03, "{normdiffs:?}");
     assert_eq!(normdiffs[0], normdiffs[1]);
     assert_eq!(normdiffs[0], normdiffs[2]);
+}
+
+/// Runs `SELECT normdiff(base, ft) FROM acts` over the cache at `layout`.
+async fn normdiff_of(layout: CacheLayout) -> datafusion::error::Result<Vec<datafusion::arrow::array::RecordBatch>> {
+    let ctx = datafusion::prelude::SessionContext::new();
+    diffsql_udfs::register_all(&ctx);
+    ctx.register_table(
+        "acts",
+        Arc::new(VectorTable::open(layout, VectorTableKind::Acts).unwrap()),
+    )?;
+    ctx.sql("SELECT normdiff(base, ft) FROM acts").await?.collect().await
 }
