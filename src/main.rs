@@ -225,14 +225,21 @@ fn synth_cache(cache: &Path, args: SynthArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let start = std::time::Instant::now();
-    synth::write(&CacheLayout::new(cache), &spec, |_| {})?;
-    eprintln!(
-        "wrote {} tokens × {} layers × {} organisms (+ base) to {} in {:.1} s",
-        spec.tokens,
-        spec.layers.len(),
-        spec.organisms.len(),
-        cache.display(),
-        start.elapsed().as_secs_f64()
-    );
+    let written = synth::write(&CacheLayout::new(cache), &spec, |_| {})?;
+    if written == 0 {
+        eprintln!(
+            "the synthetic cache in {} is already complete: nothing written",
+            cache.display()
+        );
+    } else {
+        eprintln!(
+            "wrote {written} activation partitions ({} tokens × {} layers × {} organisms + base) to {} in {:.1} s",
+            spec.tokens,
+            spec.layers.len(),
+            spec.organisms.len(),
+            cache.display(),
+            start.elapsed().as_secs_f64()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

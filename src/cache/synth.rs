@@ -59,8 +59,9 @@ pub fn organism_shift(k: usize, layer: i32, d_model: usize) -> (usize, f32) {
 /// Rows generated per step (bounded memory whatever the size).
 const CHUNK: usize = 8192;
 
-/// Writes the synthetic cache; partitions that are already complete are left as they are.
-pub fn write(layout: &CacheLayout, spec: &SynthSpec, mut progress: impl FnMut(usize)) -> Result<()> {
+/// Writes the synthetic cache; partitions that are already complete are left as they are. Returns how many
+/// activation partitions were written (0: the cache was already complete).
+pub fn write(layout: &CacheLayout, spec: &SynthSpec, mut progress: impl FnMut(usize)) -> Result<usize> {
     let encoding = VectorEncoding::new(spec.dtype, spec.d_model);
     let mut organisms = vec![BASE_ORGANISM.to_string()];
     organisms.extend(spec.organisms.iter().cloned());
@@ -78,11 +79,13 @@ pub fn write(layout: &CacheLayout, spec: &SynthSpec, mut progress: impl FnMut(us
             }
         }
     }
+    let written = writers.len();
     let d = spec.d_model;
+    let tokens = if written == 0 { 0 } else { spec.tokens };
     let mut base = vec![0f32; CHUNK * d];
     let mut shifted = vec![0f32; CHUNK * d];
-    for start in (0..spec.tokens).step_by(CHUNK) {
-        let rows = CHUNK.min(spec.tokens - start);
+    for start in (0..tokens).step_by(CHUNK) {
+        let rows = CHUNK.min(tokens - start);
         let seq_id: Vec<i64> = (start..start + rows).map(|i| (i / spec.seq_len) as i64).collect();
         let pos: Vec<i32> = (start..start + rows).map(|i| (i % spec.seq_len) as i32).collect();
         let token_id: Vec<i32> = (start..start + rows).map(|i| token_of(i, spec.seed)).collect();
@@ -119,7 +122,8 @@ pub fn write(layout: &CacheLayout, spec: &SynthSpec, mut progress: impl FnMut(us
         w.finish()?;
     }
     write_tokens(layout, spec, &organisms)?;
-    write_sequences(layout, spec)
+    write_sequences(layout, spec)?;
+    Ok(written)
 }
 
 fn token_of(i: usize, seed: u64) -> i32 {

@@ -250,6 +250,26 @@ fn synth_command_writes_a_cache_that_answers() {
         .output()
         .unwrap();
     assert_eq!(text(&out).0, "layer,count(*)\n5,100\n");
+    let again = diffsql(&cache)
+        .args([
+            "synth",
+            "--tokens",
+            "100",
+            "--d-model",
+            "16",
+            "--dtype",
+            "bfloat16",
+            "--layers",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert!(
+        text(&again).1.contains("already complete: nothing written"),
+        "{}",
+        text(&again).1
+    );
     let out = diffsql(&cache).args(["synth", "--dtype", "float8"]).output().unwrap();
     assert!(!out.status.success());
     assert!(text(&out).1.contains("unknown dtype \"float8\""));
