@@ -94,6 +94,26 @@ impl DecoderSpec {
             ],
         }
     }
+
+    /// A Gemma-style decoder (Gemma 2 and 3 start here): (1 + w) norms, four per block, √hidden embedding
+    /// scale, 1/√query_pre_attn_scalar scores, per-layer attention settings given.
+    pub fn gemma_like(
+        dims: Dims,
+        eps: f64,
+        act: Activation,
+        tied_embeddings: bool,
+        query_pre_attn_scalar: f64,
+        layers: Vec<LayerAttention>,
+    ) -> Self {
+        Self {
+            norm_offset: 1.0,
+            sandwich_norms: true,
+            attn_scale: 1.0 / query_pre_attn_scalar.sqrt(),
+            embed_scale: Some((dims.hidden as f64).sqrt()),
+            layers,
+            ..Self::llama_like(dims, eps, act, tied_embeddings, (10000.0, RopeScaling::None))
+        }
+    }
 }
 
 #[derive(Debug)]

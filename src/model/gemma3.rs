@@ -4,8 +4,8 @@
 use anyhow::{bail, Result};
 use serde::Deserialize;
 
-use super::decoder::{DecoderSpec, LayerAttention};
-use super::hf_config::RopeFields;
+use super::decoder::{DecoderSpec, Dims, LayerAttention};
+use super::hf_config::{defaults, RopeFields};
 use super::layers::Activation;
 
 /// HF `Gemma3TextConfig` fields diffsql reads.
@@ -17,13 +17,13 @@ pub struct Config {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
-    #[serde(default = "default_head_dim")]
+    #[serde(default = "defaults::gemma_head_dim")]
     pub head_dim: usize,
-    #[serde(default = "default_eps")]
+    #[serde(default = "defaults::rms_norm_eps")]
     pub rms_norm_eps: f64,
-    #[serde(default = "default_act", alias = "hidden_act")]
+    #[serde(default = "defaults::gelu_tanh", alias = "hidden_act")]
     pub hidden_activation: String,
-    #[serde(default = "default_head_dim_f")]
+    #[serde(default = "defaults::gemma_query_scalar")]
     pub query_pre_attn_scalar: f64,
     #[serde(default)]
     pub sliding_window: Option<usize>,
@@ -38,26 +38,10 @@ pub struct Config {
     pub final_logit_softcapping: Option<f64>,
     #[serde(default)]
     pub attn_logit_softcapping: Option<f64>,
-    #[serde(default = "yes")]
+    #[serde(default = "defaults::yes")]
     pub tie_word_embeddings: bool,
     #[serde(flatten)]
     pub rope: RopeFields,
-}
-
-fn default_head_dim() -> usize {
-    256
-}
-fn default_head_dim_f() -> f64 {
-    256.0
-}
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_act() -> String {
-    "gelu_pytorch_tanh".into()
-}
-fn yes() -> bool {
-    true
 }
 
 /// Layer types from `layer_types`, or from the sliding pattern (layer i global when (i + 1) % n == 0).
@@ -120,25 +104,28 @@ impl Config {
                 rope_scaling,
             });
         }
-        Ok(DecoderSpec {
+        let dims = Dims {
             hidden: self.hidden_size,
             intermediate: self.intermediate_size,
             heads: self.num_attention_heads,
             kv_heads: self.num_key_value_heads,
             head_dim: self.head_dim,
             vocab: self.vocab_size,
-            eps: self.rms_norm_eps,
-            norm_offset: 1.0,
-            qkv_bias: false,
+            layers: layers.len(),
+        };
+        let act = Activation::parse(&self.hidden_activation)?;
+        Ok(DecoderSpec {
             qk_norm: true,
-            sandwich_norms: true,
-            attn_scale: 1.0 / self.query_pre_attn_scalar.sqrt(),
             attn_softcap: self.attn_logit_softcapping,
             final_softcap: self.final_logit_softcapping,
-            embed_scale: Some((self.hidden_size as f64).sqrt()),
-            act: Activation::parse(&self.hidden_activation)?,
-            tied_embeddings: self.tie_word_embeddings,
-            layers,
+            ..DecoderSpec::gemma_like(
+                dims,
+                self.rms_norm_eps,
+                act,
+                self.tie_word_embeddings,
+                self.query_pre_attn_scalar,
+                layers,
+            )
         })
     }
 }

@@ -16,6 +16,34 @@ pub fn parse<T: DeserializeOwned>(text: &str, what: &str) -> Result<T> {
     })
 }
 
+/// Serde defaults shared by the family configs (HF's own defaults for absent fields).
+pub mod defaults {
+    /// `rms_norm_eps` of every supported family.
+    pub fn rms_norm_eps() -> f64 {
+        1e-6
+    }
+    /// `hidden_act` of Llama and Qwen.
+    pub fn silu() -> String {
+        "silu".into()
+    }
+    /// `hidden_activation` of Gemma.
+    pub fn gelu_tanh() -> String {
+        "gelu_pytorch_tanh".into()
+    }
+    /// Gemma's `head_dim`.
+    pub fn gemma_head_dim() -> usize {
+        256
+    }
+    /// Gemma's `query_pre_attn_scalar`.
+    pub fn gemma_query_scalar() -> f64 {
+        256.0
+    }
+    /// Gemma ties its embeddings unless told otherwise.
+    pub fn yes() -> bool {
+        true
+    }
+}
+
 /// Rotary settings of a config, in either transformers spelling.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct RopeFields {

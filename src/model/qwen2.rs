@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde::Deserialize;
 
 use super::decoder::{DecoderSpec, Dims};
-use super::hf_config::RopeFields;
+use super::hf_config::{defaults, RopeFields};
 use super::layers::Activation;
 
 /// HF `Qwen2Config` fields diffsql reads.
@@ -16,9 +16,9 @@ pub struct Config {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
-    #[serde(default = "default_eps")]
+    #[serde(default = "defaults::rms_norm_eps")]
     pub rms_norm_eps: f64,
-    #[serde(default = "default_act")]
+    #[serde(default = "defaults::silu")]
     pub hidden_act: String,
     #[serde(default)]
     pub tie_word_embeddings: bool,
@@ -29,14 +29,6 @@ pub struct Config {
     pub use_sliding_window: bool,
     #[serde(flatten)]
     pub rope: RopeFields,
-}
-
-fn default_eps() -> f64 {
-    1e-6
-}
-
-fn default_act() -> String {
-    "silu".into()
 }
 
 impl Config {

@@ -220,11 +220,9 @@ fn missing_cache_gives_empty_tables_not_a_crash() {
     assert_eq!(stdout, "n\n0\n");
 }
 
-#[test]
-fn synth_command_writes_a_cache_that_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("c");
-    let out = diffsql(&cache)
+/// `diffsql synth` of 100 bfloat16 tokens, d_model 16, layer 5.
+fn small_synth(cache: &Path) -> Output {
+    diffsql(cache)
         .args([
             "synth",
             "--tokens",
@@ -237,7 +235,14 @@ fn synth_command_writes_a_cache_that_answers() {
             "5",
         ])
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn synth_command_writes_a_cache_that_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("c");
+    let out = small_synth(&cache);
     assert!(out.status.success(), "{}", text(&out).1);
     let out = diffsql(&cache)
         .args([
@@ -250,20 +255,7 @@ fn synth_command_writes_a_cache_that_answers() {
         .output()
         .unwrap();
     assert_eq!(text(&out).0, "layer,count(*)\n5,100\n");
-    let again = diffsql(&cache)
-        .args([
-            "synth",
-            "--tokens",
-            "100",
-            "--d-model",
-            "16",
-            "--dtype",
-            "bfloat16",
-            "--layers",
-            "5",
-        ])
-        .output()
-        .unwrap();
+    let again = small_synth(&cache);
     assert!(again.status.success());
     assert!(
         text(&again).1.contains("already complete: nothing written"),
