@@ -4,5 +4,11 @@
 //! tables with the diffing functions of `diffsql-udfs` ([`sql`]).
 
 pub mod cache;
+pub mod config;
+pub mod data;
+pub mod diffing;
+pub mod hub;
 pub mod model;
+pub mod pipeline;
+pub mod preprocess;
 pub mod sql;

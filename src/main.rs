@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use diffsql::cache::synth::{self, SynthSpec};
 use diffsql::cache::writer::parse_compression;
 use diffsql::cache::CacheLayout;
+use diffsql::config::{self, ConfigDir, Override};
+use diffsql::pipeline;
 use diffsql::sql::shell::{one_line, Flow, Shell};
 use diffsql::sql::{open_session, queries, Format};
 use diffsql_udfs::vector::ElementType;
@@ -25,12 +27,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Find out what a finetune changed in a language model, with SQL over an activation cache"
 )]
 struct Cli {
-    /// Cache directory.
-    #[arg(long, global = true, env = "DIFFSQL_CACHE", default_value = "cache")]
-    cache: PathBuf,
+    /// Cache directory (for preprocess and run: the same as the override cache_dir=DIR).
+    #[arg(long, global = true, env = "DIFFSQL_CACHE")]
+    cache: Option<PathBuf>,
     /// Directory of saved queries.
     #[arg(long, global = true, env = "DIFFSQL_QUERIES", default_value = "queries")]
     queries: PathBuf,
+    /// Directory of configs (config.toml and the groups model/, organism/, dataset/, diffing/method/).
+    #[arg(long, global = true, env = "DIFFSQL_CONFIGS", default_value = "configs")]
+    configs: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -45,8 +50,38 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Run the base model and the organism over the datasets and fill the cache
+    /// (`run pipeline.mode=preprocessing`). Arguments are overrides: organism=caps preprocessing.batch_size=4.
+    Preprocess(PipelineArgs),
+    /// Run the pipeline in its configured mode (pipeline.mode=preprocessing|diffing|full).
+    Run(PipelineArgs),
+    /// Show the resolved config, or the choices of each group.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Write a synthetic cache with known answers (see `docs/ARCHITECTURE.md`).
     Synth(SynthArgs),
+}
+
+#[derive(Args, Debug)]
+struct PipelineArgs {
+    /// Run every combination of comma-separated values (organism=caps,roman_concrete), one after another.
+    #[arg(long, short = 'm')]
+    multirun: bool,
+    /// Overrides: group=name (model=, organism=, dataset=, diffing/method=) or key=value (a.b.c=value).
+    overrides: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Print the resolved config as TOML.
+    Show {
+        /// Overrides, as for run.
+        overrides: Vec<String>,
+    },
+    /// List the choices of every group.
+    List,
 }
 
 #[derive(Args, Debug, Default)]
@@ -103,10 +138,58 @@ fn main() -> ExitCode {
 
 fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
+    let configs = ConfigDir::new(&cli.configs);
+    let pipeline_fixed = |mode: Option<&str>| -> Result<Vec<Override>> {
+        let mut fixed = Vec::new();
+        if let Some(c) = &cli.cache {
+            fixed.push(config::overrides::parse(&format!("cache_dir={}", c.display()))?);
+        }
+        if let Some(m) = mode {
+            fixed.push(config::overrides::parse(&format!("pipeline.mode={m}"))?);
+        }
+        Ok(fixed)
+    };
+    match &cli.command {
+        Some(Command::Preprocess(args)) => {
+            let fixed = pipeline_fixed(Some("preprocessing"))?;
+            pipeline::multirun(&configs, &args.overrides, args.multirun, &fixed, |s| {
+                pipeline::preprocess(s, &configs)
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Command::Run(args)) => {
+            let fixed = pipeline_fixed(None)?;
+            pipeline::multirun(&configs, &args.overrides, args.multirun, &fixed, |s| {
+                pipeline::run_one(s, &configs, &cli.queries)
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Command::Config {
+            action: ConfigAction::Show { overrides },
+        }) => {
+            let mut all = config::parse_all(overrides, false)?;
+            all.extend(pipeline_fixed(None)?);
+            let tree = configs.merged_tree(&all)?;
+            configs.resolve(&all)?; // validate types too
+            print!("{}", toml::to_string_pretty(&tree)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Command::Config {
+            action: ConfigAction::List,
+        }) => {
+            for g in config::Group::ALL {
+                println!("{:<15} {}", g.name(), configs.choices(g)?.join(", "));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let cache = cli.cache.clone().unwrap_or_else(|| PathBuf::from("cache"));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        None => runtime.block_on(sql(&cli.cache, &cli.queries, SqlArgs::default())),
-        Some(Command::Sql(args)) => runtime.block_on(sql(&cli.cache, &cli.queries, args)),
+        Some(Command::Preprocess(_) | Command::Run(_) | Command::Config { .. }) => unreachable!("handled above"),
+        None => runtime.block_on(sql(&cache, &cli.queries, SqlArgs::default())),
+        Some(Command::Sql(args)) => runtime.block_on(sql(&cache, &cli.queries, args)),
         Some(Command::Query { name: None, .. }) => {
             println!("{}", queries::list(&cli.queries)?.join("\n"));
             Ok(ExitCode::SUCCESS)
@@ -116,11 +199,11 @@ fn run() -> Result<ExitCode> {
             format,
         }) => runtime.block_on(async {
             let sql = queries::read(&cli.queries, &name)?;
-            let mut shell = Shell::new(open_session(&cli.cache)?, cli.queries.clone(), format);
+            let mut shell = Shell::new(open_session(&cache)?, cli.queries.clone(), format);
             shell.execute(&sql).await?;
             Ok(ExitCode::SUCCESS)
         }),
-        Some(Command::Synth(args)) => synth_cache(&cli.cache, args),
+        Some(Command::Synth(args)) => synth_cache(&cache, args),
     }
 }
 

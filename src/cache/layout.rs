@@ -4,6 +4,8 @@
 //! <root>/activations/model=M/organism=O/layer=L/part-00000.parquet, _manifest.json
 //! <root>/tokens/model=M/organism=O/part-00000.parquet, _manifest.json
 //! <root>/sequences/model=M/part-00000.parquet, _manifest.json
+//! <root>/final_hidden/model=M/organism=O/...   the last normed hidden state (input of the unembedding)
+//! <root>/vocab/model=M/...                       every token id of the tokenizer with its text
 //! <root>/.staging/...   partitions being written; renamed into place when complete
 //! ```
 //! The base model's own activations are the partition `organism=base`.
@@ -29,11 +31,22 @@ pub enum Table {
     Activations,
     Tokens,
     Sequences,
+    /// The final normed hidden state per token (float32): base logits can be recomputed from it exactly,
+    /// so an organism run reuses the cached base model instead of running it again.
+    FinalHidden,
+    /// Every token id with its text, so top-k ids can be shown as text.
+    Vocab,
 }
 
 impl Table {
     /// Every table, in display order.
-    pub const ALL: [Table; 3] = [Table::Activations, Table::Tokens, Table::Sequences];
+    pub const ALL: [Table; 5] = [
+        Table::Activations,
+        Table::Tokens,
+        Table::Sequences,
+        Table::FinalHidden,
+        Table::Vocab,
+    ];
 
     /// Directory name and SQL table name.
     pub fn name(self) -> &'static str {
@@ -41,6 +54,8 @@ impl Table {
             Table::Activations => "activations",
             Table::Tokens => "tokens",
             Table::Sequences => "sequences",
+            Table::FinalHidden => "final_hidden",
+            Table::Vocab => "vocab",
         }
     }
 
@@ -48,8 +63,8 @@ impl Table {
     pub fn partition_columns(self) -> &'static [&'static str] {
         match self {
             Table::Activations => &["model", "organism", "layer"],
-            Table::Tokens => &["model", "organism"],
-            Table::Sequences => &["model"],
+            Table::Tokens | Table::FinalHidden => &["model", "organism"],
+            Table::Sequences | Table::Vocab => &["model"],
         }
     }
 
@@ -109,6 +124,14 @@ impl PartitionKey {
         }
     }
 
+    /// A partition of `final_hidden`.
+    pub fn final_hidden(model: &str, organism: &str) -> Self {
+        Self {
+            table: Table::FinalHidden,
+            ..Self::tokens(model, organism)
+        }
+    }
+
     /// A partition of `sequences`.
     pub fn sequences(model: &str) -> Self {
         Self {
@@ -116,6 +139,14 @@ impl PartitionKey {
             model: model.into(),
             organism: None,
             layer: None,
+        }
+    }
+
+    /// A partition of `vocab`.
+    pub fn vocab(model: &str) -> Self {
+        Self {
+            table: Table::Vocab,
+            ..Self::sequences(model)
         }
     }
 
@@ -303,6 +334,14 @@ pub fn sequences_file_schema() -> SchemaRef {
         Field::new("seq_id", DataType::Int64, false),
         Field::new("text", DataType::Utf8, true),
         Field::new("n_tokens", DataType::Int32, false),
+    ]))
+}
+
+/// Schema of a `vocab` file (without the partition column).
+pub fn vocab_file_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("token_id", DataType::Int32, false),
+        Field::new("token", DataType::Utf8, true),
     ]))
 }
 

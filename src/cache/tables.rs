@@ -317,7 +317,8 @@ pub fn listing_table(layout: &CacheLayout, table: Table) -> anyhow::Result<Arc<d
     let file_schema = match table {
         Table::Tokens => tokens_file_schema(),
         Table::Sequences => sequences_file_schema(),
-        Table::Activations => anyhow::bail!("activations is not a listing table"),
+        Table::Vocab => crate::cache::layout::vocab_file_schema(),
+        Table::Activations | Table::FinalHidden => anyhow::bail!("{table} is not a listing table"),
     };
     let dir = layout.table_dir(table);
     let partition_cols = partition_fields(table)

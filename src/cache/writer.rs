@@ -128,6 +128,34 @@ fn process_alive(pid: u32) -> bool {
     pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The fingerprint of a partition's token keys (dataset, split, seq_id, pos, token_id) in row order:
+/// equal fingerprints mean the same tokens in the same order. xxh3-128 over the keys' bytes.
+#[derive(Default)]
+pub struct TokenFingerprint {
+    hasher: Xxh3,
+    row: Vec<u8>,
+}
+
+impl TokenFingerprint {
+    /// Adds one row.
+    pub fn push(&mut self, dataset: &str, split: &str, seq_id: i64, pos: i32, token_id: i32) {
+        self.row.clear();
+        self.row.extend_from_slice(dataset.as_bytes());
+        self.row.push(0);
+        self.row.extend_from_slice(split.as_bytes());
+        self.row.push(0);
+        self.row.extend_from_slice(&seq_id.to_le_bytes());
+        self.row.extend_from_slice(&pos.to_le_bytes());
+        self.row.extend_from_slice(&token_id.to_le_bytes());
+        self.hasher.update(&self.row);
+    }
+
+    /// The fingerprint as stored in manifests.
+    pub fn hex(&self) -> String {
+        format!("{:032x}", self.hasher.digest128())
+    }
+}
+
 /// Writes the record batches of one partition.
 pub struct PartitionWriter {
     key: PartitionKey,
@@ -140,8 +168,7 @@ pub struct PartitionWriter {
     rows_in_file: usize,
     files: Vec<FileEntry>,
     rows: u64,
-    fingerprint: Option<Xxh3>,
-    row_bytes: Vec<u8>,
+    fingerprint: Option<TokenFingerprint>,
     encoding: Option<VectorEncoding>,
     _lock: PartitionLock,
 }
@@ -190,8 +217,7 @@ impl PartitionWriter {
             rows_in_file: 0,
             files: Vec::new(),
             rows: 0,
-            fingerprint: has_keys.then(Xxh3::new),
-            row_bytes: Vec::new(),
+            fingerprint: has_keys.then(TokenFingerprint::default),
             encoding,
             _lock: lock,
         })
@@ -228,7 +254,7 @@ impl PartitionWriter {
     }
 
     fn hash_keys(&mut self, batch: &RecordBatch) -> Result<()> {
-        let Some(hasher) = self.fingerprint.as_mut() else {
+        let Some(fp) = self.fingerprint.as_mut() else {
             return Ok(());
         };
         let col = |name: &str| batch.column_by_name(name).expect("schema checked");
@@ -237,17 +263,15 @@ impl PartitionWriter {
         let seq = col("seq_id").as_primitive::<Int64Type>();
         let pos = col("pos").as_primitive::<Int32Type>();
         let tok = col("token_id").as_primitive::<Int32Type>();
-        self.row_bytes.clear();
         for i in 0..batch.num_rows() {
-            self.row_bytes.extend_from_slice(dataset.value(i).as_bytes());
-            self.row_bytes.push(0);
-            self.row_bytes.extend_from_slice(split.value(i).as_bytes());
-            self.row_bytes.push(0);
-            self.row_bytes.extend_from_slice(&seq.value(i).to_le_bytes());
-            self.row_bytes.extend_from_slice(&pos.value(i).to_le_bytes());
-            self.row_bytes.extend_from_slice(&tok.value(i).to_le_bytes());
+            fp.push(
+                dataset.value(i),
+                split.value(i),
+                seq.value(i),
+                pos.value(i),
+                tok.value(i),
+            );
         }
-        hasher.update(&self.row_bytes);
         Ok(())
     }
 
@@ -301,7 +325,7 @@ impl PartitionWriter {
             format: FORMAT_VERSION,
             partition: self.key.clone(),
             rows: self.rows,
-            token_fingerprint: self.fingerprint.as_ref().map(|h| format!("{:032x}", h.digest128())),
+            token_fingerprint: self.fingerprint.as_ref().map(TokenFingerprint::hex),
             dtype: self.encoding.map(|e| e.dtype.name().to_string()),
             d_model: self.encoding.map(|e| e.d_model),
             files: self.files.clone(),

@@ -248,6 +248,11 @@ impl Decoder {
     }
 
     /// Number of decoder layers.
+    /// The dtype the weights are held and computed in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     pub fn num_layers(&self) -> usize {
         self.blocks.len()
     }

@@ -144,6 +144,28 @@ pub struct LoadedModel {
     pub chat_template: Option<String>,
     /// The directory the files came from.
     pub dir: PathBuf,
+    /// Beginning- and end-of-sequence tokens (text and id), from tokenizer_config.json or config.json.
+    pub bos: Option<(String, u32)>,
+    pub eos: Option<(String, u32)>,
+}
+
+/// A special token named in tokenizer_config.json (`"<bos>"` or `{"content": "<bos>"}`), else by id in
+/// config.json (`bos_token_id`), as text and id.
+fn special_token(dir: &Path, tokenizer: &tokenizers::Tokenizer, which: &str) -> Option<(String, u32)> {
+    let read = |f: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(f)).ok()?).ok()
+    };
+    let from_tokenizer_config = read("tokenizer_config.json").and_then(|v| {
+        let t = v.get(format!("{which}_token"))?;
+        t.as_str()
+            .or_else(|| t.get("content").and_then(|c| c.as_str()))
+            .map(str::to_string)
+    });
+    if let Some(text) = from_tokenizer_config {
+        return tokenizer.token_to_id(&text).map(|id| (text, id));
+    }
+    let id = read("config.json")?.get(format!("{which}_token_id"))?.as_u64()? as u32;
+    tokenizer.id_to_token(id).map(|t| (t, id))
 }
 
 /// Loads a model (and merges `adapter`, a PEFT LoRA directory, if given) in `dtype`.
@@ -185,11 +207,15 @@ pub fn load(source: &ModelSource, adapter: Option<&Path>, dtype: DType) -> Resul
                 .and_then(|v| v.get("chat_template").and_then(|c| c.as_str()).map(String::from))
         })
         .or(gguf_template);
+    let bos = special_token(&dir, &tokenizer, "bos");
+    let eos = special_token(&dir, &tokenizer, "eos");
     Ok(LoadedModel {
         architecture,
         decoder,
         tokenizer,
         chat_template,
         dir,
+        bos,
+        eos,
     })
 }

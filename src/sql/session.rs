@@ -31,6 +31,7 @@ pub fn open_session(cache_dir: &Path) -> Result<SessionContext> {
     ctx.register_table("acts", Arc::new(open(VectorTableKind::Acts)?))?;
     ctx.register_table("tokens", listing_table(&layout, Table::Tokens)?)?;
     ctx.register_table("sequences", listing_table(&layout, Table::Sequences)?)?;
+    ctx.register_table("vocab", listing_table(&layout, Table::Vocab)?)?;
     ctx.register_udtf("cache_info", Arc::new(CacheInfo::new(layout)));
     Ok(ctx)
 }

@@ -2,8 +2,10 @@
 //! writers and readers, and the `diffsql` binary driven as a user would.
 
 mod cache;
+mod config;
 mod fixtures;
 mod model;
+mod preprocess;
 mod python;
 mod real_models;
 mod shell;

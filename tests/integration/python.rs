@@ -40,3 +40,38 @@ fn readme_python_snippet_loads_vectors() {
     let norm: f64 = lines.next().unwrap().parse().unwrap();
     assert!((norm - 3.0).abs() < 0.03, "{norm}");
 }
+
+/// The statistic `normdiff` computes, recomputed by numpy from the Parquet files of a preprocessed cache.
+#[test]
+fn normdiff_of_a_preprocessed_cache_equals_numpy() {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Float64Type;
+    let p = super::preprocess::preprocessed();
+    let program = format!(
+        "{}\nfor layer in range(4):\n    print(float(np.linalg.norm(vectors('caps', layer) - vectors('base', layer), axis=1).mean()))\n",
+        readme_snippet().replace("base, ft = vectors(\"base\", 2), vectors(\"caps\", 2)", "")
+    );
+    let out = Command::new("python3")
+        .args(["-c", &program])
+        .env("CACHE", &p.cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let numpy: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let batches = super::preprocess::query(
+        &p.cache,
+        "SELECT layer, normdiff(base, ft) FROM acts WHERE organism = 'caps' GROUP BY layer ORDER BY layer",
+    );
+    let ours = batches[0].column(1).as_primitive::<Float64Type>().values().to_vec();
+    assert_eq!(ours.len(), 4);
+    for (layer, (a, b)) in ours.iter().zip(&numpy).enumerate() {
+        assert!(*a > 0.1, "layer {layer}: organism and base differ");
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs(),
+            "layer {layer}: diffsql {a} vs numpy {b}"
+        );
+    }
+}

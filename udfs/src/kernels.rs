@@ -124,6 +124,32 @@ pub fn kl(log_p: &[f32], log_q: &[f32]) -> f64 {
     sum
 }
 
+/// Log-softmax of `logits` into `out`, for next-token statistics (max-subtracted, the sum in f64).
+pub fn log_softmax(logits: &[f32], out: &mut [f32]) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    let log_z = max as f64 + sum.ln();
+    for (o, &x) in out.iter_mut().zip(logits) {
+        *o = (x as f64 - log_z) as f32;
+    }
+}
+
+/// The `k` most probable tokens, most probable first (ties by lower id).
+pub fn top_k(log_p: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let k = k.min(log_p.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut idx: Vec<u32> = (0..log_p.len() as u32).collect();
+    let order = |a: &u32, b: &u32| log_p[*b as usize].total_cmp(&log_p[*a as usize]).then_with(|| a.cmp(b));
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, order);
+        idx.truncate(k);
+    }
+    idx.sort_unstable_by(order);
+    idx.into_iter().map(|i| (i, log_p[i as usize])).collect()
+}
+
 /// out[i] += (b[i] − a[i]) in f64, the running sum behind `mean_diff`.
 #[inline]
 pub fn add_diff(out: &mut [f64], a: &[f32], b: &[f32]) {
@@ -182,5 +208,27 @@ mod tests {
         // q gives zero mass where p has some: infinite
         assert_eq!(kl(&q, &p), f64::INFINITY);
         assert_eq!(kl(&q, &q), 0.0);
+    }
+
+    #[test]
+    fn log_softmax_closed_form() {
+        let mut out = [0f32; 3];
+        log_softmax(&[1.0, 2.0, 3.0], &mut out);
+        // log(e^x / (e + e^2 + e^3))
+        let z = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
+        for (o, x) in out.iter().zip([1.0f64, 2.0, 3.0]) {
+            assert!((*o as f64 - (x - z)).abs() < 1e-6);
+        }
+        // Large logits do not overflow.
+        log_softmax(&[1000.0, 1000.0], &mut out[..2]);
+        assert!((out[0] as f64 - 0.5f64.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn top_k_orders_and_breaks_ties() {
+        let lp = [-3.0, -1.0, -2.0, -1.0, -5.0];
+        assert_eq!(top_k(&lp, 3), vec![(1, -1.0), (3, -1.0), (2, -2.0)]);
+        assert_eq!(top_k(&lp, 10).len(), 5);
+        assert!(top_k(&lp, 0).is_empty());
     }
 }

@@ -1,0 +1,274 @@
+//! The typed settings a run uses, deserialised once from the merged config tree (unknown keys are errors).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// Everything a run needs, resolved from `configs/` and the overrides.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The group choices this run was resolved with.
+    pub defaults: Defaults,
+    pub model: ModelConfig,
+    pub organism: OrganismConfig,
+    /// The chosen datasets, by name, in `defaults.dataset` order.
+    pub dataset: BTreeMap<String, DatasetConfig>,
+    pub diffing: Diffing,
+    pub pipeline: Pipeline,
+    pub preprocessing: Preprocessing,
+    /// Where the cache lives (relative paths are relative to the working directory).
+    pub cache_dir: PathBuf,
+    /// Where diffing results are written.
+    pub results_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    pub model: String,
+    pub organism: String,
+    pub dataset: Vec<String>,
+    #[serde(rename = "diffing/method")]
+    pub diffing_method: String,
+}
+
+/// A base model: `configs/model/NAME.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// A local directory, a `.gguf` file, or a Hugging Face repo id.
+    pub source: String,
+    /// Hub revision (branch, tag or commit).
+    #[serde(default = "main_revision")]
+    pub revision: String,
+    /// Compute dtype: float32, bfloat16 or float16.
+    #[serde(default = "float32")]
+    pub dtype: String,
+}
+
+/// A finetuned model organism: `configs/organism/NAME.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrganismConfig {
+    pub name: String,
+    /// What the finetune taught, in a line.
+    pub description: String,
+    /// How it was made (e.g. SDF: synthetic document finetuning; style).
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    /// The dataset config holding its training data, if one exists.
+    #[serde(default)]
+    pub training_dataset: Option<String>,
+    /// The finetuned checkpoint of each base model it exists for, by model config name.
+    #[serde(default)]
+    pub finetuned: BTreeMap<String, Finetuned>,
+}
+
+/// Where one organism's weights come from for one base model: a full model or a PEFT LoRA adapter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finetuned {
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub adapter: Option<String>,
+    #[serde(default = "main_revision")]
+    pub revision: String,
+}
+
+/// A dataset: `configs/dataset/NAME.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// A local file (`.jsonl`, `.txt`, `.parquet`) or a Hugging Face dataset repo id.
+    pub source: String,
+    /// jsonl, text or parquet; `auto` decides by the file extension.
+    #[serde(default = "auto")]
+    pub format: String,
+    /// The split name recorded in the cache (and, for hub datasets, the files to read).
+    #[serde(default = "train")]
+    pub split: String,
+    #[serde(default = "text_field")]
+    pub text_field: String,
+    /// Field of chat conversations (a list of {role, content}); rendered with the model's chat template.
+    #[serde(default = "messages_field")]
+    pub messages_field: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Diffing {
+    pub method: MethodConfig,
+}
+
+/// A diffing method: `configs/diffing/method/NAME.toml`, running the queries in `queries/NAME/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Parameters substituted into the queries as `$name`.
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Preprocessing,
+    Diffing,
+    Full,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Preprocessing => "preprocessing",
+            Mode::Diffing => "diffing",
+            Mode::Full => "full",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub mode: Mode,
+}
+
+/// A layer to cache: an index (negative counts from the end) or a fraction of the depth.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LayerSpec {
+    Index(i64),
+    Fraction(f64),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocessing {
+    /// Layers whose residual-stream output is cached.
+    pub layers: Vec<LayerSpec>,
+    /// Storage dtype of cached vectors: bfloat16, float16 or float32.
+    pub dtype: String,
+    /// Tokens per sequence at most (longer samples are truncated).
+    pub context_len: usize,
+    pub batch_size: usize,
+    /// Samples per dataset at most.
+    pub max_samples: usize,
+    /// Tokens per dataset at most.
+    pub max_tokens: usize,
+    /// Next-token candidates kept per token and model in `tokens`.
+    pub top_k: usize,
+    /// Compression of the cached vectors: none, snappy, zstd or zstd(N).
+    pub compression: String,
+}
+
+fn main_revision() -> String {
+    "main".into()
+}
+fn float32() -> String {
+    "float32".into()
+}
+fn auto() -> String {
+    "auto".into()
+}
+fn train() -> String {
+    "train".into()
+}
+fn text_field() -> String {
+    "text".into()
+}
+fn messages_field() -> String {
+    "messages".into()
+}
+
+/// Resolves layer specs against a model's depth: fractions are `int(f * (num_layers - 1))` as in the seed,
+/// negative indices count from the end. The result is sorted and without repeats.
+pub fn resolve_layers(specs: &[LayerSpec], num_layers: usize) -> Result<Vec<i32>> {
+    if specs.is_empty() {
+        bail!("preprocessing.layers is empty: give layer indices or fractions, e.g. [0.5]");
+    }
+    let n = num_layers as i64;
+    let mut out = Vec::new();
+    for s in specs {
+        let layer = match *s {
+            LayerSpec::Index(i) if (-n..n).contains(&i) => i.rem_euclid(n),
+            LayerSpec::Index(i) => bail!("layer {i} does not exist: the model has {num_layers} layers (0..{n})"),
+            LayerSpec::Fraction(f) if (0.0..=1.0).contains(&f) => (f * (n - 1) as f64) as i64,
+            LayerSpec::Fraction(f) => bail!("layer fraction {f} is outside [0, 1]"),
+        };
+        out.push(layer as i32);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+impl Settings {
+    /// The chosen datasets in order.
+    pub fn datasets(&self) -> Vec<&DatasetConfig> {
+        self.defaults.dataset.iter().map(|n| &self.dataset[n]).collect()
+    }
+
+    /// The organism's checkpoint for the chosen base model.
+    pub fn finetuned(&self) -> Result<&Finetuned> {
+        self.organism.finetuned.get(&self.model.name).ok_or_else(|| {
+            let known: Vec<_> = self.organism.finetuned.keys().cloned().collect();
+            anyhow::anyhow!(
+                "organism {} has no finetuned checkpoint for model {} (it has one for: {}): add [finetuned.{}] to configs/organism/{}.toml",
+                self.organism.name,
+                self.model.name,
+                if known.is_empty() { "none".into() } else { known.join(", ") },
+                self.model.name,
+                self.organism.name
+            )
+        })
+    }
+}
+
+/// A source as written in a config, made relative to the project (the parent of `configs/`) when it names
+/// a path that exists there; otherwise it is returned as written (a hub id or an absolute path).
+pub fn locate(source: &str, project_root: &Path) -> String {
+    let p = Path::new(source);
+    if p.is_relative() {
+        let candidate = project_root.join(p);
+        if candidate.exists() {
+            return candidate.to_string_lossy().into_owned();
+        }
+    }
+    source.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_like_the_seed() {
+        use LayerSpec::*;
+        assert_eq!(resolve_layers(&[Fraction(0.5)], 26).unwrap(), vec![12]);
+        assert_eq!(
+            resolve_layers(&[Fraction(0.25), Fraction(0.5), Fraction(0.75), Fraction(1.0)], 4).unwrap(),
+            vec![0, 1, 2, 3]
+        );
+        assert_eq!(resolve_layers(&[Index(-1), Index(0), Index(0)], 4).unwrap(), vec![0, 3]);
+        assert!(resolve_layers(&[Index(4)], 4)
+            .unwrap_err()
+            .to_string()
+            .contains("has 4 layers"));
+        assert!(resolve_layers(&[Fraction(1.5)], 4).is_err());
+        assert!(resolve_layers(&[], 4).is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! Reading a dataset's samples from where its config says: local JSONL, plain text or Parquet, or a
+//! Hugging Face dataset repo through the hub cache.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use datafusion::arrow::array::{Array, AsArray, ListArray, StructArray};
+use datafusion::arrow::datatypes::DataType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::config::settings::{locate, DatasetConfig};
+
+/// One chat turn.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// What one sample holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sample {
+    Text(String),
+    Chat(Vec<Message>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Jsonl,
+    Text,
+    Parquet,
+}
+
+fn format_of(cfg: &DatasetConfig, file: &Path) -> Result<Format> {
+    let by_name = match cfg.format.as_str() {
+        "auto" => file.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        f => f,
+    };
+    Ok(match by_name {
+        "jsonl" | "json" => Format::Jsonl,
+        "text" | "txt" => Format::Text,
+        "parquet" => Format::Parquet,
+        other => bail!(
+            "dataset {}: cannot read {} as {other:?}: set format to jsonl, text or parquet",
+            cfg.name,
+            file.display()
+        ),
+    })
+}
+
+/// The files a dataset reads, in order.
+pub fn files(cfg: &DatasetConfig, project_root: &Path) -> Result<Vec<PathBuf>> {
+    let source = locate(&cfg.source, project_root);
+    let path = Path::new(&source);
+    let readable = |p: &str| [".jsonl", ".json", ".txt", ".parquet"].iter().any(|e| p.ends_with(e));
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    if path.is_dir() {
+        let mut out: Vec<PathBuf> = fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| readable(&p.to_string_lossy()))
+            .collect();
+        out.sort();
+        if out.is_empty() {
+            bail!(
+                "dataset {}: {} holds no .jsonl, .txt or .parquet files",
+                cfg.name,
+                path.display()
+            );
+        }
+        return Ok(out);
+    }
+    if path.is_absolute() || source.starts_with('.') || source.split('/').count() != 2 {
+        bail!(
+            "dataset {}: {} does not exist and is not a Hugging Face dataset id like org/name",
+            cfg.name,
+            cfg.source
+        );
+    }
+    // A hub dataset: the files of the split (by path, as the hub's data/train-*.parquet convention).
+    let split = cfg.split.clone();
+    let wanted = move |p: &str| {
+        readable(p)
+            && Path::new(p)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().contains(split.as_str()))
+    };
+    crate::hub::repo_files(&source, hf_hub::RepoType::Dataset, "main", &wanted)
+        .with_context(|| format!("dataset {}", cfg.name))
+}
+
+/// Reads up to `max_samples` samples (`max_samples` 0: all).
+pub fn read(cfg: &DatasetConfig, project_root: &Path, max_samples: usize) -> Result<Vec<Sample>> {
+    let limit = if max_samples == 0 { usize::MAX } else { max_samples };
+    let mut out = Vec::new();
+    for file in files(cfg, project_root)? {
+        if out.len() >= limit {
+            break;
+        }
+        let room = limit - out.len();
+        let samples = match format_of(cfg, &file)? {
+            Format::Jsonl => read_jsonl(cfg, &file, room)?,
+            Format::Text => read_text(&file, room)?,
+            Format::Parquet => read_parquet(cfg, &file, room)?,
+        };
+        out.extend(samples);
+    }
+    Ok(out)
+}
+
+fn read_jsonl(cfg: &DatasetConfig, file: &Path, limit: usize) -> Result<Vec<Sample>> {
+    let text = fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        if out.len() == limit {
+            break;
+        }
+        let where_ = || format!("{} line {}", file.display(), i + 1);
+        let value: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", where_()))?;
+        if let Some(t) = value.get(&cfg.text_field).and_then(|v| v.as_str()) {
+            out.push(Sample::Text(t.to_string()));
+        } else if let Some(m) = value.get(&cfg.messages_field) {
+            let messages: Vec<Message> = serde_json::from_value(m.clone()).with_context(|| {
+                format!(
+                    "{}: `{}` is not a list of {{role, content}}",
+                    where_(),
+                    cfg.messages_field
+                )
+            })?;
+            out.push(Sample::Chat(messages));
+        } else {
+            bail!(
+                "{}: has neither `{}` (text) nor `{}` (chat); set text_field or messages_field in configs/dataset/{}.toml",
+                where_(),
+                cfg.text_field,
+                cfg.messages_field,
+                cfg.name
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Plain text: each block separated by a blank line is a sample.
+fn read_text(file: &Path, limit: usize) -> Result<Vec<Sample>> {
+    let text = fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok(text
+        .replace("\r\n", "\n")
+        .split("\n\n")
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .take(limit)
+        .map(|b| Sample::Text(b.to_string()))
+        .collect())
+}
+
+fn read_parquet(cfg: &DatasetConfig, file: &Path, limit: usize) -> Result<Vec<Sample>> {
+    let f = fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+        .with_context(|| format!("{} is not a Parquet file", file.display()))?
+        .build()?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.with_context(|| format!("cannot read {}", file.display()))?;
+        if let Some(col) = batch.column_by_name(&cfg.text_field) {
+            let strings = datafusion::arrow::compute::cast(col, &DataType::Utf8)?;
+            let strings = strings.as_string::<i32>();
+            out.extend(strings.iter().flatten().map(|s| Sample::Text(s.to_string())));
+        } else if let Some(col) = batch.column_by_name(&cfg.messages_field) {
+            let list = col
+                .as_any()
+                .downcast_ref::<ListArray>()
+                .with_context(|| format!("{}: `{}` is not a list", file.display(), cfg.messages_field))?;
+            for i in 0..list.len() {
+                out.push(Sample::Chat(messages_of(&list.value(i), file)?));
+            }
+        } else {
+            bail!(
+                "{}: has neither a `{}` nor a `{}` column; set text_field or messages_field in configs/dataset/{}.toml",
+                file.display(),
+                cfg.text_field,
+                cfg.messages_field,
+                cfg.name
+            );
+        }
+        if out.len() >= limit {
+            out.truncate(limit);
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn messages_of(turns: &dyn Array, file: &Path) -> Result<Vec<Message>> {
+    let s = turns
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .with_context(|| format!("{}: chat turns are not structs", file.display()))?;
+    let field = |name: &str| -> Result<Vec<String>> {
+        let col = s
+            .column_by_name(name)
+            .with_context(|| format!("{}: chat turns have no `{name}`", file.display()))?;
+        let col = datafusion::arrow::compute::cast(col, &DataType::Utf8)?;
+        Ok(col
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.unwrap_or("").to_string())
+            .collect())
+    };
+    Ok(field("role")?
+        .into_iter()
+        .zip(field("content")?)
+        .map(|(role, content)| Message { role, content })
+        .collect())
+}

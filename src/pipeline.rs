@@ -1,0 +1,134 @@
+//! The pipeline as the command line runs it: resolve the config for each run of a (multi)run, then
+//! preprocess, diff, or both. In a multirun one failure does not stop the others; all are reported.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use crate::config::overrides::{Override, Target};
+use crate::config::{expand, parse_all, ConfigDir, Mode, Settings};
+
+/// A human-readable size.
+pub fn bytes(n: u64) -> String {
+    let mut v = n as f64;
+    for unit in ["B", "KiB", "MiB", "GiB"] {
+        if v < 1024.0 || unit == "GiB" {
+            return if unit == "B" {
+                format!("{n} B")
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+        v /= 1024.0;
+    }
+    unreachable!()
+}
+
+/// Runs preprocessing for resolved settings and prints its summary.
+pub fn preprocess(settings: &Settings, configs: &ConfigDir) -> Result<()> {
+    let s = crate::preprocess::run(settings, &configs.project_root())?;
+    let who = format!("{} / {}", settings.model.name, settings.organism.name);
+    if s.is_noop() {
+        eprintln!(
+            "preprocess {who}: cache already complete in {} ({} tokens); nothing to do",
+            settings.cache_dir.display(),
+            s.tokens
+        );
+    } else {
+        eprintln!(
+            "preprocess {who}: {} tokens, {} partitions, {} rows, {} in {:.1} s ({:.0} tokens/s){}",
+            s.tokens,
+            s.partitions_written,
+            s.rows_written,
+            bytes(s.bytes_written),
+            s.seconds,
+            s.tokens as f64 / s.seconds.max(1e-9),
+            if s.base_reused {
+                "; base model reused from the cache"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Runs the configured diffing method and prints where its results went.
+pub fn diff(settings: &Settings, queries: &Path) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let r = runtime.block_on(crate::diffing::run(settings, queries))?;
+    eprintln!(
+        "diffing {} / {} / {}: {} tables, {} plots in {} ({:.2} s)",
+        r.model,
+        r.organism,
+        r.method,
+        r.tables.len(),
+        r.plots.len(),
+        r.dir.display(),
+        r.seconds
+    );
+    Ok(())
+}
+
+/// Runs one resolved config in its mode.
+pub fn run_one(settings: &Settings, configs: &ConfigDir, queries: &Path) -> Result<()> {
+    if matches!(settings.pipeline.mode, Mode::Preprocessing | Mode::Full) {
+        preprocess(settings, configs)?;
+    }
+    if matches!(settings.pipeline.mode, Mode::Diffing | Mode::Full) {
+        diff(settings, queries)?;
+    }
+    Ok(())
+}
+
+/// Parses `args`, expands sweeps and runs each resolved config with `each`; `fixed` overrides (such as a
+/// mode forced by the subcommand) apply to every run. Failures are collected and reported at the end.
+pub fn multirun(
+    configs: &ConfigDir,
+    args: &[String],
+    multirun: bool,
+    fixed: &[Override],
+    mut each: impl FnMut(&Settings) -> Result<()>,
+) -> Result<()> {
+    let parsed = parse_all(args, multirun)?;
+    for f in fixed {
+        if parsed.iter().any(|p| p.target == f.target) {
+            if let Target::Key { path, .. } = &f.target {
+                bail!("`{}` is set by this command; leave it out", path.join("."));
+            }
+        }
+    }
+    let runs = expand(&parsed);
+    let mut failures = Vec::new();
+    for (i, run) in runs.iter().enumerate() {
+        let label = run.iter().map(|o| o.raw.as_str()).collect::<Vec<_>>().join(" ");
+        if runs.len() > 1 {
+            eprintln!(
+                "[{}/{}] {}",
+                i + 1,
+                runs.len(),
+                if label.is_empty() { "(defaults)" } else { &label }
+            );
+        }
+        let mut all = run.clone();
+        all.extend(fixed.iter().cloned());
+        let outcome = configs.resolve(&all).and_then(|s| each(&s));
+        if let Err(e) = outcome {
+            if runs.len() == 1 {
+                return Err(e);
+            }
+            eprintln!("[{}/{}] failed: {}", i + 1, runs.len(), crate::sql::shell::one_line(&e));
+            failures.push((label, e));
+        }
+    }
+    if !failures.is_empty() {
+        for (label, e) in &failures {
+            eprintln!("failed: {label}: {}", crate::sql::shell::one_line(e));
+        }
+        bail!("{} of {} runs failed", failures.len(), runs.len());
+    }
+    if runs.len() > 1 {
+        eprintln!("all {} runs succeeded", runs.len());
+    }
+    Ok(())
+}

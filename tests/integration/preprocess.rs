@@ -1,0 +1,333 @@
+//! Preprocessing on the bundled Shakespeare model pair: what lands in the cache equals what the runtime
+//! computes, reruns are no-ops, a second organism reuses the base, interrupted runs resume, locks hold.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use candle_core::{Device, Tensor, D};
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Float32Type, Float64Type, Int32Type};
+use diffsql::cache::{CacheLayout, PartitionKey};
+use diffsql::config::{parse_all, ConfigDir, Settings};
+use diffsql::preprocess::run::{load_pair, tokenize_datasets};
+use diffsql::sql::open_session;
+
+pub fn configs() -> ConfigDir {
+    ConfigDir::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs"))
+}
+
+/// Small, quick settings on the bundled pair.
+pub fn small_settings(cache: &Path, extra: &[&str]) -> Settings {
+    let mut args: Vec<String> = vec![
+        "dataset=[shakespeare_pretrain,shakespeare_chat]".into(),
+        "preprocessing.max_samples=6".into(),
+        "preprocessing.context_len=48".into(),
+        "preprocessing.batch_size=4".into(),
+        "preprocessing.dtype=float32".into(),
+        format!("cache_dir={}", cache.display()),
+    ];
+    // An extra setting replaces the small default of the same key.
+    let key = |a: &str| a.split('=').next().unwrap_or("").to_string();
+    args.retain(|a| !extra.iter().any(|e| key(e) == key(a)));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    configs().resolve(&parse_all(&args, false).unwrap()).unwrap()
+}
+
+pub struct Preprocessed {
+    _dir: tempfile::TempDir,
+    pub cache: PathBuf,
+}
+
+/// A cache with caps and roman_concrete preprocessed (float32), built once.
+pub fn preprocessed() -> &'static Preprocessed {
+    static CACHE: OnceLock<Preprocessed> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        for organism in ["caps", "roman_concrete"] {
+            let s = small_settings(&cache, &[&format!("organism={organism}")]);
+            diffsql::preprocess::run(&s, &configs().project_root()).unwrap();
+        }
+        Preprocessed { _dir: dir, cache }
+    })
+}
+
+pub fn query(cache: &Path, sql: &str) -> Vec<RecordBatch> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ctx = open_session(cache).unwrap();
+        ctx.sql(sql).await.unwrap().collect().await.unwrap()
+    })
+}
+
+fn f32s(batches: &[RecordBatch], col: usize) -> Vec<f32> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column(col)
+                .as_primitive::<Float32Type>()
+                .iter()
+                .map(|v| v.unwrap_or(f32::NAN))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn cached_activations_and_next_token_statistics_equal_the_runtime() {
+    let p = preprocessed();
+    let settings = small_settings(&p.cache, &["organism=caps"]);
+    let root = configs().project_root();
+    let pair = load_pair(&settings, &root).unwrap();
+    let datasets = tokenize_datasets(&settings, &root, &pair.base).unwrap();
+    // The second sequence of the chat split, run alone (no padding); preprocessing ran it in a padded batch.
+    let seq = &datasets[1].sequences[1];
+    let n = seq.ids.len();
+    let ids = Tensor::from_vec(seq.ids.clone(), (1, n), &Device::Cpu).unwrap();
+    let mask = Tensor::ones((1, n), candle_core::DType::U8, &Device::Cpu).unwrap();
+    let layers = [0usize, 1, 2, 3];
+    let base = pair.base.decoder.forward(&ids, &mask, &layers, true).unwrap();
+    let ft = pair.organism.decoder.forward(&ids, &mask, &layers, true).unwrap();
+    for (i, &layer) in layers.iter().enumerate() {
+        for (organism, out) in [("base", &base), ("caps", &ft)] {
+            let sql = format!(
+                "SELECT act FROM activations WHERE organism = '{organism}' AND layer = {layer} \
+                 AND dataset = 'shakespeare_chat' AND seq_id = 1 ORDER BY pos"
+            );
+            let batches = query(&p.cache, &sql);
+            let cached: Vec<f32> = batches
+                .iter()
+                .flat_map(|b| {
+                    let l = b.column(0).as_fixed_size_list();
+                    l.values().as_primitive::<Float32Type>().values().to_vec()
+                })
+                .collect();
+            let expect = out.layers[i].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(cached.len(), expect.len(), "{organism} layer {layer}");
+            let err = cached
+                .iter()
+                .zip(&expect)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-4, "{organism} layer {layer}: max error {err}");
+        }
+    }
+    // KL(ft‖base) and next-token log-probs, from full logits with candle's own log_softmax.
+    let lp = |m: &diffsql::model::decoder::Decoder, h: &Tensor| {
+        candle_nn::ops::log_softmax(&m.logits(h).unwrap(), D::Minus1)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+    };
+    let lp_base = lp(&pair.base.decoder, base.final_hidden.as_ref().unwrap());
+    let lp_ft = lp(&pair.organism.decoder, ft.final_hidden.as_ref().unwrap());
+    let kl_ref: Vec<f32> = (lp_ft.exp().unwrap() * (&lp_ft - &lp_base).unwrap())
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let batches = query(
+        &p.cache,
+        "SELECT kl, logprob FROM tokens WHERE organism = 'caps' AND dataset = 'shakespeare_chat' AND seq_id = 1 ORDER BY pos",
+    );
+    let (kl, logprob) = (f32s(&batches, 0), f32s(&batches, 1));
+    assert_eq!(kl.len(), n);
+    for (p, (a, b)) in kl.iter().zip(&kl_ref).enumerate() {
+        assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "KL at {p}: {a} vs {b}");
+    }
+    let lp_ft_rows: Vec<Vec<f32>> = lp_ft.to_vec2().unwrap();
+    for p in 0..n - 1 {
+        let expect = lp_ft_rows[p][seq.ids[p + 1] as usize];
+        assert!((logprob[p] - expect).abs() < 1e-4, "logprob at {p}");
+    }
+    assert!(logprob[n - 1].is_nan(), "the last token has no next token");
+}
+
+#[test]
+fn rerun_is_a_noop_and_the_second_organism_reused_the_base() {
+    let p = preprocessed();
+    let layout = CacheLayout::new(&p.cache);
+    let base_key = PartitionKey::activations("shakespeare", "base", 2);
+    let before = layout.manifest(&base_key).unwrap().unwrap();
+    let s = diffsql::preprocess::run(
+        &small_settings(&p.cache, &["organism=roman_concrete"]),
+        &configs().project_root(),
+    )
+    .unwrap();
+    assert!(s.is_noop());
+    // The base partition was written once (by the caps run) and is the one both organisms pair with.
+    assert_eq!(
+        layout.manifest(&base_key).unwrap().unwrap().created_unix,
+        before.created_unix
+    );
+    let batches = query(
+        &p.cache,
+        "SELECT organism, count(*) FROM acts WHERE layer = 2 GROUP BY organism ORDER BY organism",
+    );
+    let counts = batches[0]
+        .column(1)
+        .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+    assert_eq!(counts.len(), 2);
+    assert_eq!(counts.value(0), counts.value(1));
+    assert_eq!(counts.value(0) as u64, before.rows);
+}
+
+#[test]
+fn a_second_organism_run_skips_the_base_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("c");
+    let root = configs().project_root();
+    let first = diffsql::preprocess::run(&small_settings(&cache, &["organism=caps"]), &root).unwrap();
+    assert!(!first.base_reused);
+    let second = diffsql::preprocess::run(&small_settings(&cache, &["organism=roman_concrete"]), &root).unwrap();
+    assert!(second.base_reused);
+    // Four layers, final_hidden and tokens of the organism only.
+    assert_eq!(second.partitions_written, 6);
+    // KL computed from the cached base final hidden state equals KL computed with the base model run.
+    let other = dir.path().join("d");
+    diffsql::preprocess::run(&small_settings(&other, &["organism=roman_concrete"]), &root).unwrap();
+    let sql = "SELECT kl FROM tokens WHERE organism = 'roman_concrete' ORDER BY dataset, seq_id, pos";
+    let (a, b) = (f32s(&query(&cache, sql), 0), f32s(&query(&other, sql), 0));
+    assert_eq!(a.len(), b.len());
+    let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(err < 1e-5, "max KL difference {err}");
+}
+
+#[test]
+fn changed_settings_against_a_complete_base_are_refused() {
+    let p = preprocessed();
+    let e = diffsql::preprocess::run(
+        &small_settings(&p.cache, &["organism=caps", "preprocessing.context_len=40"]),
+        &configs().project_root(),
+    )
+    .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("holds other tokens than this run"), "{msg}");
+    assert!(msg.contains("cache_dir"), "{msg}");
+}
+
+#[test]
+fn a_partition_being_written_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("c");
+    let layout = CacheLayout::new(&cache);
+    let held = diffsql::cache::ActivationWriter::create(
+        &layout,
+        PartitionKey::activations("shakespeare", "caps", 0),
+        diffsql::cache::vectors::VectorEncoding::new(diffsql_udfs::vector::ElementType::Float32, 128),
+        Default::default(),
+    )
+    .unwrap();
+    let e =
+        diffsql::preprocess::run(&small_settings(&cache, &["organism=caps"]), &configs().project_root()).unwrap_err();
+    assert!(format!("{e:#}").contains("lock"), "{e:#}");
+    drop(held);
+    diffsql::preprocess::run(&small_settings(&cache, &["organism=caps"]), &configs().project_root()).unwrap();
+}
+
+#[test]
+fn an_unwritable_cache_dir_is_a_clear_error() {
+    let e = diffsql::preprocess::run(
+        &small_settings(Path::new("/proc/diffsql-cache"), &["organism=caps"]),
+        &configs().project_root(),
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("cannot create"), "{e:#}");
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_diffsql")
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("c");
+    let args = |cache: &Path| {
+        vec![
+            "preprocess".to_string(),
+            "organism=caps".into(),
+            "dataset=[shakespeare_pretrain]".into(),
+            "preprocessing.max_samples=64".into(),
+            "preprocessing.batch_size=2".into(),
+            format!("cache_dir={}", cache.display()),
+        ]
+    };
+    let project = configs().project_root();
+    let mut child = Command::new(bin())
+        .args(args(&cache))
+        .current_dir(&project)
+        .spawn()
+        .unwrap();
+    // Kill it once it has started writing partitions.
+    let staging = cache.join(".staging");
+    let started = std::time::Instant::now();
+    loop {
+        let writing = std::fs::read_dir(&staging)
+            .map(|d| d.flatten().any(|e| e.path().join("part-00000.parquet").exists()))
+            .unwrap_or(false);
+        if writing || started.elapsed().as_secs() > 60 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let layout = CacheLayout::new(&cache);
+    assert!(
+        layout
+            .manifest(&PartitionKey::tokens("shakespeare", "caps"))
+            .unwrap()
+            .is_none(),
+        "the run was killed before it finished"
+    );
+    // The rerun finishes, and equals a run that was never interrupted.
+    let out = Command::new(bin())
+        .args(args(&cache))
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let clean = dir.path().join("clean");
+    let out = Command::new(bin())
+        .args(args(&clean))
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let sql = "SELECT layer, normdiff(base, ft) FROM acts GROUP BY layer ORDER BY layer";
+    let (a, b) = (query(&cache, sql), query(&clean, sql));
+    let vals = |bs: &[RecordBatch]| bs[0].column(1).as_primitive::<Float64Type>().values().to_vec();
+    assert_eq!(vals(&a), vals(&b));
+    let sql = "SELECT sum(kl), count(*) FROM tokens WHERE organism = 'caps'";
+    assert_eq!(
+        query(&cache, sql)[0].column(0).as_primitive::<Float64Type>().value(0),
+        query(&clean, sql)[0].column(0).as_primitive::<Float64Type>().value(0)
+    );
+    // And a third run is a no-op.
+    let out = Command::new(bin())
+        .args(args(&cache))
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to do"));
+    assert!(!staging.join("tokens,model=shakespeare,organism=caps").exists());
+}
+
+#[test]
+fn chat_samples_go_through_the_template_and_layers_resolve() {
+    let p = preprocessed();
+    let batches = query(
+        &p.cache,
+        "SELECT text FROM sequences WHERE dataset = 'shakespeare_chat' ORDER BY seq_id LIMIT 1",
+    );
+    let text = batches[0].column(0).as_string::<i32>().value(0).to_string();
+    assert!(text.starts_with("<bos><|user|>\n"), "{text}");
+    assert!(text.contains("<|end|>\n<|assistant|>\n"), "{text}");
+    // Fractions 0.25, 0.5, 0.75, 1.0 of a 4-layer model are layers 0..3.
+    let batches = query(&p.cache, "SELECT DISTINCT layer FROM activations ORDER BY layer");
+    let layers: Vec<i32> = batches[0].column(0).as_primitive::<Int32Type>().values().to_vec();
+    assert_eq!(layers, vec![0, 1, 2, 3]);
+}
