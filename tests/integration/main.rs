@@ -3,6 +3,7 @@
 
 mod cache;
 mod config;
+mod diffing;
 mod fixtures;
 mod model;
 mod preprocess;

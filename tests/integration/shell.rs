@@ -156,7 +156,7 @@ fn piped_session_handles_multiline_statements_commands_and_errors() {
                  SELECT nope FROM acts;\n\
                  \\d\n\
                  \\d acts\n\
-                 \\run normdiff\n\
+                 \\run layer_normdiff\n\
                  \\bogus\n\
                  \\q\n\
                  SELECT 'not reached';\n";
@@ -192,7 +192,7 @@ fn piped_session_handles_multiline_statements_commands_and_errors() {
 #[test]
 fn saved_query_runs_by_name_and_unknown_names_list_the_choices() {
     let out = diffsql(&caches().f32)
-        .args(["query", "normdiff", "--format", "csv"])
+        .args(["query", "layer_normdiff", "--format", "csv"])
         .output()
         .unwrap();
     let (stdout, stderr) = text(&out);
@@ -203,7 +203,7 @@ fn saved_query_runs_by_name_and_unknown_names_list_the_choices() {
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("no saved query \"nope\"") && stderr.contains("available: normdiff"),
+        stderr.contains("no saved query \"nope\"") && stderr.contains("layer_normdiff"),
         "{stderr}"
     );
 }
