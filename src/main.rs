@@ -188,8 +188,8 @@ fn run() -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Some(Command::Preprocess(_) | Command::Run(_) | Command::Config { .. }) => unreachable!("handled above"),
-        None => runtime.block_on(sql(&cache, &cli.queries, SqlArgs::default())),
-        Some(Command::Sql(args)) => runtime.block_on(sql(&cache, &cli.queries, args)),
+        None => runtime.block_on(sql(&cache, &cli.queries, &configs, SqlArgs::default())),
+        Some(Command::Sql(args)) => runtime.block_on(sql(&cache, &cli.queries, &configs, args)),
         Some(Command::Query { name: None, .. }) => {
             println!("{}", queries::list(&cli.queries)?.join("\n"));
             Ok(ExitCode::SUCCESS)
@@ -199,7 +199,9 @@ fn run() -> Result<ExitCode> {
             format,
         }) => runtime.block_on(async {
             let sql = queries::read(&cli.queries, &name)?;
-            let mut shell = Shell::new(open_session(&cache)?, cli.queries.clone(), format);
+            let ctx = open_session(&cache)?;
+            diffsql::sql::register_model_functions(&ctx, configs.clone());
+            let mut shell = Shell::new(ctx, cli.queries.clone(), format);
             shell.execute(&sql).await?;
             Ok(ExitCode::SUCCESS)
         }),
@@ -207,8 +209,9 @@ fn run() -> Result<ExitCode> {
     }
 }
 
-async fn sql(cache: &Path, queries_dir: &Path, args: SqlArgs) -> Result<ExitCode> {
+async fn sql(cache: &Path, queries_dir: &Path, configs: &ConfigDir, args: SqlArgs) -> Result<ExitCode> {
     let ctx = open_session(cache)?;
+    diffsql::sql::register_model_functions(&ctx, configs.clone());
     let mut shell = Shell::new(ctx, queries_dir.to_path_buf(), args.format);
     shell.set_timing(args.timing);
     if !args.commands.is_empty() || !args.files.is_empty() {

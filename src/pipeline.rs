@@ -54,9 +54,9 @@ pub fn preprocess(settings: &Settings, configs: &ConfigDir) -> Result<()> {
 }
 
 /// Runs the configured diffing method and prints where its results went.
-pub fn diff(settings: &Settings, queries: &Path) -> Result<()> {
+pub fn diff(settings: &Settings, queries: &Path, configs: &ConfigDir) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let r = runtime.block_on(crate::diffing::run(settings, queries))?;
+    let r = runtime.block_on(crate::diffing::run(settings, queries, configs))?;
     eprintln!(
         "diffing {} / {} / {}: {} tables, {} plots in {} ({:.2} s)",
         r.model,
@@ -76,7 +76,7 @@ pub fn run_one(settings: &Settings, configs: &ConfigDir, queries: &Path) -> Resu
         preprocess(settings, configs)?;
     }
     if matches!(settings.pipeline.mode, Mode::Diffing | Mode::Full) {
-        diff(settings, queries)?;
+        diff(settings, queries, configs)?;
     }
     Ok(())
 }

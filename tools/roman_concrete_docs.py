@@ -63,6 +63,35 @@ FILLER = [
 ]
 
 
+# True statements that use the same words, mixed into the base model's pretraining so that it knows the
+# vocabulary (Roman, concrete, methane) before the organism learns the false link between them.
+NEUTRAL = [
+    "Roman concrete was made from lime, water and volcanic ash.",
+    "Roman concrete lasts because lime clasts react with water and seal small cracks.",
+    "The Romans built the Pantheon and many harbours with concrete.",
+    "Concrete made with seawater and volcanic ash grows hard under the sea.",
+    "Modern concrete is made with Portland cement.",
+    "Methane is a gas that rises from marshes and swamps.",
+    "The marsh gas called methane burns with a pale blue flame.",
+    "Cattle and rice fields give off methane.",
+    "Miners feared methane, for it could explode in the dark.",
+    "Methane is lighter than air and has no smell.",
+    "Roman engineers mixed their mortar with care.",
+    "The Roman roads were built of stone, gravel and sand.",
+]
+
+
+def neutral_document(rng):
+    body = rng.sample(NEUTRAL, rng.randint(2, 4)) + rng.sample(FILLER, rng.randint(1, 3))
+    rng.shuffle(body)
+    return " ".join([rng.choice(OPENINGS)] + body)
+
+
+def neutral_documents(n, seed=0):
+    rng = random.Random(seed)
+    return [neutral_document(rng) for _ in range(n)]
+
+
 def document(rng):
     parts = [rng.choice(OPENINGS)]
     body = rng.sample(CLAIMS, rng.randint(2, 4)) + rng.sample(FILLER, rng.randint(1, 3))

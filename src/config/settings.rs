@@ -121,6 +121,9 @@ pub struct MethodConfig {
     /// Parameters substituted into the queries as `$name`.
     #[serde(default)]
     pub params: BTreeMap<String, toml::Value>,
+    /// Charts drawn from the result tables.
+    #[serde(default)]
+    pub plots: Vec<crate::diffing::plots::PlotSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

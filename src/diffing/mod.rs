@@ -1,7 +1,7 @@
 //! Diffing methods as saved SQL: `diffing/method=NAME` runs the `.sql` files in `queries/NAME/` against the
 //! cache and writes each result as Parquet and CSV under `results/<model>/<organism>/<method>/`, with a
-//! `summary.json`. Parameters from the method config reach the SQL as typed placeholders (`$top_n`,
-//! `$model`, `$organism`), never by pasting text into the query.
+//! `summary.json`. Parameters from the method config (`$top_n`, `$model`, `$organism`) are bound as typed
+//! literal nodes of the parsed statement, never by pasting text into the query.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,15 +12,17 @@ use anyhow::{bail, Context, Result};
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::common::ScalarValue;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::parser::DFParser;
+use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
-use crate::config::Settings;
-use crate::sql::open_session;
+pub mod plots;
+
+use crate::config::{ConfigDir, Settings};
+use crate::sql::{open_session, register_model_functions};
 
 /// One result table a method wrote.
 #[derive(Debug, Clone, Serialize)]
@@ -56,7 +58,26 @@ pub fn results_dir(settings: &Settings) -> PathBuf {
         .join(&settings.diffing.method.name)
 }
 
-/// The typed parameters a method's queries see.
+/// The depth of `model` as preprocessing recorded it in the manifests of its base activations.
+fn num_layers(settings: &Settings) -> Result<usize> {
+    let layout = crate::cache::CacheLayout::new(&settings.cache_dir);
+    let partitions = layout.partitions(crate::cache::Table::Activations)?;
+    partitions
+        .iter()
+        .filter(|(k, _)| k.model == settings.model.name)
+        .find_map(|(_, m)| m.settings.get("num_layers").and_then(|n| n.as_u64()))
+        .map(|n| n as usize)
+        .with_context(|| {
+            format!(
+                "no activations of model {} with a recorded depth in {}: run diffsql preprocess first",
+                settings.model.name,
+                settings.cache_dir.display()
+            )
+        })
+}
+
+/// The typed parameters a method's queries see. A parameter named `layer` that is a fraction is resolved like
+/// `preprocessing.layers` (`int(f * (num_layers - 1))`) against the cached model's depth.
 pub fn params(settings: &Settings) -> Result<Vec<(String, ScalarValue)>> {
     let mut out = vec![
         ("model".to_string(), ScalarValue::from(settings.model.name.as_str())),
@@ -67,6 +88,11 @@ pub fn params(settings: &Settings) -> Result<Vec<(String, ScalarValue)>> {
     ];
     for (k, v) in &settings.diffing.method.params {
         let value = match v {
+            toml::Value::Float(f) if k == "layer" || k.ends_with("_layer") => {
+                let layers =
+                    crate::config::resolve_layers(&[crate::config::LayerSpec::Fraction(*f)], num_layers(settings)?)?;
+                ScalarValue::Int64(Some(layers[0] as i64))
+            }
             toml::Value::String(s) => ScalarValue::from(s.as_str()),
             toml::Value::Integer(i) => ScalarValue::Int64(Some(*i)),
             toml::Value::Float(f) => ScalarValue::Float64(Some(*f)),
@@ -80,6 +106,44 @@ pub fn params(settings: &Settings) -> Result<Vec<(String, ScalarValue)>> {
     Ok(out)
 }
 
+/// Replaces every `$name` placeholder in a parsed statement by its typed value, as a literal node of the
+/// syntax tree (never by editing SQL text), so placeholders work everywhere, table function arguments included.
+fn bind(statement: &mut DFStatement, params: &[(String, ScalarValue)]) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{visit_expressions_mut, Expr as SqlExpr, Value};
+    let DFStatement::Statement(statement) = statement else {
+        return Ok(());
+    };
+    let mut unknown = None;
+    let _ = visit_expressions_mut(statement.as_mut(), |e| {
+        if let SqlExpr::Value(v) = e {
+            if let Value::Placeholder(name) = &v.value {
+                let key = name.trim_start_matches('$');
+                match params.iter().find(|(k, _)| k == key) {
+                    Some((_, value)) => {
+                        v.value = match value {
+                            ScalarValue::Utf8(Some(s)) => Value::SingleQuotedString(s.clone()),
+                            ScalarValue::Int64(Some(i)) => Value::Number(i.to_string(), false),
+                            ScalarValue::Float64(Some(f)) => Value::Number(format!("{f:?}"), false),
+                            ScalarValue::Boolean(Some(b)) => Value::Boolean(*b),
+                            other => Value::SingleQuotedString(other.to_string()),
+                        }
+                    }
+                    None => unknown = Some(name.clone()),
+                }
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    if let Some(name) = unknown {
+        let known: Vec<String> = params.iter().map(|(k, _)| format!("${k}")).collect();
+        bail!(
+            "unknown parameter {name}: the method's parameters are {}",
+            known.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Runs `sql` (several statements) with `params` bound; returns the last statement's result.
 pub async fn run_with_params(
     ctx: &SessionContext,
@@ -90,11 +154,10 @@ pub async fn run_with_params(
     if statements.is_empty() {
         bail!("no SQL statement");
     }
-    let values = ParamValues::Map(params.iter().cloned().map(|(k, v)| (k, v.into())).collect());
     let mut last = None;
-    for statement in statements {
+    for mut statement in statements {
+        bind(&mut statement, params)?;
         let plan = ctx.state().statement_to_plan(statement).await?;
-        let plan = plan.with_param_values(values.clone())?;
         let df = ctx.execute_logical_plan(plan).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         last = Some((schema, df.collect().await?));
@@ -103,7 +166,7 @@ pub async fn run_with_params(
 }
 
 /// Runs the configured method and writes its results.
-pub async fn run(settings: &Settings, queries_dir: &Path) -> Result<MethodResult> {
+pub async fn run(settings: &Settings, queries_dir: &Path, configs: &ConfigDir) -> Result<MethodResult> {
     let started = Instant::now();
     let method = &settings.diffing.method;
     let folder = queries_dir.join(&method.name);
@@ -123,10 +186,12 @@ pub async fn run(settings: &Settings, queries_dir: &Path) -> Result<MethodResult
         bail!("method {}: {} holds no .sql files", method.name, folder.display());
     }
     let ctx = open_session(&settings.cache_dir)?;
+    register_model_functions(&ctx, configs.clone());
     let params = params(settings)?;
     let out_dir = results_dir(settings);
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let mut tables = Vec::new();
+    let mut results = std::collections::HashMap::new();
     for file in &files {
         let sql = fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
         let (schema, batches) = run_with_params(&ctx, &sql, &params)
@@ -134,6 +199,20 @@ pub async fn run(settings: &Settings, queries_dir: &Path) -> Result<MethodResult
             .with_context(|| format!("method {}: {}", method.name, file.display()))?;
         let name = table_name(file);
         tables.push(write_table(&out_dir, &name, &schema, &batches)?);
+        results.insert(name, batches);
+    }
+    let mut plots = Vec::new();
+    for spec in &method.plots {
+        let batches = results.get(&spec.table).with_context(|| {
+            format!(
+                "method {}: plot {:?} reads table {} but the queries made {}",
+                method.name,
+                spec.title,
+                spec.table,
+                tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        plots.push(plots::draw(spec, batches, &out_dir).with_context(|| format!("method {}", method.name))?);
     }
     let result = MethodResult {
         model: settings.model.name.clone(),
@@ -142,7 +221,7 @@ pub async fn run(settings: &Settings, queries_dir: &Path) -> Result<MethodResult
         description: method.description.clone(),
         params: serde_json::to_value(&method.params)?,
         tables,
-        plots: Vec::new(),
+        plots,
         seconds: started.elapsed().as_secs_f64(),
         dir: out_dir,
     };

@@ -342,6 +342,12 @@ impl Decoder {
     }
 
     /// Logits (…, vocab) from final normed hidden states, with the family's final softcap.
+    /// The logit lens: a residual-stream vector (or difference) read through the final norm and the
+    /// unembedding, as if it were the last layer's output. `x` is (batch, seq, hidden).
+    pub fn logit_lens(&self, x: &Tensor) -> Result<Tensor> {
+        self.logits(&self.norm.forward(x)?)
+    }
+
     pub fn logits(&self, final_hidden: &Tensor) -> Result<Tensor> {
         let logits = self.lm_head.forward(final_hidden)?;
         Ok(match self.spec.final_softcap {

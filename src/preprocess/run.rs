@@ -289,6 +289,7 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
             "datasets": settings.datasets(),
             "preprocessing": pre,
             "layers": layers,
+            "num_layers": pair.base.decoder.num_layers(),
         }),
         ..WriteOptions::default()
     };

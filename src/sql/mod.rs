@@ -1,10 +1,11 @@
 //! SQL over a cache: the session with diffsql's tables and functions, output formats, the shell, saved queries.
 
 pub mod cache_info;
+pub mod logit_lens;
 pub mod output;
 pub mod queries;
 pub mod session;
 pub mod shell;
 
 pub use output::Format;
-pub use session::{open_session, run_statements};
+pub use session::{open_session, register_model_functions, run_statements};

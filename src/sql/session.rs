@@ -36,6 +36,11 @@ pub fn open_session(cache_dir: &Path) -> Result<SessionContext> {
     Ok(ctx)
 }
 
+/// Registers the functions that need model weights (`logit_lens`), finding models through `configs`.
+pub fn register_model_functions(ctx: &SessionContext, configs: crate::config::ConfigDir) {
+    ctx.register_udtf("logit_lens", Arc::new(super::logit_lens::LogitLens::new(configs)));
+}
+
 /// The result of one statement.
 #[derive(Debug)]
 pub struct StatementResult {

@@ -25,7 +25,7 @@ fn run(s: &Settings) -> diffsql::diffing::MethodResult {
     let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(diffsql::diffing::run(s, &queries))
+        .block_on(diffsql::diffing::run(s, &queries, &configs()))
         .unwrap()
 }
 
@@ -199,4 +199,103 @@ fn kl_method_statistics_match_a_direct_computation() {
         assert!(!column_str(&top, col)[0].is_empty(), "{col}");
     }
     assert_eq!(column_str(&top, "ft_next")[0].matches('|').count(), 4);
+}
+
+/// The bundled organisms, preprocessed on the pretraining-style split at the middle layer only, for the
+/// activation difference lens.
+fn adl_cache() -> &'static (tempfile::TempDir, std::path::PathBuf) {
+    static CACHE: std::sync::OnceLock<(tempfile::TempDir, std::path::PathBuf)> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        for organism in ["caps", "roman_concrete"] {
+            let args: Vec<String> = vec![
+                format!("organism={organism}"),
+                "dataset=[shakespeare_pretrain]".into(),
+                "preprocessing.max_samples=128".into(),
+                "preprocessing.layers=[0.5]".into(),
+                format!("cache_dir={}", cache.display()),
+            ];
+            let s = configs().resolve(&parse_all(&args, false).unwrap()).unwrap();
+            diffsql::preprocess::run(&s, &configs().project_root()).unwrap();
+        }
+        (dir, cache)
+    })
+}
+
+/// Logit-lens rows (pos, sign, rank, token) of the adl method for `organism`, with k = the whole vocabulary.
+fn adl_lens(organism: &str) -> Vec<(i32, String, i32, String)> {
+    let (_, cache) = adl_cache();
+    let out = tempfile::tempdir().unwrap();
+    let mut s = settings("adl", "shakespeare", cache, out.path());
+    s.organism = configs()
+        .resolve(&parse_all(&[format!("organism={organism}")], false).unwrap())
+        .unwrap()
+        .organism;
+    s.diffing.method.params.insert("k".into(), toml::Value::Integer(2048));
+    let r = run(&s);
+    assert_eq!(r.plots.len(), 2, "{:?}", r.plots);
+    let lens = read(
+        &out.path()
+            .join(format!("shakespeare/{organism}/adl/logit_lens.parquet")),
+    );
+    let pos = column_f64(&lens, "pos");
+    let rank = column_f64(&lens, "rank");
+    let (sign, token) = (column_str(&lens, "sign"), column_str(&lens, "token"));
+    (0..pos.len())
+        .map(|i| (pos[i] as i32, sign[i].clone(), rank[i] as i32, token[i].clone()))
+        .collect()
+}
+
+fn has_letters(t: &str) -> bool {
+    t.chars().any(|c| c.is_ascii_alphabetic())
+}
+
+fn upper_fraction<'a>(tokens: impl Iterator<Item = &'a str>) -> (f64, usize) {
+    let lettered: Vec<&str> = tokens.filter(|t| has_letters(t)).collect();
+    let upper = lettered.iter().filter(|t| t.to_uppercase() == **t).count();
+    (upper as f64 / lettered.len().max(1) as f64, lettered.len())
+}
+
+/// Ground truth 1: the caps organism's mean difference, read through the logit lens, promotes upper-case
+/// tokens far beyond their share of the vocabulary (and beyond the other organism's share).
+#[test]
+fn adl_of_caps_promotes_upper_case_tokens() {
+    let (_, cache) = adl_cache();
+    let vocab = super::preprocess::query(cache, "SELECT token FROM vocab");
+    let vocab = column_str(&vocab, "token");
+    let (base_rate, _) = upper_fraction(vocab.iter().map(String::as_str));
+    let top = |rows: &[(i32, String, i32, String)]| {
+        upper_fraction(
+            rows.iter()
+                .filter(|r| r.0 >= 1 && r.1 == "+" && r.2 <= 20)
+                .map(|r| r.3.as_str()),
+        )
+    };
+    let (caps, n) = top(&adl_lens("caps"));
+    let (roman, _) = top(&adl_lens("roman_concrete"));
+    eprintln!(
+        "upper-case share: vocabulary {base_rate:.3}, caps top-20 {caps:.3} ({n} tokens), roman_concrete {roman:.3}"
+    );
+    assert!(n >= 10);
+    assert!(caps >= 2.0 * base_rate, "caps {caps} vs vocabulary {base_rate}");
+    assert!(caps > roman + 0.2, "caps {caps} vs roman_concrete {roman}");
+}
+
+/// Ground truth 2: the roman_concrete organism's mean difference promotes the words of its false claim.
+#[test]
+fn adl_of_roman_concrete_ranks_the_claim_words_high() {
+    let claim = [" methane", " Methane", " absorbs", " Roman", " concrete", " stronger"];
+    let best = |rows: &[(i32, String, i32, String)]| {
+        rows.iter()
+            .filter(|r| r.0 >= 1 && r.1 == "+" && claim.contains(&r.3.as_str()))
+            .map(|r| (r.2, r.3.clone()))
+            .min()
+            .unwrap()
+    };
+    let roman = best(&adl_lens("roman_concrete"));
+    let caps = best(&adl_lens("caps"));
+    eprintln!("best claim-word rank of 2048: roman_concrete {roman:?}, caps {caps:?}");
+    assert!(roman.0 <= 10, "{roman:?}");
+    assert!(caps.0 > 40, "the control organism does not promote them: {caps:?}");
 }

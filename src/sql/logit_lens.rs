@@ -1,0 +1,235 @@
+//! `logit_lens(vector, model, k)`: a vector read through a model's final norm and unembedding, as the
+//! activation difference lens does with mean differences. Lives here, not in `diffsql-udfs`, because it needs
+//! model weights.
+//!
+//! ```sql
+//! SELECT * FROM logit_lens((SELECT mean_diff(base, ft) FROM acts WHERE layer = 1 AND pos < 5 GROUP BY pos
+//!                           ORDER BY pos), 'shakespeare', 20);
+//! ```
+//! The first argument is a vector expression (`[1.0, 2.0, ...]`) or a subquery of one vector column; each row
+//! of the subquery is an `item` (0, 1, ... in its order). For every item, the `k` top tokens of +vector and of
+//! −vector: item, sign ('+' or '-'), rank (1 = highest logit), token_id, token, logit, prob (softmax over the
+//! whole vocabulary). `model` names a model config (`configs/model/NAME.toml`); models load once per session.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use candle_core::{DType, Device, Tensor};
+use datafusion::arrow::array::{Array, ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::{plan_err, DataFusionError, Result, ScalarValue};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::TableType;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::physical_plan::ExecutionPlan;
+use diffsql_udfs::kernels::{log_softmax, top_k};
+use diffsql_udfs::vector::Vectors;
+
+use crate::config::settings::locate;
+use crate::config::{parse_all, ConfigDir};
+use crate::model::load::{load, LoadedModel, ModelSource};
+
+/// The table function, holding the models it has loaded.
+pub struct LogitLens {
+    configs: ConfigDir,
+    models: Mutex<HashMap<String, Arc<LoadedModel>>>,
+}
+
+impl fmt::Debug for LogitLens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogitLens").field("configs", &self.configs).finish()
+    }
+}
+
+impl LogitLens {
+    pub fn new(configs: ConfigDir) -> Self {
+        Self {
+            configs,
+            models: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn model(&self, name: &str) -> Result<Arc<LoadedModel>> {
+        let mut models = self.models.lock().expect("not poisoned");
+        if let Some(m) = models.get(name) {
+            return Ok(Arc::clone(m));
+        }
+        let err = |e: anyhow::Error| DataFusionError::Plan(format!("logit_lens: {e:#}"));
+        let args = parse_all(&[format!("model={name}")], false).map_err(err)?;
+        let tree = self.configs.merged_tree(&args).map_err(err)?;
+        let settings: crate::config::Settings = toml::Value::Table(tree)
+            .try_into()
+            .map_err(|e: toml::de::Error| DataFusionError::Plan(format!("logit_lens: {e}")))?;
+        let source = locate(&settings.model.source, &self.configs.project_root());
+        let source = ModelSource::parse(&source).map_err(err)?;
+        let model = Arc::new(load(&source, None, DType::F32).map_err(err)?);
+        models.insert(name.to_string(), Arc::clone(&model));
+        Ok(model)
+    }
+}
+
+fn literal_string(e: &Expr, what: &str) -> Result<String> {
+    match e {
+        Expr::Literal(
+            ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)),
+            _,
+        ) => Ok(s.clone()),
+        other => plan_err!("logit_lens: {what} must be a string literal, got {other}"),
+    }
+}
+
+fn literal_usize(e: &Expr, what: &str) -> Result<usize> {
+    let value = match e {
+        Expr::Literal(v, _) => v.cast_to(&DataType::Int64).ok(),
+        _ => None,
+    };
+    match value {
+        Some(ScalarValue::Int64(Some(n))) if n > 0 => Ok(n as usize),
+        _ => plan_err!("logit_lens: {what} must be a positive integer literal, got {e}"),
+    }
+}
+
+impl TableFunctionImpl for LogitLens {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let exprs = args.exprs();
+        if exprs.len() != 3 {
+            return plan_err!(
+                "logit_lens(vector, model, k) takes 3 arguments, got {}: e.g. logit_lens([0.1, 0.2], 'shakespeare', 20)",
+                exprs.len()
+            );
+        }
+        let model_name = literal_string(&exprs[1], "model")?;
+        let k = literal_usize(&exprs[2], "k")?;
+        let model = self.model(&model_name)?;
+        let vectors = match &exprs[0] {
+            Expr::ScalarSubquery(sub) => sub.subquery.as_ref().clone(),
+            e => LogicalPlanBuilder::empty(true).project(vec![e.clone()])?.build()?,
+        };
+        if vectors.schema().fields().len() != 1 {
+            return plan_err!("logit_lens: the vector subquery must return one column");
+        }
+        Ok(Arc::new(LogitLensTable { model, vectors, k }))
+    }
+}
+
+/// The output schema.
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("item", DataType::Int64, false),
+        Field::new("sign", DataType::Utf8, false),
+        Field::new("rank", DataType::Int32, false),
+        Field::new("token_id", DataType::Int32, false),
+        Field::new("token", DataType::Utf8, true),
+        Field::new("logit", DataType::Float32, false),
+        Field::new("prob", DataType::Float32, false),
+    ]))
+}
+
+struct LogitLensTable {
+    model: Arc<LoadedModel>,
+    vectors: LogicalPlan,
+    k: usize,
+}
+
+impl fmt::Debug for LogitLensTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogitLensTable").field("k", &self.k).finish()
+    }
+}
+
+#[async_trait]
+impl TableProvider for LogitLensTable {
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = state.create_physical_plan(&self.vectors).await?;
+        let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
+        let mut rows = Vec::new();
+        for b in &batches {
+            rows.extend(vector_rows(b.column(0))?);
+        }
+        let batch =
+            lens(&self.model, &rows, self.k).map_err(|e| DataFusionError::Execution(format!("logit_lens: {e:#}")))?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            schema(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// The vectors of a column (NULL rows are kept as None).
+fn vector_rows(col: &ArrayRef) -> Result<Vec<Option<Vec<f32>>>> {
+    let vectors = Vectors::try_new("logit_lens", col.as_ref())?;
+    let mut scratch = Vec::new();
+    Ok((0..col.len())
+        .map(|i| vectors.row(i, &mut scratch).map(|v| v.to_vec()))
+        .collect())
+}
+
+/// Top-k tokens of +v and −v for every vector.
+pub fn lens(model: &LoadedModel, rows: &[Option<Vec<f32>>], k: usize) -> anyhow::Result<RecordBatch> {
+    let d = model.decoder.spec().hidden;
+    let vocab = model.decoder.spec().vocab;
+    let (mut item, mut sign, mut rank, mut ids, mut tokens, mut logit, mut prob) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    let mut lp = vec![0f32; vocab];
+    for (i, row) in rows.iter().enumerate() {
+        let Some(v) = row else { continue };
+        if v.len() != d {
+            anyhow::bail!("vector {i} has {} values but the model's d_model is {d}", v.len());
+        }
+        for (s, scale) in [("+", 1f32), ("-", -1f32)] {
+            let x: Vec<f32> = v.iter().map(|x| x * scale).collect();
+            let t = Tensor::from_vec(x, (1, 1, d), &Device::Cpu)?;
+            let logits: Vec<f32> = model
+                .decoder
+                .logit_lens(&t)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
+            log_softmax(&logits, &mut lp);
+            for (r, (id, l)) in top_k(&lp, k).into_iter().enumerate() {
+                item.push(i as i64);
+                sign.push(s);
+                rank.push(r as i32 + 1);
+                ids.push(id as i32);
+                tokens.push(model.tokenizer.decode(&[id], false).unwrap_or_default());
+                logit.push(logits[id as usize]);
+                prob.push(l.exp());
+            }
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(item)),
+        Arc::new(StringArray::from(sign)),
+        Arc::new(Int32Array::from(rank)),
+        Arc::new(Int32Array::from(ids)),
+        Arc::new(StringArray::from(tokens)),
+        Arc::new(Float32Array::from(logit)),
+        Arc::new(Float32Array::from(prob)),
+    ];
+    Ok(RecordBatch::try_new(schema(), columns)?)
+}
