@@ -11,4 +11,5 @@ pub mod hub;
 pub mod model;
 pub mod pipeline;
 pub mod preprocess;
+pub mod report;
 pub mod sql;

@@ -55,6 +55,11 @@ enum Command {
     Preprocess(PipelineArgs),
     /// Run the pipeline in its configured mode (pipeline.mode=preprocessing|diffing|full).
     Run(PipelineArgs),
+    /// Print what the diffing methods found for an organism (from its results folder).
+    Report {
+        /// Overrides, as for run (organism=caps, model=...).
+        overrides: Vec<String>,
+    },
     /// Show the resolved config, or the choices of each group.
     Config {
         #[command(subcommand)]
@@ -149,30 +154,39 @@ fn run() -> Result<ExitCode> {
         }
         Ok(fixed)
     };
-    match &cli.command {
+    let cache = cli.cache.clone().unwrap_or_else(|| PathBuf::from("cache"));
+    let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    match cli.command {
         Some(Command::Preprocess(args)) => {
             let fixed = pipeline_fixed(Some("preprocessing"))?;
             pipeline::multirun(&configs, &args.overrides, args.multirun, &fixed, |s| {
                 pipeline::preprocess(s, &configs)
             })?;
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::SUCCESS)
         }
         Some(Command::Run(args)) => {
             let fixed = pipeline_fixed(None)?;
             pipeline::multirun(&configs, &args.overrides, args.multirun, &fixed, |s| {
                 pipeline::run_one(s, &configs, &cli.queries)
             })?;
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Report { overrides }) => {
+            let mut all = config::parse_all(&overrides, false)?;
+            all.extend(pipeline_fixed(None)?);
+            let settings = configs.resolve(&all)?;
+            print!("{}", runtime()?.block_on(diffsql::report::report(&settings))?);
+            Ok(ExitCode::SUCCESS)
         }
         Some(Command::Config {
             action: ConfigAction::Show { overrides },
         }) => {
-            let mut all = config::parse_all(overrides, false)?;
+            let mut all = config::parse_all(&overrides, false)?;
             all.extend(pipeline_fixed(None)?);
             let tree = configs.merged_tree(&all)?;
             configs.resolve(&all)?; // validate types too
             print!("{}", toml::to_string_pretty(&tree)?);
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::SUCCESS)
         }
         Some(Command::Config {
             action: ConfigAction::List,
@@ -180,16 +194,10 @@ fn run() -> Result<ExitCode> {
             for g in config::Group::ALL {
                 println!("{:<15} {}", g.name(), configs.choices(g)?.join(", "));
             }
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::SUCCESS)
         }
-        _ => {}
-    }
-    let cache = cli.cache.clone().unwrap_or_else(|| PathBuf::from("cache"));
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    match cli.command {
-        Some(Command::Preprocess(_) | Command::Run(_) | Command::Config { .. }) => unreachable!("handled above"),
-        None => runtime.block_on(sql(&cache, &cli.queries, &configs, SqlArgs::default())),
-        Some(Command::Sql(args)) => runtime.block_on(sql(&cache, &cli.queries, &configs, args)),
+        None => runtime()?.block_on(sql(&cache, &cli.queries, &configs, SqlArgs::default())),
+        Some(Command::Sql(args)) => runtime()?.block_on(sql(&cache, &cli.queries, &configs, args)),
         Some(Command::Query { name: None, .. }) => {
             println!("{}", queries::list(&cli.queries)?.join("\n"));
             Ok(ExitCode::SUCCESS)
@@ -197,7 +205,7 @@ fn run() -> Result<ExitCode> {
         Some(Command::Query {
             name: Some(name),
             format,
-        }) => runtime.block_on(async {
+        }) => runtime()?.block_on(async {
             let sql = queries::read(&cli.queries, &name)?;
             let ctx = open_session(&cache)?;
             diffsql::sql::register_model_functions(&ctx, configs.clone());

@@ -1,33 +1,29 @@
 -- Per layer and dataset: ‖ft − base‖₂, cosine distance 1 − cos(base, ft), ‖base‖ and ‖ft‖, over all
--- tokens and with the first positions (pos < $first_positions) apart from the rest.
+-- tokens and with the first positions (pos < $first_positions) apart from the rest. One pass over the data
+-- (grouping sets); medians and p95 are t-digest estimates (approx_percentile_cont).
 WITH per_token AS (
     SELECT layer, dataset,
-           CASE WHEN pos < $first_positions THEN 'first' ELSE 'rest' END AS positions,
+           CASE WHEN pos < $first_positions THEN 'first' ELSE 'rest' END AS part,
            diff_norm(base, ft) AS norm_diff,
            1 - cosine_sim(base, ft) AS cos_dist,
            vec_norm(base) AS base_norm,
            vec_norm(ft) AS ft_norm
     FROM acts
     WHERE model = $model AND organism = $organism
-),
-labelled AS (
-    SELECT layer, dataset, positions, norm_diff, cos_dist, base_norm, ft_norm FROM per_token
-    UNION ALL
-    SELECT layer, dataset, 'all' AS positions, norm_diff, cos_dist, base_norm, ft_norm FROM per_token
 )
-SELECT layer, dataset, positions,
+SELECT layer, dataset, coalesce(part, 'all') AS positions,
        count(*) AS tokens,
        avg(norm_diff) AS norm_diff_mean,
        stddev(norm_diff) AS norm_diff_std,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY norm_diff) AS norm_diff_median,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY norm_diff) AS norm_diff_p95,
+       approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY norm_diff) AS norm_diff_median,
+       approx_percentile_cont(0.95) WITHIN GROUP (ORDER BY norm_diff) AS norm_diff_p95,
        max(norm_diff) AS norm_diff_max,
        avg(cos_dist) AS cos_dist_mean,
        stddev(cos_dist) AS cos_dist_std,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY cos_dist) AS cos_dist_median,
+       approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY cos_dist) AS cos_dist_median,
        avg(norm_diff / base_norm) AS relative_norm_diff_mean,
        avg(base_norm) AS base_norm_mean,
        avg(ft_norm) AS ft_norm_mean
-FROM labelled
-GROUP BY layer, dataset, positions
+FROM per_token
+GROUP BY GROUPING SETS ((layer, dataset, part), (layer, dataset))
 ORDER BY layer, dataset, positions;

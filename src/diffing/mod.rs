@@ -29,6 +29,8 @@ use crate::sql::{open_session, register_model_functions};
 pub struct TableResult {
     pub name: String,
     pub rows: usize,
+    /// Time the query took.
+    pub seconds: f64,
     pub columns: Vec<String>,
     pub parquet: String,
     pub csv: String,
@@ -194,11 +196,14 @@ pub async fn run(settings: &Settings, queries_dir: &Path, configs: &ConfigDir) -
     let mut results = std::collections::HashMap::new();
     for file in &files {
         let sql = fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let query_started = Instant::now();
         let (schema, batches) = run_with_params(&ctx, &sql, &params)
             .await
             .with_context(|| format!("method {}: {}", method.name, file.display()))?;
         let name = table_name(file);
-        tables.push(write_table(&out_dir, &name, &schema, &batches)?);
+        let mut table = write_table(&out_dir, &name, &schema, &batches)?;
+        table.seconds = query_started.elapsed().as_secs_f64();
+        tables.push(table);
         results.insert(name, batches);
     }
     let mut plots = Vec::new();
@@ -281,6 +286,7 @@ fn write_table(dir: &Path, name: &str, schema: &SchemaRef, batches: &[RecordBatc
     Ok(TableResult {
         name: name.to_string(),
         rows: batches.iter().map(|b| b.num_rows()).sum(),
+        seconds: 0.0,
         columns: schema.fields().iter().map(|f| f.name().clone()).collect(),
         parquet: parquet_path.file_name().unwrap().to_string_lossy().into_owned(),
         csv: csv_path.file_name().unwrap().to_string_lossy().into_owned(),

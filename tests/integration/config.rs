@@ -201,3 +201,60 @@ fn hub_datasets_resolve_from_a_hub_shaped_cache_offline() {
     .unwrap_err();
     assert!(e.to_string().contains("HF_HUB_OFFLINE is set"), "{e}");
 }
+
+#[test]
+fn run_then_report_on_the_bundled_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = configs().project_root();
+    let common = [
+        format!("cache_dir={}", dir.path().join("cache").display()),
+        format!("results_dir={}", dir.path().join("results").display()),
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_diffsql"))
+        .args([
+            "run",
+            "--multirun",
+            "diffing/method=kl,normdiff",
+            "dataset=[shakespeare_pretrain]",
+        ])
+        .args(["preprocessing.max_samples=8", "preprocessing.context_len=32"])
+        .args(&common)
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_diffsql"))
+        .args(["report", "organism=caps"])
+        .args(&common)
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("diffsql report: shakespeare finetuned into caps"),
+        "{text}"
+    );
+    assert!(text.contains("shakespeare_pretrain") && text.contains("mean"), "{text}");
+    for layer in 0..4 {
+        assert!(text.contains(&format!("layer {layer:>3}  ‖ft − base‖")), "{text}");
+    }
+    assert!(
+        text.contains("kl_histogram.png") && text.contains("norm_diff_per_layer.png"),
+        "{text}"
+    );
+    // adl was not run: the report says how to run it.
+    assert!(
+        text.contains("[adl] no results") && text.contains("diffing/method=adl organism=caps"),
+        "{text}"
+    );
+    // An organism with no results at all is an error that says what to run.
+    let out = Command::new(env!("CARGO_BIN_EXE_diffsql"))
+        .args(["report", "organism=roman_concrete"])
+        .args(&common)
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run `diffsql run organism=roman_concrete` first"));
+}

@@ -1,0 +1,212 @@
+//! `diffsql report`: a short text report of what the diffing methods found for one organism, read back from
+//! its results folder (the same tables and charts, summarised).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+
+use crate::config::Settings;
+
+/// The methods a report reads, in order.
+const METHODS: [&str; 3] = ["kl", "normdiff", "adl"];
+
+fn method_dir(settings: &Settings, method: &str) -> PathBuf {
+    settings
+        .results_dir
+        .join(&settings.model.name)
+        .join(&settings.organism.name)
+        .join(method)
+}
+
+/// Rows of a SQL query over the result tables, each cell as text.
+async fn rows(ctx: &SessionContext, sql: &str) -> Result<Vec<Vec<String>>> {
+    let batches: Vec<RecordBatch> = ctx.sql(sql).await?.collect().await?;
+    let mut out = Vec::new();
+    let opts = FormatOptions::default().with_null("");
+    for b in &batches {
+        let fmts: Vec<ArrayFormatter> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
+            .collect::<Result<_, _>>()?;
+        for r in 0..b.num_rows() {
+            out.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
+        }
+    }
+    Ok(out)
+}
+
+async fn register(ctx: &SessionContext, dir: &Path, table: &str) -> Result<bool> {
+    let path = dir.join(format!("{table}.parquet"));
+    if !path.exists() {
+        return Ok(false);
+    }
+    let name = format!("{}_{table}", dir.file_name().and_then(|n| n.to_str()).unwrap_or("m"));
+    ctx.register_parquet(&name, path.to_string_lossy().as_ref(), ParquetReadOptions::default())
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(true)
+}
+
+fn show(text: &str) -> String {
+    format!("{text:?}")
+}
+
+/// Writes the report of the configured model and organism.
+pub async fn report(settings: &Settings) -> Result<String> {
+    let ctx = SessionContext::new();
+    let mut out = String::new();
+    let o = &settings.organism;
+    writeln!(
+        out,
+        "diffsql report: {} finetuned into {} — {}",
+        settings.model.name, o.name, o.description
+    )?;
+    let mut found = 0;
+    for method in METHODS {
+        let dir = method_dir(settings, method);
+        if !dir.join("summary.json").exists() {
+            writeln!(
+                out,
+                "\n[{method}] no results in {}: run `diffsql run pipeline.mode=diffing diffing/method={method} organism={}`",
+                dir.display(),
+                o.name
+            )?;
+            continue;
+        }
+        found += 1;
+        match method {
+            "kl" => kl(&ctx, &dir, &mut out).await?,
+            "normdiff" => normdiff(&ctx, &dir, &mut out).await?,
+            _ => adl(&ctx, &dir, &mut out).await?,
+        }
+        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
+        if let Some(plots) = summary["plots"].as_array().filter(|p| !p.is_empty()) {
+            let names: Vec<String> = plots
+                .iter()
+                .filter_map(|p| p.as_str())
+                .map(|p| dir.join(p).display().to_string())
+                .collect();
+            writeln!(out, "  charts: {}", names.join(", "))?;
+        }
+    }
+    if found == 0 {
+        anyhow::bail!(
+            "no results for {} / {} in {}: run `diffsql run organism={}` first",
+            settings.model.name,
+            o.name,
+            settings.results_dir.display(),
+            o.name
+        );
+    }
+    Ok(out)
+}
+
+async fn kl(ctx: &SessionContext, dir: &Path, out: &mut String) -> Result<()> {
+    writeln!(
+        out,
+        "\n[kl] per-token KL(ft ‖ base) of next-token distributions, in nats"
+    )?;
+    if register(ctx, dir, "token_stats").await? {
+        for r in rows(ctx, "SELECT dataset, tokens, round(mean, 3), round(median, 3), round(p95, 3) FROM kl_token_stats ORDER BY mean DESC").await? {
+            writeln!(out, "  {:<24} {:>8} tokens  mean {:>7}  median {:>7}  p95 {:>7}", r[0], r[1], r[2], r[3], r[4])?;
+        }
+    }
+    if register(ctx, dir, "top_tokens").await? {
+        writeln!(
+            out,
+            "  tokens where the organism departs most (context → token; organism's / base model's likeliest next):"
+        )?;
+        for r in rows(
+            ctx,
+            "SELECT rank, round(kl, 2), context, ft_next, base_next FROM (SELECT *, row_number() OVER \
+             (PARTITION BY context ORDER BY rank) AS first FROM kl_top_tokens) WHERE first = 1 ORDER BY rank LIMIT 8",
+        )
+        .await?
+        {
+            writeln!(
+                out,
+                "  {:>3}. KL {:>6}  {}  → {} / {}",
+                r[0],
+                r[1],
+                show(&r[2]),
+                show(&r[3]),
+                show(&r[4])
+            )?;
+        }
+    }
+    Ok(())
+}
+
+async fn normdiff(ctx: &SessionContext, dir: &Path, out: &mut String) -> Result<()> {
+    writeln!(
+        out,
+        "\n[normdiff] how far the organism's residual stream moved, per layer (all datasets)"
+    )?;
+    if !register(ctx, dir, "layer_stats").await? {
+        return Ok(());
+    }
+    let sql = "SELECT layer, round(sum(norm_diff_mean * tokens) / sum(tokens), 3), \
+               round(sum(relative_norm_diff_mean * tokens) / sum(tokens), 3), \
+               round(sum(cos_dist_mean * tokens) / sum(tokens), 4) \
+               FROM normdiff_layer_stats WHERE positions = 'all' GROUP BY layer ORDER BY layer";
+    let layers = rows(ctx, sql).await?;
+    for r in &layers {
+        writeln!(
+            out,
+            "  layer {:>3}  ‖ft − base‖ {:>8}  relative {:>6}  cosine distance {:>7}",
+            r[0], r[1], r[2], r[3]
+        )?;
+    }
+    let most = layers.iter().max_by(|a, b| {
+        a[2].parse::<f64>()
+            .unwrap_or(0.0)
+            .total_cmp(&b[2].parse::<f64>().unwrap_or(0.0))
+    });
+    if let Some(m) = most {
+        writeln!(
+            out,
+            "  organism and base part most (relative to ‖base‖) at layer {}",
+            m[0]
+        )?;
+    }
+    let sql =
+        "SELECT dataset, round(sum(norm_diff_mean * tokens) / sum(tokens), 3) AS moved FROM normdiff_layer_stats \
+               WHERE positions = 'all' GROUP BY dataset ORDER BY moved DESC";
+    let by_dataset = rows(ctx, sql).await?;
+    if let Some(top) = by_dataset.first() {
+        writeln!(
+            out,
+            "  the dataset where it moved most: {} (mean ‖ft − base‖ {} over layers)",
+            top[0], top[1]
+        )?;
+    }
+    Ok(())
+}
+
+async fn adl(ctx: &SessionContext, dir: &Path, out: &mut String) -> Result<()> {
+    writeln!(
+        out,
+        "\n[adl] activation difference lens: tokens the mean difference of the first positions promotes"
+    )?;
+    if register(ctx, dir, "all_positions").await? {
+        let sql = "SELECT token FROM adl_all_positions WHERE sign = '+' AND regexp_like(token, '[A-Za-z]') ORDER BY rank LIMIT 15";
+        let tokens: Vec<String> = rows(ctx, sql).await?.into_iter().map(|r| show(&r[0])).collect();
+        writeln!(out, "  promoted: {}", tokens.join(" "))?;
+        let sql = "SELECT token FROM adl_all_positions WHERE sign = '-' AND regexp_like(token, '[A-Za-z]') ORDER BY rank LIMIT 10";
+        let tokens: Vec<String> = rows(ctx, sql).await?.into_iter().map(|r| show(&r[0])).collect();
+        writeln!(out, "  suppressed: {}", tokens.join(" "))?;
+    }
+    if register(ctx, dir, "logit_lens").await? {
+        let sql = "SELECT pos, string_agg(token, ' ' ORDER BY rank) FROM (SELECT * FROM adl_logit_lens \
+                   WHERE sign = '+' AND regexp_like(token, '[A-Za-z]') AND rank <= 12) GROUP BY pos ORDER BY pos";
+        for r in rows(ctx, sql).await? {
+            writeln!(out, "  position {}: {}", r[0], r[1])?;
+        }
+    }
+    Ok(())
+}
