@@ -1,15 +1,9 @@
 -- Per layer and dataset: ‖ft − base‖₂, cosine distance 1 − cos(base, ft), ‖base‖ and ‖ft‖, over all
--- tokens and with the first positions (pos < $first_positions) apart from the rest. One pass over the data
--- (grouping sets); medians and p95 are t-digest estimates (approx_percentile_cont).
+-- tokens and with the first positions (pos < $first_positions) apart from the rest (grouping sets over the
+-- per-token table of 00_per_token.sql); medians and p95 are t-digest estimates (approx_percentile_cont).
 WITH per_token AS (
-    SELECT layer, dataset,
-           CASE WHEN pos < $first_positions THEN 'first' ELSE 'rest' END AS part,
-           diff_norm(base, ft) AS norm_diff,
-           1 - cosine_sim(base, ft) AS cos_dist,
-           vec_norm(base) AS base_norm,
-           vec_norm(ft) AS ft_norm
-    FROM acts
-    WHERE model = $model AND organism = $organism
+    SELECT *, CASE WHEN pos < $first_positions THEN 'first' ELSE 'rest' END AS part
+    FROM normdiff_per_token
 )
 SELECT layer, dataset, coalesce(part, 'all') AS positions,
        count(*) AS tokens,

@@ -1,12 +1,22 @@
 -- Per layer, the tokens among the $top_n largest ‖ft − base‖₂ or the $top_n largest cosine distances
 -- (positions from $first_positions on: the first tokens are outliers in every model), with both ranks and
--- the text before them. Both rankings come from one pass over the data.
-WITH ranked AS (
-    SELECT layer, dataset, seq_id, pos,
-           diff_norm(base, ft) AS norm_diff,
-           1 - cosine_sim(base, ft) AS cos_dist
-    FROM acts
-    WHERE model = $model AND organism = $organism AND pos >= $first_positions
+-- the text before them (a rank is NULL where the token is not in that metric's top $top_n).
+WITH candidates AS (
+    SELECT * FROM normdiff_per_token WHERE pos >= $first_positions
+),
+-- The exact $top_n-th largest value per layer (a bounded heap, no sort): only rows at or above it can rank.
+thresholds AS (
+    SELECT layer,
+           nth_largest(norm_diff, $top_n) AS norm_diff_min,
+           nth_largest(cos_dist, $top_n) AS cos_dist_min
+    FROM candidates
+    GROUP BY layer
+),
+ranked AS (
+    SELECT c.*
+    FROM candidates c JOIN thresholds t ON c.layer = t.layer
+    WHERE t.norm_diff_min IS NULL OR t.cos_dist_min IS NULL
+       OR c.norm_diff >= t.norm_diff_min OR c.cos_dist >= t.cos_dist_min
 ),
 hits AS (
     SELECT * FROM (
@@ -26,7 +36,10 @@ context AS (
      AND c.pos BETWEEN hits.pos - $context_width AND hits.pos
     GROUP BY hits.layer, hits.dataset, hits.seq_id, hits.pos
 )
-SELECT hits.layer, hits.norm_diff_rank, hits.cos_dist_rank, hits.dataset, hits.seq_id, hits.pos,
+SELECT hits.layer,
+       CASE WHEN hits.norm_diff_rank <= $top_n THEN hits.norm_diff_rank END AS norm_diff_top,
+       CASE WHEN hits.cos_dist_rank <= $top_n THEN hits.cos_dist_rank END AS cos_dist_top,
+       hits.dataset, hits.seq_id, hits.pos,
        context.token, hits.norm_diff, hits.cos_dist, context.context
 FROM hits LEFT JOIN context
   ON context.layer = hits.layer AND context.dataset = hits.dataset AND context.seq_id = hits.seq_id

@@ -146,12 +146,26 @@ fn bind(statement: &mut DFStatement, params: &[(String, ScalarValue)]) -> Result
     Ok(())
 }
 
-/// Runs `sql` (several statements) with `params` bound; returns the last statement's result.
+/// Whether a statement only defines something (a table or view for the next files) rather than a result.
+fn is_definition(statement: &DFStatement) -> bool {
+    use datafusion::sql::sqlparser::ast::Statement;
+    match statement {
+        DFStatement::Statement(s) => matches!(
+            **s,
+            Statement::CreateTable(_) | Statement::CreateView { .. } | Statement::Drop { .. }
+        ),
+        DFStatement::CreateExternalTable(_) => true,
+        _ => false,
+    }
+}
+
+/// Runs `sql` (several statements) with `params` bound; returns the last statement's result, or None when
+/// the last statement defines a table or view (a setup file whose result is not written).
 pub async fn run_with_params(
     ctx: &SessionContext,
     sql: &str,
     params: &[(String, ScalarValue)],
-) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
     let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})?;
     if statements.is_empty() {
         bail!("no SQL statement");
@@ -159,12 +173,14 @@ pub async fn run_with_params(
     let mut last = None;
     for mut statement in statements {
         bind(&mut statement, params)?;
+        let definition = is_definition(&statement);
         let plan = ctx.state().statement_to_plan(statement).await?;
         let df = ctx.execute_logical_plan(plan).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
-        last = Some((schema, df.collect().await?));
+        let batches = df.collect().await?;
+        last = (!definition).then_some((schema, batches));
     }
-    Ok(last.expect("at least one statement"))
+    Ok(last)
 }
 
 /// Runs the configured method and writes its results.
@@ -197,9 +213,12 @@ pub async fn run(settings: &Settings, queries_dir: &Path, configs: &ConfigDir) -
     for file in &files {
         let sql = fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
         let query_started = Instant::now();
-        let (schema, batches) = run_with_params(&ctx, &sql, &params)
+        let result = run_with_params(&ctx, &sql, &params)
             .await
             .with_context(|| format!("method {}: {}", method.name, file.display()))?;
+        let Some((schema, batches)) = result else {
+            continue; // a setup file: it defined a table or view for the next ones
+        };
         let name = table_name(file);
         let mut table = write_table(&out_dir, &name, &schema, &batches)?;
         table.seconds = query_started.elapsed().as_secs_f64();

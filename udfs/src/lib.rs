@@ -52,6 +52,7 @@ pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
         Arc::new(AggregateUDF::from(normdiff::NormDiff::default())),
         Arc::new(AggregateUDF::from(mean_vec::MeanVec::default())),
         Arc::new(AggregateUDF::from(mean_diff::MeanDiff::default())),
+        Arc::new(AggregateUDF::from(nth_largest::NthLargest::default())),
     ]
 }
 

@@ -4,3 +4,4 @@ pub mod group_state;
 pub mod mean_diff;
 pub mod mean_vec;
 pub mod normdiff;
+pub mod nth_largest;
