@@ -19,6 +19,7 @@ use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field};
 use diffsql_udfs::vector::ElementType;
 use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
 
 use super::final_hidden::FinalHiddenReader;
 use crate::cache::layout::{sequences_file_schema, tokens_file_schema, BASE_ORGANISM};
@@ -30,7 +31,7 @@ use crate::data::chat::ChatTemplate;
 use crate::data::source;
 use crate::data::tokenize::{tokenize, Limits, TokenizedDataset};
 use crate::model::load::{load, LoadedModel, ModelSource};
-use diffsql_udfs::kernels::{kl, log_softmax, top_k};
+use diffsql_udfs::kernels::{kl_with_probs, log_softmax, log_softmax_probs, top_k};
 
 /// What a run did.
 #[derive(Debug, Clone, Default)]
@@ -652,8 +653,6 @@ impl<'a> Sink<'a> {
         // Logits in chunks bound the memory to CHUNK × vocab floats per model.
         const CHUNK: usize = 256;
         let d = self.d_model;
-        let mut lp_base = vec![0f32; vocab];
-        let mut lp_ft = vec![0f32; vocab];
         for start in (0..rows).step_by(CHUNK) {
             let n = CHUNK.min(rows - start);
             let logits = |dec: &crate::model::decoder::Decoder, h: &[f32]| -> Result<Vec<f32>> {
@@ -666,13 +665,31 @@ impl<'a> Sink<'a> {
             };
             let lb = logits(&self.pair.base.decoder, base_final)?;
             let lf = ft_final.map(|f| logits(&self.pair.organism.decoder, f)).transpose()?;
-            for r in 0..n {
-                log_softmax(&lb[r * vocab..(r + 1) * vocab], &mut lp_base);
-                base.push(&lp_base, next[start + r], self.top_k);
-                if let (Some(lf), Some(o)) = (&lf, organism.as_mut()) {
-                    log_softmax(&lf[r * vocab..(r + 1) * vocab], &mut lp_ft);
-                    o.push(&lp_ft, next[start + r], self.top_k);
-                    kls.push(kl(&lp_ft, &lp_base).max(0.0) as f32);
+            // Rows in parallel on rayon's pool — the pool candle's matmuls use, so the two share the cores
+            // instead of spinning against each other.
+            let k = self.top_k;
+            let per_row: Vec<RowStats> = (0..n)
+                .into_par_iter()
+                .map_init(
+                    || (vec![0f32; vocab], vec![0f32; vocab], vec![0f32; vocab]),
+                    |(lp_base, lp_ft, p_ft), r| {
+                        let next = next[start + r];
+                        log_softmax(&lb[r * vocab..(r + 1) * vocab], lp_base);
+                        let base = NextToken::of(lp_base, next, k);
+                        let organism = lf.as_ref().map(|lf| {
+                            log_softmax_probs(&lf[r * vocab..(r + 1) * vocab], lp_ft, Some(p_ft));
+                            let kl = kl_with_probs(p_ft, lp_ft, lp_base).max(0.0) as f32;
+                            (NextToken::of(lp_ft, next, k), kl)
+                        });
+                        RowStats { base, organism }
+                    },
+                )
+                .collect();
+            for row in per_row {
+                base.push(row.base);
+                if let (Some((t, kl)), Some(o)) = (row.organism, organism.as_mut()) {
+                    o.push(t);
+                    kls.push(kl);
                 }
             }
         }
@@ -696,6 +713,26 @@ struct NextTokenArrays {
     topk_logprobs: ArrayRef,
 }
 
+/// One model's next-token statistics at one token.
+struct NextToken {
+    logprob: Option<f32>,
+    top: Vec<(u32, f32)>,
+}
+
+impl NextToken {
+    fn of(lp: &[f32], next: Option<u32>, k: usize) -> Self {
+        Self {
+            logprob: next.map(|t| lp[t as usize]),
+            top: top_k(lp, k),
+        }
+    }
+}
+
+struct RowStats {
+    base: NextToken,
+    organism: Option<(NextToken, f32)>,
+}
+
 #[derive(Default)]
 struct ColumnBuilder {
     logprob: Vec<Option<f32>>,
@@ -705,11 +742,10 @@ struct ColumnBuilder {
 }
 
 impl ColumnBuilder {
-    fn push(&mut self, lp: &[f32], next: Option<u32>, k: usize) {
-        self.logprob.push(next.map(|t| lp[t as usize]));
-        let top = top_k(lp, k);
-        self.lens.push(top.len());
-        for (id, l) in top {
+    fn push(&mut self, t: NextToken) {
+        self.logprob.push(t.logprob);
+        self.lens.push(t.top.len());
+        for (id, l) in t.top {
             self.ids.push(id as i32);
             self.lps.push(l);
         }

@@ -124,30 +124,65 @@ pub fn kl(log_p: &[f32], log_q: &[f32]) -> f64 {
     sum
 }
 
-/// Log-softmax of `logits` into `out`, for next-token statistics (max-subtracted, the sum in f64).
-pub fn log_softmax(logits: &[f32], out: &mut [f32]) {
+/// Log-softmax of `logits` into `log_p` and, when given, the probabilities into `p` — one exp per element
+/// (in f32; the normaliser is summed in f64), so KL can reuse the probabilities instead of exponentiating again.
+pub fn log_softmax_probs(logits: &[f32], log_p: &mut [f32], mut p: Option<&mut [f32]>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    let log_z = max as f64 + sum.ln();
-    for (o, &x) in out.iter_mut().zip(logits) {
-        *o = (x as f64 - log_z) as f32;
+    let mut sum = 0f64;
+    for (i, &x) in logits.iter().enumerate() {
+        // Below −87 exp underflows f32 anyway; skipping it avoids libm's slow underflow path.
+        let d = x - max;
+        let e = if d < -87.0 { 0.0 } else { d.exp() };
+        sum += e as f64;
+        if let Some(p) = p.as_deref_mut() {
+            p[i] = e;
+        }
+    }
+    let log_sum = sum.ln() as f32;
+    for (o, &x) in log_p.iter_mut().zip(logits) {
+        *o = (x - max) - log_sum;
+    }
+    if let Some(p) = p {
+        let inv = (1.0 / sum) as f32;
+        for v in p.iter_mut() {
+            *v *= inv;
+        }
     }
 }
 
-/// The `k` most probable tokens, most probable first (ties by lower id).
+/// Log-softmax of `logits` into `out`.
+pub fn log_softmax(logits: &[f32], out: &mut [f32]) {
+    log_softmax_probs(logits, out, None);
+}
+
+/// KL(p‖q) = Σ pᵢ (log pᵢ − log qᵢ) with the probabilities of p given (no exp), accumulated in f64.
+pub fn kl_with_probs(p: &[f32], log_p: &[f32], log_q: &[f32]) -> f64 {
+    let mut sum = 0f64;
+    for ((&pi, &lp), &lq) in p.iter().zip(log_p).zip(log_q) {
+        if pi > 0.0 {
+            sum += pi as f64 * (lp as f64 - lq as f64);
+        }
+    }
+    sum
+}
+
+/// The `k` most probable tokens, most probable first (ties by lower id): one pass keeping the best k seen.
 pub fn top_k(log_p: &[f32], k: usize) -> Vec<(u32, f32)> {
     let k = k.min(log_p.len());
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     if k == 0 {
-        return Vec::new();
+        return best;
     }
-    let mut idx: Vec<u32> = (0..log_p.len() as u32).collect();
-    let order = |a: &u32, b: &u32| log_p[*b as usize].total_cmp(&log_p[*a as usize]).then_with(|| a.cmp(b));
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k - 1, order);
-        idx.truncate(k);
+    for (i, &v) in log_p.iter().enumerate() {
+        // A later id never displaces an equal value: ties keep the lower id.
+        if best.len() == k && v.partial_cmp(&best[k - 1].1) != Some(std::cmp::Ordering::Greater) {
+            continue;
+        }
+        let at = best.partition_point(|&(_, b)| b >= v);
+        best.insert(at, (i as u32, v));
+        best.truncate(k);
     }
-    idx.sort_unstable_by(order);
-    idx.into_iter().map(|i| (i, log_p[i as usize])).collect()
+    best
 }
 
 /// out[i] += (b[i] − a[i]) in f64, the running sum behind `mean_diff`.
@@ -222,6 +257,20 @@ mod tests {
         // Large logits do not overflow.
         log_softmax(&[1000.0, 1000.0], &mut out[..2]);
         assert!((out[0] as f64 - 0.5f64.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn log_softmax_probs_and_kl_agree_with_the_exp_form() {
+        let a = [0.3f32, -1.2, 2.5, 0.0, 7.0];
+        let b = [1.0f32, 0.5, -0.5, 2.0, 6.0];
+        let (mut la, mut pa, mut lb) = ([0f32; 5], [0f32; 5], [0f32; 5]);
+        log_softmax_probs(&a, &mut la, Some(&mut pa));
+        log_softmax(&b, &mut lb);
+        assert!((pa.iter().map(|&x| x as f64).sum::<f64>() - 1.0).abs() < 1e-6);
+        for (p, l) in pa.iter().zip(&la) {
+            assert!((p.ln() - l).abs() < 1e-5);
+        }
+        assert!((kl_with_probs(&pa, &la, &lb) - kl(&la, &lb)).abs() < 1e-6);
     }
 
     #[test]
