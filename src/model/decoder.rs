@@ -384,23 +384,25 @@ impl Decoder {
         }
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let (k, v) = (repeat_kv(k, nh / nkv)?, repeat_kv(v, nh / nkv)?);
-        let mut scores = (q.matmul(&k.t()?.contiguous()?)? * self.spec.attn_scale)?;
+        // Grouped-query attention without copying key/value heads: the n_rep query heads that share a
+        // key/value head are stacked into one (n_rep·s, hd) matrix, so each matmul is one larger gemm per
+        // (batch, kv head) instead of one small gemm per (batch, query head).
+        let n_rep = nh / nkv;
+        let q = q.reshape((b, nkv, n_rep * s, hd))?;
+        let mut scores = (q.matmul(&k.t()?)? * self.spec.attn_scale)?;
         if let Some(cap) = self.spec.attn_softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
-        let scores = scores.broadcast_add(mask)?;
+        let scores = scores
+            .reshape((b, nkv, n_rep, s, s))?
+            .broadcast_add(&mask.unsqueeze(1)?)?
+            .reshape((b, nkv, n_rep * s, s))?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+        let out = probs
+            .matmul(&v)?
+            .reshape((b, nh, s, hd))?
+            .transpose(1, 2)?
+            .reshape((b, s, nh * hd))?;
         a.o.forward(&out)
     }
-}
-
-/// Repeats each key/value head `n` times (grouped-query attention).
-fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
-    if n == 1 {
-        return Ok(x);
-    }
-    let (b, kv, s, hd) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.expand((b, kv, n, s, hd))?.reshape((b, kv * n, s, hd))?)
 }
