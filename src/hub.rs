@@ -51,11 +51,7 @@ pub fn repo_files_in(
             cache_dir.display()
         );
     }
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_cache_dir(cache_dir.to_path_buf())
-        .build()
-        .context("cannot start the Hugging Face client")?;
-    let api_repo = api.repo(r);
+    let api_repo = client(cache_dir, r)?;
     let info = api_repo.info().with_context(|| {
         format!("cannot list {what} {repo}@{revision} (no network? set HF_HUB_OFFLINE=1 to use only the cache)")
     })?;
@@ -72,6 +68,15 @@ pub fn repo_files_in(
     }
     out.sort();
     Ok(out)
+}
+
+/// A hub client for `repo` that downloads into `cache_dir`.
+pub fn client(cache_dir: &Path, repo: Repo) -> Result<hf_hub::api::sync::ApiRepo> {
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_cache_dir(cache_dir.to_path_buf())
+        .build()
+        .context("cannot start the Hugging Face client")?;
+    Ok(api.repo(repo))
 }
 
 /// The snapshot directory of `repo` at `revision` in the cache, if the revision is known there.

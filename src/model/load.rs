@@ -99,15 +99,10 @@ pub fn resolve_hub_in(cache_dir: &Path, repo: &str, revision: &str, offline: boo
             cache_dir.display()
         );
     }
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_cache_dir(cache_dir.to_path_buf())
-        .build()
-        .context("cannot start the Hugging Face client")?;
-    let api_repo = api.repo(hf_hub::Repo::with_revision(
-        repo.to_string(),
-        hf_hub::RepoType::Model,
-        revision.to_string(),
-    ));
+    let api_repo = crate::hub::client(
+        cache_dir,
+        hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, revision.to_string()),
+    )?;
     let fetch = |f: &str| {
         api_repo.get(f).with_context(|| {
             format!("cannot download {f} of {repo}@{revision} (no network? set HF_HUB_OFFLINE=1 to use only the cache)")

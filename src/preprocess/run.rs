@@ -458,28 +458,23 @@ impl<'a> Sink<'a> {
         pair: &'a ModelPair,
         top_k: usize,
     ) -> Result<Self> {
-        let enc = VectorEncoding::new(storage, d_model);
-        let f32_enc = VectorEncoding::new(ElementType::Float32, d_model);
+        let activation = |key: &PartitionKey, dtype| {
+            ActivationWriter::create(
+                layout,
+                key.clone(),
+                VectorEncoding::new(dtype, d_model),
+                options.clone(),
+            )
+        };
         let activations = plan
             .activations
             .iter()
-            .map(|(s, i, k)| {
-                Ok((
-                    *s,
-                    *i,
-                    ActivationWriter::create(layout, k.clone(), enc, options.clone())?,
-                ))
-            })
+            .map(|(s, i, k)| Ok((*s, *i, activation(k, storage)?)))
             .collect::<Result<_>>()?;
         let final_hidden = plan
             .final_hidden
             .iter()
-            .map(|(s, k)| {
-                Ok((
-                    *s,
-                    ActivationWriter::create(layout, k.clone(), f32_enc, options.clone())?,
-                ))
-            })
+            .map(|(s, k)| Ok((*s, activation(k, ElementType::Float32)?)))
             .collect::<Result<_>>()?;
         let tokens = plan
             .tokens
