@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use datafusion::arrow::array::{Array, AsArray, ListArray, StructArray};
+use datafusion::arrow::array::{Array, AsArray, ListArray, RecordBatch, StructArray};
 use datafusion::arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -214,4 +214,119 @@ fn messages_of(turns: &dyn Array, file: &Path) -> Result<Vec<Message>> {
         .zip(field("content")?)
         .map(|(role, content)| Message { role, content })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(source: &Path) -> DatasetConfig {
+        DatasetConfig {
+            name: "d".into(),
+            description: String::new(),
+            source: source.to_string_lossy().into_owned(),
+            format: "auto".into(),
+            split: "train".into(),
+            text_field: "text".into(),
+            messages_field: "messages".into(),
+        }
+    }
+
+    #[test]
+    fn jsonl_text_and_chat_plain_text_and_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = dir.path().join("a.jsonl");
+        std::fs::write(
+            &jsonl,
+            "{\"text\": \"one\"}\n\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n{\"text\": \"three\"}\n",
+        )
+        .unwrap();
+        let samples = read(&config(&jsonl), dir.path(), 0).unwrap();
+        assert_eq!(samples.len(), 3);
+        assert_eq!(samples[0], Sample::Text("one".into()));
+        assert!(matches!(&samples[1], Sample::Chat(m) if m[0].content == "hi"));
+        assert_eq!(read(&config(&jsonl), dir.path(), 2).unwrap().len(), 2);
+        let txt = dir.path().join("b.txt");
+        std::fs::write(&txt, "first block\nstill first\n\n\nsecond\r\n\r\nthird").unwrap();
+        let samples = read(&config(&txt), dir.path(), 0).unwrap();
+        assert_eq!(
+            samples,
+            vec![
+                Sample::Text("first block\nstill first".into()),
+                Sample::Text("second".into()),
+                Sample::Text("third".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn parquet_text_and_chat_columns() {
+        use datafusion::arrow::array::{ArrayRef, StringArray, StructArray};
+        use datafusion::arrow::buffer::OffsetBuffer;
+        use datafusion::arrow::datatypes::{Field, Fields};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |path: &Path, column: &str, array: ArrayRef| {
+            let batch = RecordBatch::try_from_iter([(column, array)]).unwrap();
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+        };
+        let text = dir.path().join("t.parquet");
+        write(&text, "text", Arc::new(StringArray::from(vec!["a", "b", "c"])));
+        assert_eq!(
+            read(&config(&text), dir.path(), 2).unwrap(),
+            vec![Sample::Text("a".into()), Sample::Text("b".into())]
+        );
+        let fields = Fields::from(vec![
+            Field::new("role", DataType::Utf8, false),
+            Field::new("content", DataType::Utf8, false),
+        ]);
+        let turns = StructArray::new(
+            fields.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["user", "assistant", "user"])) as ArrayRef,
+                Arc::new(StringArray::from(vec!["hi", "hello", "again"])) as ArrayRef,
+            ],
+            None,
+        );
+        let list = ListArray::new(
+            Arc::new(Field::new_list_field(DataType::Struct(fields), true)),
+            OffsetBuffer::from_lengths([2, 1]),
+            Arc::new(turns),
+            None,
+        );
+        let chat = dir.path().join("c.parquet");
+        write(&chat, "messages", Arc::new(list));
+        let samples = read(&config(&chat), dir.path(), 0).unwrap();
+        assert_eq!(samples.len(), 2);
+        assert!(
+            matches!(&samples[0], Sample::Chat(m) if m.len() == 2 && m[1].role == "assistant" && m[1].content == "hello")
+        );
+    }
+
+    #[test]
+    fn bad_input_names_the_file_line_and_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = dir.path().join("bad.jsonl");
+        std::fs::write(&jsonl, "{\"text\": \"ok\"}\n{not json\n").unwrap();
+        let e = format!("{:#}", read(&config(&jsonl), dir.path(), 0).unwrap_err());
+        assert!(e.contains("bad.jsonl line 2: not JSON"), "{e}");
+        std::fs::write(&jsonl, "{\"body\": \"x\"}\n").unwrap();
+        let e = format!("{:#}", read(&config(&jsonl), dir.path(), 0).unwrap_err());
+        assert!(
+            e.contains("has neither `text` (text) nor `messages` (chat)") && e.contains("text_field"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            read(&config(&dir.path().join("none.jsonl")), dir.path(), 0).unwrap_err()
+        );
+        assert!(e.contains("does not exist and is not a Hugging Face dataset id"), "{e}");
+        let csv = dir.path().join("x.csv");
+        std::fs::write(&csv, "a,b\n").unwrap();
+        let e = format!("{:#}", read(&config(&csv), dir.path(), 0).unwrap_err());
+        assert!(e.contains("set format to jsonl, text or parquet"), "{e}");
+    }
 }
