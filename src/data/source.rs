@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use datafusion::arrow::array::{Array, AsArray, ListArray, RecordBatch, StructArray};
+use datafusion::arrow::array::{Array, AsArray, ListArray, StructArray};
 use datafusion::arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn parquet_text_and_chat_columns() {
-        use datafusion::arrow::array::{ArrayRef, StringArray, StructArray};
+        use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, StructArray};
         use datafusion::arrow::buffer::OffsetBuffer;
         use datafusion::arrow::datatypes::{Field, Fields};
         use std::sync::Arc;
