@@ -175,6 +175,14 @@ impl TableProvider for LogitLensTable {
 
 /// The vectors of a column (NULL rows are kept as None).
 fn vector_rows(col: &ArrayRef) -> Result<Vec<Option<Vec<f32>>>> {
+    // Literal lists such as [1.0, 2.0] are float64: read them as float32.
+    let col = match Vectors::try_new("logit_lens", col.as_ref()) {
+        Ok(_) => Arc::clone(col),
+        Err(_) => datafusion::arrow::compute::cast(
+            col,
+            &DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true))),
+        )?,
+    };
     let vectors = Vectors::try_new("logit_lens", col.as_ref())?;
     let mut scratch = Vec::new();
     Ok((0..col.len())

@@ -299,3 +299,66 @@ fn adl_of_roman_concrete_ranks_the_claim_words_high() {
     assert!(roman.0 <= 10, "{roman:?}");
     assert!(caps.0 > 40, "the control organism does not promote them: {caps:?}");
 }
+
+/// `logit_lens` from SQL: a literal vector, a subquery of several vectors, and clear errors.
+#[test]
+fn logit_lens_from_sql_and_its_errors() {
+    let (_, cache) = adl_cache();
+    let project = configs().project_root();
+    let sql = |q: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_diffsql"))
+            .args([
+                "--cache",
+                &cache.display().to_string(),
+                "sql",
+                "--format",
+                "csv",
+                "-c",
+                q,
+            ])
+            .current_dir(&project)
+            .output()
+            .unwrap()
+    };
+    // One vector (a scalar subquery): k rows for +vector and k for −vector, ranks 1..k, probabilities falling.
+    let out = sql(
+        "SELECT sign, count(*), min(rank), max(rank), bool_and(prob > 0) FROM logit_lens((SELECT mean_vec(act) \
+         FROM activations WHERE organism = 'base' AND layer = 1 AND pos = 0), 'shakespeare', 3) GROUP BY sign ORDER BY sign",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().skip(1).collect::<Vec<_>>(),
+        ["+,3,1,3,true", "-,3,1,3,true"],
+        "{text}"
+    );
+    // Two items from a subquery: item 0 and item 1, k rows per sign each.
+    let out = sql(
+        "SELECT item, count(*) FROM logit_lens((SELECT mean_diff(base, ft) FROM acts WHERE organism = 'caps' \
+         AND pos BETWEEN 1 AND 2 GROUP BY pos ORDER BY pos), 'shakespeare', 4) GROUP BY item ORDER BY item",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "item,count(*)\n0,8\n1,8\n");
+    for (q, needle) in [
+        (
+            "SELECT * FROM logit_lens([1.0, 2.0], 'shakespeare')",
+            "takes 3 arguments",
+        ),
+        (
+            "SELECT * FROM logit_lens([1.0, 2.0], 'nope', 3)",
+            "unknown model `nope`",
+        ),
+        (
+            "SELECT * FROM logit_lens([1.0, 2.0], 'shakespeare', 0)",
+            "k must be a positive integer",
+        ),
+        (
+            "SELECT * FROM logit_lens([1.0, 2.0], 'shakespeare', 3)",
+            "has 2 values but the model's d_model is 128",
+        ),
+    ] {
+        let out = sql(q);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{q}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
