@@ -254,8 +254,9 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
                 plan.activations.push((side, i, key));
             }
         }
+        // Only the base model's final hidden state is needed again (by later organism runs).
         let key = PartitionKey::final_hidden(model, name);
-        if !complete(&layout, &key, &fp, None)? {
+        if side == Side::Base && !complete(&layout, &key, &fp, None)? {
             plan.final_hidden.push((side, key));
         }
         let key = PartitionKey::tokens(model, name);
