@@ -578,7 +578,7 @@ impl<'a> Sink<'a> {
                 (None, None) => bail!("internal: no base final hidden state for the tokens table"),
             };
             let ft_final = msg.organism.as_ref().map(|(_, f)| f.as_slice());
-            let columns = self.token_columns(&base_final, ft_final, &next, &token_id)?;
+            let columns = self.token_columns(&base_final, ft_final, &next)?;
             let keys: Vec<ArrayRef> = vec![
                 Arc::new(StringArray::from(vec![dataset.name.as_str(); rows])),
                 Arc::new(StringArray::from(vec![dataset.split.as_str(); rows])),
@@ -639,7 +639,6 @@ impl<'a> Sink<'a> {
         base_final: &[f32],
         ft_final: Option<&[f32]>,
         next: &[Option<u32>],
-        _token_id: &[i32],
     ) -> Result<TokenColumns> {
         let rows = next.len();
         let vocab = self.pair.base.decoder.spec().vocab;
