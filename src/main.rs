@@ -129,6 +129,9 @@ struct SynthArgs {
     /// Compression of the vectors: none, snappy, zstd or zstd(N).
     #[arg(long, default_value = "none")]
     compression: String,
+    /// Standard deviation of noise added to organism vectors (0 keeps the exact known answers).
+    #[arg(long, default_value_t = 0.0)]
+    noise: f32,
 }
 
 fn main() -> ExitCode {
@@ -311,6 +314,7 @@ fn synth_cache(cache: &Path, args: SynthArgs) -> Result<ExitCode> {
         d_model: args.d_model,
         dtype,
         seed: args.seed,
+        noise: args.noise,
         options: diffsql::cache::WriteOptions {
             rows_per_file: args.rows_per_file,
             vector_compression: parse_compression(&args.compression)?,

@@ -1,23 +1,7 @@
 -- Per layer, the tokens among the $top_n largest ‖ft − base‖₂ or the $top_n largest cosine distances
 -- (positions from $first_positions on: the first tokens are outliers in every model), with both ranks and
 -- the text before them (a rank is NULL where the token is not in that metric's top $top_n).
-WITH candidates AS (
-    SELECT * FROM normdiff_per_token WHERE pos >= $first_positions
-),
--- The exact $top_n-th largest value per layer (a bounded heap, no sort): only rows at or above it can rank.
-thresholds AS (
-    SELECT layer,
-           nth_largest(norm_diff, $top_n) AS norm_diff_min,
-           nth_largest(cos_dist, $top_n) AS cos_dist_min
-    FROM candidates
-    GROUP BY layer
-),
-ranked AS (
-    SELECT c.*
-    FROM candidates c JOIN thresholds t ON c.layer = t.layer
-    WHERE t.norm_diff_min IS NULL OR t.cos_dist_min IS NULL
-       OR c.norm_diff >= t.norm_diff_min OR c.cos_dist >= t.cos_dist_min
-),
+WITH ranked AS (SELECT * FROM normdiff_candidates),
 hits AS (
     SELECT * FROM (
         SELECT *,

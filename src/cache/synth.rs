@@ -32,6 +32,9 @@ pub struct SynthSpec {
     pub seed: u64,
     pub dataset: String,
     pub options: WriteOptions,
+    /// Standard deviation of Gaussian noise added to every organism coordinate (0: the exact known answers;
+    /// above 0, per-token statistics no longer tie, as in real activations).
+    pub noise: f32,
 }
 
 impl Default for SynthSpec {
@@ -47,6 +50,7 @@ impl Default for SynthSpec {
             seed: 0,
             dataset: "synthetic".into(),
             options: WriteOptions::default(),
+            noise: 0.0,
         }
     }
 }
@@ -104,6 +108,13 @@ pub fn write(layout: &CacheLayout, spec: &SynthSpec, mut progress: impl FnMut(us
                     let (coord, amount) = organism_shift(*k, *l, d);
                     shifted[..rows * d].copy_from_slice(&base[..rows * d]);
                     add_to_coordinate(&mut shifted[..rows * d], d, coord, amount);
+                    if spec.noise > 0.0 {
+                        let mut noise =
+                            rand::rngs::StdRng::seed_from_u64(spec.seed ^ ((*k as u64) << 32) ^ start as u64);
+                        for x in &mut shifted[..rows * d] {
+                            *x += spec.noise * noise.sample::<f32, _>(StandardNormal);
+                        }
+                    }
                     &shifted[..rows * d]
                 };
                 writer.push(&ActivationBatch {

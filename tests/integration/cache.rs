@@ -227,3 +227,32 @@ async fn normdiff_of(layout: CacheLayout) -> datafusion::error::Result<Vec<dataf
     )?;
     ctx.sql("SELECT normdiff(base, ft) FROM acts").await?.collect().await
 }
+
+#[test]
+fn synthetic_noise_breaks_ties_but_keeps_the_shift() {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Float64Type;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = SynthSpec {
+        tokens: 512,
+        layers: vec![2],
+        d_model: 64,
+        noise: 0.01,
+        ..Default::default()
+    };
+    synth::write(&CacheLayout::new(dir.path()), &spec, |_| {}).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let batches = rt.block_on(async {
+        let ctx = diffsql::sql::open_session(dir.path()).unwrap();
+        let df = ctx
+            .sql("SELECT avg(diff_norm(base, ft)), stddev(diff_norm(base, ft)) FROM acts")
+            .await
+            .unwrap();
+        df.collect().await.unwrap()
+    });
+    let mean = batches[0].column(0).as_primitive::<Float64Type>().value(0);
+    let std = batches[0].column(1).as_primitive::<Float64Type>().value(0);
+    // ‖3·e + n‖ with n ~ N(0, 0.01² I₆₄): about sqrt(9 + 64·10⁻⁴) ≈ 3.0011, no longer the same for every token.
+    assert!((mean - 3.0011).abs() < 0.01, "{mean}");
+    assert!(std > 1e-4, "{std}");
+}

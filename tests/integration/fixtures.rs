@@ -38,6 +38,7 @@ pub fn spec(dtype: ElementType) -> SynthSpec {
         seed: 7,
         dataset: "synthetic".into(),
         options: small_files(),
+        noise: 0.0,
     }
 }
 
