@@ -1,13 +1,18 @@
 -- Setup (no result table): the per-token statistics, computed in one pass and kept in memory for the next
 -- queries — four floats per token instead of two vectors — and the candidates for the top-token ranking.
-CREATE TABLE normdiff_per_token AS
-SELECT layer, dataset, seq_id, pos,
-       diff_norm(base, ft) AS norm_diff,
-       1 - cosine_sim(base, ft) AS cos_dist,
-       vec_norm(base) AS base_norm,
-       vec_norm(ft) AS ft_norm
+-- pair_stats decodes each vector once; its struct is stored first, because reading four fields of it in the
+-- same statement would evaluate it four times.
+CREATE TABLE normdiff_pairs AS
+SELECT layer, dataset, seq_id, pos, pair_stats(base, ft) AS s
 FROM acts
 WHERE model = $model AND organism = $organism;
+
+CREATE TABLE normdiff_per_token AS
+SELECT layer, dataset, seq_id, pos,
+       s['norm_diff'] AS norm_diff, s['cos_dist'] AS cos_dist, s['base_norm'] AS base_norm, s['ft_norm'] AS ft_norm
+FROM normdiff_pairs;
+
+DROP TABLE normdiff_pairs;
 
 -- Per layer, the tokens at or above the exact $top_n-th largest norm difference or cosine distance (from
 -- position $first_positions on): only these can rank in the top $top_n. `nth_largest` keeps a heap of $top_n

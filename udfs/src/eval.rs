@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Float64Builder, ListArray};
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field, Fields};
 use datafusion::common::{utils::take_function_args, Result};
 use datafusion::logical_expr::ColumnarValue;
 
@@ -40,6 +40,44 @@ pub fn binary_f64(
         Ok(())
     })?;
     let out: Float64Array = out.into_iter().collect();
+    finish(Arc::new(out), all_scalar)
+}
+
+/// The struct of named float64 fields that [`binary_f64_fields`] returns.
+pub fn f64_struct_type(names: &[&str]) -> DataType {
+    DataType::Struct(f64_fields(names))
+}
+
+fn f64_fields(names: &[&str]) -> Fields {
+    names.iter().map(|n| Field::new(*n, DataType::Float64, true)).collect()
+}
+
+/// Applies `kernel` to each pair of rows, filling one float64 per named field: a struct column (NULL where
+/// either vector is NULL).
+pub fn binary_f64_fields<const N: usize>(
+    function: &str,
+    args: &[ColumnarValue],
+    rows: usize,
+    names: [&str; N],
+    kernel: impl Fn(&[f32], &[f32]) -> [Option<f64>; N],
+) -> Result<ColumnarValue> {
+    let mut columns: Vec<Vec<Option<f64>>> = (0..N).map(|_| Vec::with_capacity(rows)).collect();
+    let mut valid = Vec::with_capacity(rows);
+    let all_scalar = for_each_pair(function, args, rows, |pair| {
+        let values = pair.map(|(a, b)| kernel(a, b));
+        valid.push(values.is_some());
+        for (c, v) in columns.iter_mut().enumerate() {
+            v.push(values.and_then(|vals| vals[c]));
+        }
+        Ok(())
+    })?;
+    let fields = f64_fields(&names);
+    let arrays: Vec<ArrayRef> = columns
+        .into_iter()
+        .map(|c| Arc::new(Float64Array::from(c)) as ArrayRef)
+        .collect();
+    let nulls = valid.iter().any(|v| !v).then(|| NullBuffer::from(valid));
+    let out = datafusion::arrow::array::StructArray::try_new(fields, arrays, nulls)?;
     finish(Arc::new(out), all_scalar)
 }
 

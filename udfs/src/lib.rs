@@ -37,6 +37,7 @@ pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
     vec![
         Arc::new(ScalarUDF::from(diff_norm::DiffNorm::default())),
         Arc::new(ScalarUDF::from(cosine_sim::CosineSim::default())),
+        Arc::new(ScalarUDF::from(pair_stats::PairStats::default())),
         Arc::new(ScalarUDF::from(vec_norm::VecNorm::default())),
         Arc::new(ScalarUDF::from(vec_sub::VecSub::default())),
         Arc::new(ScalarUDF::from(vec_dot::VecDot::default())),

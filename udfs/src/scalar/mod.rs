@@ -3,6 +3,7 @@
 pub mod cosine_sim;
 pub mod diff_norm;
 pub mod kl_div;
+pub mod pair_stats;
 pub mod to_float32;
 pub mod vec_dot;
 pub mod vec_norm;
