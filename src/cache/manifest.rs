@@ -76,10 +76,6 @@ impl Manifest {
 
     /// Writes the manifest to `path` through a temporary file and a rename.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} into place", tmp.display()))?;
-        Ok(())
+        super::writer::write_atomic(path, &serde_json::to_vec_pretty(self)?)
     }
 }

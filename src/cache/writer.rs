@@ -22,6 +22,17 @@ use super::vectors::VectorEncoding;
 /// Name of the vector column in `activations` files.
 pub const VECTOR_COLUMN: &str = "act";
 
+/// Writes `bytes` to `path` through a temporary file beside it (`path` + `.tmp`) and a rename, so readers see
+/// the old file or the whole new one, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))?;
+    Ok(())
+}
+
 /// How partitions are laid out in files.
 #[derive(Debug, Clone)]
 pub struct WriteOptions {

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 pub mod plots;
 
+use crate::cache::writer::write_atomic;
 use crate::config::{ConfigDir, Settings};
 use crate::sql::{open_session, register_model_functions};
 
@@ -267,13 +268,6 @@ fn table_name(file: &Path) -> String {
         Some(rest) if !rest.is_empty() && trimmed.len() != stem.len() => rest.to_string(),
         _ => stem.to_string(),
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))?;
-    Ok(())
 }
 
 fn write_table(dir: &Path, name: &str, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<TableResult> {

@@ -66,13 +66,9 @@ pub fn hub_cache_dir() -> PathBuf {
     hf_hub::Cache::from_env().path().clone()
 }
 
-fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
 /// Resolves a hub repo to a local snapshot directory, downloading missing files unless offline.
 pub fn resolve_hub(repo: &str, revision: &str) -> Result<PathBuf> {
-    resolve_hub_in(&hub_cache_dir(), repo, revision, offline())
+    resolve_hub_in(&hub_cache_dir(), repo, revision, crate::hub::offline())
 }
 
 /// [`resolve_hub`] with the cache directory and offline mode given.
