@@ -187,7 +187,7 @@ fn run() -> Result<ExitCode> {
             let mut all = config::parse_all(&overrides, false)?;
             all.extend(pipeline_fixed(None)?);
             let tree = configs.merged_tree(&all)?;
-            configs.resolve(&all)?; // validate types too
+            ConfigDir::settings(tree.clone())?; // validate types too
             print!("{}", toml::to_string_pretty(&tree)?);
             Ok(ExitCode::SUCCESS)
         }

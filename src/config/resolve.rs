@@ -81,7 +81,11 @@ impl ConfigDir {
 
     /// Resolves one run's settings from `config.toml`, the group files and `overrides` (single-valued).
     pub fn resolve(&self, overrides: &[Override]) -> Result<Settings> {
-        let tree = self.merged_tree(overrides)?;
+        Self::settings(self.merged_tree(overrides)?)
+    }
+
+    /// Typed settings from a merged tree (from [`ConfigDir::merged_tree`]).
+    pub fn settings(tree: Table) -> Result<Settings> {
         let de = toml::Value::Table(tree);
         let settings: Settings = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();

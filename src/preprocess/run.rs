@@ -26,7 +26,7 @@ use crate::cache::layout::{sequences_file_schema, tokens_file_schema, BASE_ORGAN
 use crate::cache::vectors::VectorEncoding;
 use crate::cache::writer::{parse_compression, TokenFingerprint};
 use crate::cache::{ActivationBatch, ActivationWriter, CacheLayout, PartitionKey, PartitionWriter, WriteOptions};
-use crate::config::settings::{locate, resolve_layers, Settings};
+use crate::config::settings::{locate, resolve_layers, ModelConfig, Settings};
 use crate::data::chat::ChatTemplate;
 use crate::data::source;
 use crate::data::tokenize::{tokenize, Limits, TokenizedDataset};
@@ -72,7 +72,7 @@ pub struct ModelPair {
 pub fn load_pair(settings: &Settings, project_root: &Path) -> Result<ModelPair> {
     let dtype = compute_dtype(&settings.model.dtype)?;
     let model = &settings.model;
-    let base_source = source_of(&locate(&model.source, project_root), &model.revision)?;
+    let base_source = model_source(model, project_root)?;
     let base = load(&base_source, None, dtype).with_context(|| format!("model {}", model.name))?;
     let ft = settings.finetuned()?;
     let what = format!("organism {} for model {}", settings.organism.name, model.name);
@@ -98,6 +98,11 @@ pub fn load_pair(settings: &Settings, project_root: &Path) -> Result<ModelPair> 
         );
     }
     Ok(ModelPair { base, organism })
+}
+
+/// Where a model config's weights come from (a path relative to the project, or a hub id at its revision).
+pub fn model_source(model: &ModelConfig, project_root: &Path) -> Result<ModelSource> {
+    source_of(&locate(&model.source, project_root), &model.revision)
 }
 
 fn source_of(s: &str, revision: &str) -> Result<ModelSource> {

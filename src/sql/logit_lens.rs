@@ -28,9 +28,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use diffsql_udfs::kernels::{log_softmax, top_k};
 use diffsql_udfs::vector::Vectors;
 
-use crate::config::settings::locate;
 use crate::config::{parse_all, ConfigDir};
-use crate::model::load::{load, LoadedModel, ModelSource};
+use crate::model::load::{load, LoadedModel};
+use crate::preprocess::run::model_source;
 
 /// The table function, holding the models it has loaded.
 pub struct LogitLens {
@@ -59,12 +59,8 @@ impl LogitLens {
         }
         let err = |e: anyhow::Error| DataFusionError::Plan(format!("logit_lens: {e:#}"));
         let args = parse_all(&[format!("model={name}")], false).map_err(err)?;
-        let tree = self.configs.merged_tree(&args).map_err(err)?;
-        let settings: crate::config::Settings = toml::Value::Table(tree)
-            .try_into()
-            .map_err(|e: toml::de::Error| DataFusionError::Plan(format!("logit_lens: {e}")))?;
-        let source = locate(&settings.model.source, &self.configs.project_root());
-        let source = ModelSource::parse(&source).map_err(err)?;
+        let settings = self.configs.resolve(&args).map_err(err)?;
+        let source = model_source(&settings.model, &self.configs.project_root()).map_err(err)?;
         let model = Arc::new(load(&source, None, DType::F32).map_err(err)?);
         models.insert(name.to_string(), Arc::clone(&model));
         Ok(model)
