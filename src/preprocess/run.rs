@@ -177,7 +177,8 @@ enum Side {
 /// The partitions of this run that still have to be written.
 struct Plan {
     activations: Vec<(Side, usize, PartitionKey)>,
-    final_hidden: Vec<(Side, PartitionKey)>,
+    /// The base model's final hidden state (the only one read back, by later organism runs).
+    final_hidden: Option<PartitionKey>,
     tokens: Vec<(Side, PartitionKey)>,
     sequences: Option<PartitionKey>,
     vocab: Option<PartitionKey>,
@@ -186,14 +187,14 @@ struct Plan {
 impl Plan {
     fn len(&self) -> usize {
         self.activations.len()
-            + self.final_hidden.len()
+            + usize::from(self.final_hidden.is_some())
             + self.tokens.len()
             + usize::from(self.sequences.is_some())
             + usize::from(self.vocab.is_some())
     }
     fn runs(&self, side: Side) -> bool {
         self.activations.iter().any(|(s, ..)| *s == side)
-            || self.final_hidden.iter().any(|(s, _)| *s == side)
+            || (side == Side::Base && self.final_hidden.is_some())
             || self.tokens.iter().any(|(s, _)| *s == side)
     }
 }
@@ -247,7 +248,7 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
 
     let mut plan = Plan {
         activations: Vec::new(),
-        final_hidden: Vec::new(),
+        final_hidden: None,
         tokens: Vec::new(),
         sequences: None,
         vocab: None,
@@ -259,15 +260,14 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
                 plan.activations.push((side, i, key));
             }
         }
-        // Only the base model's final hidden state is needed again (by later organism runs).
-        let key = PartitionKey::final_hidden(model, name);
-        if side == Side::Base && !complete(&layout, &key, &fp, None)? {
-            plan.final_hidden.push((side, key));
-        }
         let key = PartitionKey::tokens(model, name);
         if !complete(&layout, &key, &fp, None)? {
             plan.tokens.push((side, key));
         }
+    }
+    let key = PartitionKey::final_hidden(model, BASE_ORGANISM);
+    if !complete(&layout, &key, &fp, None)? {
+        plan.final_hidden = Some(key);
     }
     let key = PartitionKey::sequences(model);
     if layout.manifest(&key)?.is_none() {
@@ -441,7 +441,7 @@ struct BatchOutput {
 /// Owns the writers of the partitions to write; computes next-token statistics.
 struct Sink<'a> {
     activations: Vec<(Side, usize, ActivationWriter)>,
-    final_hidden: Vec<(Side, ActivationWriter)>,
+    final_hidden: Option<ActivationWriter>,
     tokens: Vec<(Side, PartitionWriter)>,
     sequences: Option<PartitionWriter>,
     cached_base: Option<FinalHiddenReader>,
@@ -479,9 +479,9 @@ impl<'a> Sink<'a> {
             .collect::<Result<_>>()?;
         let final_hidden = plan
             .final_hidden
-            .iter()
-            .map(|(s, k)| Ok((*s, activation(k, ElementType::Float32)?)))
-            .collect::<Result<_>>()?;
+            .as_ref()
+            .map(|k| activation(k, ElementType::Float32))
+            .transpose()?;
         let tokens = plan
             .tokens
             .iter()
@@ -524,7 +524,7 @@ impl<'a> Sink<'a> {
         for (_, _, w) in self.activations {
             count(w.finish()?);
         }
-        for (_, w) in self.final_hidden {
+        if let Some(w) = self.final_hidden {
             count(w.finish()?);
         }
         for (_, w) in self.tokens {
@@ -552,34 +552,31 @@ impl<'a> Sink<'a> {
             }
         }
         let rows = seq_id.len();
+        let batch = |vectors| ActivationBatch {
+            dataset: &dataset.name,
+            split: &dataset.split,
+            seq_id: &seq_id,
+            pos: &pos,
+            token_id: &token_id,
+            vectors,
+        };
         for (side, i, w) in &mut self.activations {
             let out = if *side == Side::Base { &msg.base } else { &msg.organism };
             let (layers, _) = out.as_ref().expect("the side with partitions to write was run");
-            w.push(&ActivationBatch {
-                dataset: &dataset.name,
-                split: &dataset.split,
-                seq_id: &seq_id,
-                pos: &pos,
-                token_id: &token_id,
-                vectors: &layers[*i],
-            })?;
+            w.push(&batch(&layers[*i]))?;
         }
-        for (side, w) in &mut self.final_hidden {
-            let out = if *side == Side::Base { &msg.base } else { &msg.organism };
-            let (_, fin) = out.as_ref().expect("the side with partitions to write was run");
-            w.push(&ActivationBatch {
-                dataset: &dataset.name,
-                split: &dataset.split,
-                seq_id: &seq_id,
-                pos: &pos,
-                token_id: &token_id,
-                vectors: fin,
-            })?;
+        if let Some(w) = &mut self.final_hidden {
+            let (_, fin) = msg
+                .base
+                .as_ref()
+                .expect("the base model runs when its final_hidden is written");
+            w.push(&batch(fin))?;
         }
         if !self.tokens.is_empty() {
-            let base_final = match (&msg.base, &mut self.cached_base) {
-                (Some((_, f)), _) => f.clone(),
-                (None, Some(reader)) => reader.next_rows(rows, self.d_model)?,
+            // The base model's final hidden state: from this batch's forward, or read back from the cache.
+            let base_final: std::borrow::Cow<[f32]> = match (&msg.base, &mut self.cached_base) {
+                (Some((_, f)), _) => f.as_slice().into(),
+                (None, Some(reader)) => reader.next_rows(rows, self.d_model)?.into(),
                 (None, None) => bail!("internal: no base final hidden state for the tokens table"),
             };
             let ft_final = msg.organism.as_ref().map(|(_, f)| f.as_slice());
