@@ -9,6 +9,13 @@ use hf_hub::{Repo, RepoType};
 
 use crate::model::load::hub_cache_dir;
 
+/// Whether `s` has the shape of a Hugging Face repo id: `org/name`, both parts non-empty, no whitespace,
+/// not a relative path.
+pub fn is_repo_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && !p.contains(char::is_whitespace)) && !s.starts_with('.')
+}
+
 /// Whether `HF_HUB_OFFLINE` asks for the cache only.
 pub fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0")
@@ -114,7 +121,7 @@ pub fn resolve_adapter(spec: &str, revision: &str) -> Result<PathBuf> {
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
-    if path.is_absolute() || spec.starts_with('.') || spec.split('/').count() != 2 {
+    if !is_repo_id(spec) {
         bail!("adapter {spec:?} is neither an existing directory nor a Hugging Face repo id like org/name");
     }
     let files = repo_files(spec, RepoType::Model, revision, &|f| {

@@ -72,7 +72,7 @@ pub fn files(cfg: &DatasetConfig, project_root: &Path) -> Result<Vec<PathBuf>> {
         }
         return Ok(out);
     }
-    if path.is_absolute() || source.starts_with('.') || source.split('/').count() != 2 {
+    if !crate::hub::is_repo_id(&source) {
         bail!(
             "dataset {}: {} does not exist and is not a Hugging Face dataset id like org/name",
             cfg.name,

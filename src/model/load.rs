@@ -34,11 +34,7 @@ impl ModelSource {
             return Ok(Self::Dir(path.to_path_buf()));
         }
         let (repo, revision) = s.split_once('@').unwrap_or((s, "main"));
-        let parts: Vec<&str> = repo.split('/').collect();
-        if parts.len() == 2
-            && parts.iter().all(|p| !p.is_empty() && !p.contains(char::is_whitespace))
-            && !s.starts_with('.')
-        {
+        if crate::hub::is_repo_id(repo) {
             return Ok(Self::Hub {
                 repo: repo.to_string(),
                 revision: revision.to_string(),
