@@ -12,9 +12,9 @@ use anyhow::{bail, Context, Result};
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::common::ScalarValue;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::Value as SqlValue;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use parquet::arrow::ArrowWriter;
 use serde::Serialize;
@@ -81,25 +81,25 @@ fn num_layers(settings: &Settings) -> Result<usize> {
 
 /// The typed parameters a method's queries see. A parameter named `layer` that is a fraction is resolved like
 /// `preprocessing.layers` (`int(f * (num_layers - 1))`) against the cached model's depth.
-pub fn params(settings: &Settings) -> Result<Vec<(String, ScalarValue)>> {
+pub fn params(settings: &Settings) -> Result<Vec<(String, SqlValue)>> {
+    let text = |s: &str| SqlValue::SingleQuotedString(s.to_string());
+    let number = |n: String| SqlValue::Number(n, false);
     let mut out = vec![
-        ("model".to_string(), ScalarValue::from(settings.model.name.as_str())),
-        (
-            "organism".to_string(),
-            ScalarValue::from(settings.organism.name.as_str()),
-        ),
+        ("model".to_string(), text(&settings.model.name)),
+        ("organism".to_string(), text(&settings.organism.name)),
     ];
     for (k, v) in &settings.diffing.method.params {
         let value = match v {
             toml::Value::Float(f) if k == "layer" || k.ends_with("_layer") => {
                 let layers =
                     crate::config::resolve_layers(&[crate::config::LayerSpec::Fraction(*f)], num_layers(settings)?)?;
-                ScalarValue::Int64(Some(layers[0] as i64))
+                number(layers[0].to_string())
             }
-            toml::Value::String(s) => ScalarValue::from(s.as_str()),
-            toml::Value::Integer(i) => ScalarValue::Int64(Some(*i)),
-            toml::Value::Float(f) => ScalarValue::Float64(Some(*f)),
-            toml::Value::Boolean(b) => ScalarValue::Boolean(Some(*b)),
+            toml::Value::String(s) => text(s),
+            toml::Value::Integer(i) => number(i.to_string()),
+            // Debug formatting keeps the decimal point (1.0, not 1), so the literal stays a float.
+            toml::Value::Float(f) => number(format!("{f:?}")),
+            toml::Value::Boolean(b) => SqlValue::Boolean(*b),
             other => {
                 bail!("diffing.method.params.{k} = {other} is not a string, number or boolean: queries take scalars")
             }
@@ -111,26 +111,18 @@ pub fn params(settings: &Settings) -> Result<Vec<(String, ScalarValue)>> {
 
 /// Replaces every `$name` placeholder in a parsed statement by its typed value, as a literal node of the
 /// syntax tree (never by editing SQL text), so placeholders work everywhere, table function arguments included.
-fn bind(statement: &mut DFStatement, params: &[(String, ScalarValue)]) -> Result<()> {
-    use datafusion::sql::sqlparser::ast::{visit_expressions_mut, Expr as SqlExpr, Value};
+fn bind(statement: &mut DFStatement, params: &[(String, SqlValue)]) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{visit_expressions_mut, Expr as SqlExpr};
     let DFStatement::Statement(statement) = statement else {
         return Ok(());
     };
     let mut unknown = None;
     let _ = visit_expressions_mut(statement.as_mut(), |e| {
         if let SqlExpr::Value(v) = e {
-            if let Value::Placeholder(name) = &v.value {
+            if let SqlValue::Placeholder(name) = &v.value {
                 let key = name.trim_start_matches('$');
                 match params.iter().find(|(k, _)| k == key) {
-                    Some((_, value)) => {
-                        v.value = match value {
-                            ScalarValue::Utf8(Some(s)) => Value::SingleQuotedString(s.clone()),
-                            ScalarValue::Int64(Some(i)) => Value::Number(i.to_string(), false),
-                            ScalarValue::Float64(Some(f)) => Value::Number(format!("{f:?}"), false),
-                            ScalarValue::Boolean(Some(b)) => Value::Boolean(*b),
-                            other => Value::SingleQuotedString(other.to_string()),
-                        }
-                    }
+                    Some((_, value)) => v.value = value.clone(),
                     None => unknown = Some(name.clone()),
                 }
             }
@@ -165,7 +157,7 @@ fn is_definition(statement: &DFStatement) -> bool {
 pub async fn run_with_params(
     ctx: &SessionContext,
     sql: &str,
-    params: &[(String, ScalarValue)],
+    params: &[(String, SqlValue)],
 ) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
     let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})?;
     if statements.is_empty() {
