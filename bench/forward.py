@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Capture-forward benchmark: diffsql (candle, f32) vs transformers (torch, f32) on the same GGUF weights.
 
-Both run every layer's hidden states for random tokens at batch × context 8×128 and 32×128 on the CPU with
+Both run the decoder stack alone (no unembedding, which a capture forward does not need) and return every layer's
+hidden states for random tokens at batch × context 8×128 and 32×128 on the CPU with
 2 threads; each figure is the best of --repeat runs after a warm-up. Usage:
 
     python3 bench/forward.py --model DIR/smollm2-135m --example PATH/TO/forward_bench
@@ -24,15 +25,16 @@ def main():
     torch.set_num_threads(2)
     model = AutoModelForCausalLM.from_pretrained(args.model, gguf_file="model.gguf", dtype=torch.float32).eval()
     vocab = model.config.vocab_size
+    decoder = model.model  # the decoder stack and final norm, without the LM head
     rows = []
     for batch, context in ((8, 128), (32, 128)):
         ids = (torch.arange(batch * context, dtype=torch.int64) * 2654435761 % vocab).reshape(batch, context)
         with torch.no_grad():
-            model(input_ids=ids, output_hidden_states=True)
+            decoder(input_ids=ids, output_hidden_states=True)
             best = float("inf")
             for _ in range(args.repeat):
                 t = time.perf_counter()
-                model(input_ids=ids, output_hidden_states=True)
+                decoder(input_ids=ids, output_hidden_states=True)
                 best = min(best, time.perf_counter() - t)
         hf = batch * context / best
         out = subprocess.run([args.example, f"{args.model}/model.gguf", str(batch), str(context), str(args.repeat)],
