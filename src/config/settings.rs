@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::model::ComputeDevice;
+
 /// Everything a run needs, resolved from `configs/` and the overrides.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,6 +178,9 @@ pub struct Preprocessing {
     pub top_k: usize,
     /// Compression of the cached vectors: none, snappy, zstd or zstd(N).
     pub compression: String,
+    /// Where the models run: cpu, cuda or cuda:N (checked when the config is read).
+    #[serde(default)]
+    pub device: ComputeDevice,
 }
 
 fn main_revision() -> String {

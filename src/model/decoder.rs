@@ -3,7 +3,7 @@
 //! decoder layer (what preprocessing caches) and the final normed hidden state for the logits.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::layers::{
     causal_mask, inv_freq, positions_from_mask, rotary_tables, Activation, GatedMlp, Linear, RmsNorm, RopeScaling,
@@ -247,12 +247,17 @@ impl Decoder {
         &self.spec
     }
 
-    /// Number of decoder layers.
     /// The dtype the weights are held and computed in.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
 
+    /// The device the weights live on (inputs must be there too).
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// Number of decoder layers.
     pub fn num_layers(&self) -> usize {
         self.blocks.len()
     }
@@ -282,6 +287,14 @@ impl Decoder {
             );
         }
         let device = input_ids.device();
+        if !device.same_device(self.device()) || !attention_mask.device().same_device(self.device()) {
+            bail!(
+                "input ids are on {:?} and the attention mask on {:?}, but the model is on {:?}",
+                device.location(),
+                attention_mask.device().location(),
+                self.device().location()
+            );
+        }
         let max_id = input_ids.max_all()?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
         if max_id as usize >= self.spec.vocab {
             bail!(

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::DType;
+use candle_core::{DType, Device};
 
 use super::arch::Architecture;
 use super::decoder::Decoder;
@@ -155,8 +155,9 @@ fn special_token(dir: &Path, tokenizer: &tokenizers::Tokenizer, which: &str) -> 
     tokenizer.id_to_token(id).map(|t| (t, id))
 }
 
-/// Loads a model (and merges `adapter`, a PEFT LoRA directory, if given) in `dtype`.
-pub fn load(source: &ModelSource, adapter: Option<&Path>, dtype: DType) -> Result<LoadedModel> {
+/// Loads a model (and merges `adapter`, a PEFT LoRA directory, if given) in `dtype` onto `device`. Files are
+/// read and adapters merged on the CPU; the finished weights then move to the device.
+pub fn load(source: &ModelSource, adapter: Option<&Path>, dtype: DType, device: &Device) -> Result<LoadedModel> {
     let (dir, architecture, mut weights, gguf_template) = match source {
         ModelSource::Gguf(file) => {
             let g = super::gguf::read(file, dtype)?;
@@ -180,6 +181,7 @@ pub fn load(source: &ModelSource, adapter: Option<&Path>, dtype: DType) -> Resul
     if let Some(adapter) = adapter {
         lora::merge(&mut weights, adapter)?;
     }
+    weights.move_to(device)?;
     let decoder = Decoder::load(spec, &weights)?;
     let tokenizer_path = dir.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)

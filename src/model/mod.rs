@@ -3,6 +3,7 @@
 
 pub mod arch;
 pub mod decoder;
+pub mod device;
 pub mod gemma2;
 pub mod gemma3;
 pub mod gguf;
@@ -17,4 +18,5 @@ pub mod weights;
 
 pub use arch::Architecture;
 pub use decoder::{Decoder, DecoderSpec, ForwardOutput};
+pub use device::ComputeDevice;
 pub use load::{load, LoadedModel, ModelSource};

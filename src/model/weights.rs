@@ -49,6 +49,17 @@ impl Weights {
         Ok(Self::new(tensors, dir.display().to_string()))
     }
 
+    /// Moves every tensor to `device` (a no-op on the CPU).
+    pub fn move_to(&mut self, device: &Device) -> Result<()> {
+        if device.is_cpu() {
+            return Ok(());
+        }
+        for t in self.tensors.values_mut() {
+            *t = t.to_device(device)?;
+        }
+        Ok(())
+    }
+
     /// Whether a tensor exists (standard name, without the checkpoint's prefix).
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(&self.full_name(name))

@@ -71,16 +71,17 @@ pub struct ModelPair {
 /// Loads the configured base model and the organism's checkpoint for it.
 pub fn load_pair(settings: &Settings, project_root: &Path) -> Result<ModelPair> {
     let dtype = compute_dtype(&settings.model.dtype)?;
+    let device = settings.preprocessing.device.open()?;
     let model = &settings.model;
     let base_source = model_source(model, project_root)?;
-    let base = load(&base_source, None, dtype).with_context(|| format!("model {}", model.name))?;
+    let base = load(&base_source, None, dtype, &device).with_context(|| format!("model {}", model.name))?;
     let ft = settings.finetuned()?;
     let what = format!("organism {} for model {}", settings.organism.name, model.name);
     let organism = match (&ft.source, &ft.adapter) {
-        (Some(src), None) => load(&source_of(&locate(src, project_root), &ft.revision)?, None, dtype),
+        (Some(src), None) => load(&source_of(&locate(src, project_root), &ft.revision)?, None, dtype, &device),
         (None, Some(adapter)) => {
             let dir = crate::hub::resolve_adapter(&locate(adapter, project_root), &ft.revision)?;
-            load(&base_source, Some(&dir), dtype)
+            load(&base_source, Some(&dir), dtype, &device)
         }
         _ => bail!(
             "{what}: [finetuned.{}] in configs/organism/{}.toml needs exactly one of source (a full model) or adapter (a PEFT LoRA)",
@@ -328,7 +329,7 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
             for (d, dataset) in datasets.iter().enumerate() {
                 let bar = progress_bar(dataset);
                 for (b, chunk) in dataset.sequences.chunks(pre.batch_size).enumerate() {
-                    let (ids, mask, lens) = batch_tensors(chunk)?;
+                    let (ids, mask, lens) = batch_tensors(chunk, pair.base.decoder.device())?;
                     let forward = |m: &LoadedModel| -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
                         let out = m.decoder.forward(&ids, &mask, &capture, true)?;
                         let layers = out.layers.iter().map(|t| token_rows(t, &lens)).collect::<Result<_>>()?;
@@ -401,7 +402,7 @@ fn progress_bar(dataset: &TokenizedDataset) -> ProgressBar {
 }
 
 /// Right-padded input ids, the attention mask, and each sequence's length.
-fn batch_tensors(chunk: &[crate::data::tokenize::Sequence]) -> Result<(Tensor, Tensor, Vec<usize>)> {
+fn batch_tensors(chunk: &[crate::data::tokenize::Sequence], device: &Device) -> Result<(Tensor, Tensor, Vec<usize>)> {
     let lens: Vec<usize> = chunk.iter().map(|s| s.ids.len()).collect();
     let width = lens.iter().copied().max().unwrap_or(0);
     let mut ids = vec![0u32; chunk.len() * width];
@@ -412,8 +413,8 @@ fn batch_tensors(chunk: &[crate::data::tokenize::Sequence]) -> Result<(Tensor, T
     }
     let shape = (chunk.len(), width);
     Ok((
-        Tensor::from_vec(ids, shape, &Device::Cpu)?,
-        Tensor::from_vec(mask, shape, &Device::Cpu)?,
+        Tensor::from_vec(ids, shape, device)?,
+        Tensor::from_vec(mask, shape, device)?,
         lens,
     ))
 }
@@ -653,7 +654,7 @@ impl<'a> Sink<'a> {
         for start in (0..rows).step_by(CHUNK) {
             let n = CHUNK.min(rows - start);
             let logits = |dec: &crate::model::decoder::Decoder, h: &[f32]| -> Result<Vec<f32>> {
-                let x = Tensor::from_slice(&h[start * d..(start + n) * d], (1, n, d), &Device::Cpu)?;
+                let x = Tensor::from_slice(&h[start * d..(start + n) * d], (1, n, d), dec.device())?;
                 Ok(dec
                     .logits(&x.to_dtype(dec.dtype())?)?
                     .to_dtype(DType::F32)?

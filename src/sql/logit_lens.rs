@@ -31,6 +31,7 @@ use diffsql_udfs::vector::Vectors;
 use crate::config::{parse_all, ConfigDir};
 use crate::model::load::{load, LoadedModel};
 use crate::preprocess::run::model_source;
+use crate::sql::shell::one_line;
 
 /// The table function, holding the models it has loaded.
 pub struct LogitLens {
@@ -57,11 +58,11 @@ impl LogitLens {
         if let Some(m) = models.get(name) {
             return Ok(Arc::clone(m));
         }
-        let err = |e: anyhow::Error| DataFusionError::Plan(format!("logit_lens: {e:#}"));
+        let err = |e: anyhow::Error| DataFusionError::Plan(format!("logit_lens: {}", one_line(&e)));
         let args = parse_all(&[format!("model={name}")], false).map_err(err)?;
         let settings = self.configs.resolve(&args).map_err(err)?;
         let source = model_source(&settings.model, &self.configs.project_root()).map_err(err)?;
-        let model = Arc::new(load(&source, None, DType::F32).map_err(err)?);
+        let model = Arc::new(load(&source, None, DType::F32, &Device::Cpu).map_err(err)?);
         models.insert(name.to_string(), Arc::clone(&model));
         Ok(model)
     }
@@ -159,8 +160,8 @@ impl TableProvider for LogitLensTable {
         for b in &batches {
             rows.extend(vector_rows(b.column(0))?);
         }
-        let batch =
-            lens(&self.model, &rows, self.k).map_err(|e| DataFusionError::Execution(format!("logit_lens: {e:#}")))?;
+        let batch = lens(&self.model, &rows, self.k)
+            .map_err(|e| DataFusionError::Execution(format!("logit_lens: {}", one_line(&e))))?;
         Ok(MemorySourceConfig::try_new_exec(
             &[vec![batch]],
             schema(),

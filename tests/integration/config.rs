@@ -57,6 +57,9 @@ fn overrides_choose_groups_and_set_keys() {
         vec![0, 1, 3]
     );
     assert_eq!(s.pipeline.mode, Mode::Preprocessing);
+    assert_eq!(s.preprocessing.device, diffsql::model::ComputeDevice::Cpu);
+    let on_gpu = resolve(&["preprocessing.device=cuda:1"]).unwrap();
+    assert_eq!(on_gpu.preprocessing.device, diffsql::model::ComputeDevice::Cuda(1));
     assert_eq!(s.diffing.method.params["top_n"], toml::Value::Integer(7));
     assert_eq!(s.diffing.method.params["extra"], toml::Value::String("hello".into()));
 }
@@ -95,6 +98,10 @@ fn bad_overrides_name_the_thing_and_the_choices() {
         ),
         (vec!["organism=base"], "`base` is the base model itself"),
         (vec!["preprocessing=1"], "config key `preprocessing`"),
+        (
+            vec!["preprocessing.device=tpu"],
+            "config key `preprocessing.device`: device \"tpu\" is not cpu, cuda or cuda:N",
+        ),
     ] {
         let e = format!("{:#}", resolve(&args).unwrap_err());
         assert!(e.contains(needle), "{args:?}: {e}");

@@ -54,7 +54,7 @@ fn check_against_reference(model: &LoadedModel, reference_dir: &Path) {
 }
 
 fn load_fixture(name: &str) -> LoadedModel {
-    load(&ModelSource::Dir(fixture(name)), None, DType::F32).unwrap()
+    load(&ModelSource::Dir(fixture(name)), None, DType::F32, &Device::Cpu).unwrap()
 }
 
 #[test]
@@ -88,6 +88,7 @@ fn lora_adapter_merges_like_peft() {
         &ModelSource::Dir(fixture("llama")),
         Some(&fixture("llama-lora")),
         DType::F32,
+        &Device::Cpu,
     )
     .unwrap();
     check_against_reference(&model, &fixture("llama-lora"));
@@ -171,7 +172,7 @@ fn hub_repo_ids_resolve_offline_from_a_hub_shaped_cache() {
     let cache = tempfile::tempdir().unwrap();
     fake_hub_cache(cache.path(), "diffsql/tiny-qwen3", &fixture("qwen3"));
     let dir = resolve_hub_in(cache.path(), "diffsql/tiny-qwen3", "main", true).unwrap();
-    let model = load(&ModelSource::Dir(dir), None, DType::F32).unwrap();
+    let model = load(&ModelSource::Dir(dir), None, DType::F32, &Device::Cpu).unwrap();
     check_against_reference(&model, &fixture("qwen3"));
 
     let err = resolve_hub_in(cache.path(), "diffsql/absent", "main", true).unwrap_err();
@@ -203,7 +204,7 @@ fn broken_copy(name: &str, edit: impl FnOnce(&Path)) -> tempfile::TempDir {
 fn load_error(dir: &Path, adapter: Option<&Path>) -> String {
     format!(
         "{:#}",
-        load(&ModelSource::Dir(dir.to_path_buf()), adapter, DType::F32).unwrap_err()
+        load(&ModelSource::Dir(dir.to_path_buf()), adapter, DType::F32, &Device::Cpu).unwrap_err()
     )
 }
 
@@ -404,14 +405,20 @@ fn gguf_files_load_like_the_checkpoints_they_came_from() {
         write_gguf(name, arch, dir.path());
         let source = ModelSource::parse(dir.path().join("model.gguf").to_str().unwrap()).unwrap();
         assert!(matches!(source, ModelSource::Gguf(_)));
-        let model = load(&source, None, DType::F32).unwrap();
+        let model = load(&source, None, DType::F32, &Device::Cpu).unwrap();
         check_against_reference(&model, &fixture(name));
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("model.gguf"), b"GGUF but not really").unwrap();
     let msg = format!(
         "{:#}",
-        load(&ModelSource::Gguf(dir.path().join("model.gguf")), None, DType::F32).unwrap_err()
+        load(
+            &ModelSource::Gguf(dir.path().join("model.gguf")),
+            None,
+            DType::F32,
+            &Device::Cpu
+        )
+        .unwrap_err()
     );
     assert!(msg.contains("is not a readable GGUF file"), "{msg}");
 }

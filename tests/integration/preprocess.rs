@@ -237,6 +237,31 @@ fn an_unwritable_cache_dir_is_a_clear_error() {
     assert!(format!("{e:#}").contains("cannot create"), "{e:#}");
 }
 
+/// Without the `cuda` feature, asking for a GPU fails before anything is loaded or written, with one line that
+/// says how to rebuild; with it (on a machine without that GPU), the error names the device.
+#[test]
+fn a_gpu_device_this_build_cannot_use_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out = Command::new(bin())
+        .current_dir(configs().project_root())
+        .args(["preprocess", "preprocessing.device=cuda:7"])
+        .arg(format!("cache_dir={}", cache.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let expected = if cfg!(feature = "cuda") {
+        "CUDA device 7"
+    } else {
+        "--features cuda"
+    };
+    assert!(stderr.contains(expected), "{stderr}");
+    assert!(!cache.join("activations").exists(), "nothing written");
+}
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_diffsql")
 }

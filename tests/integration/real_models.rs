@@ -33,7 +33,13 @@ fn real_models_match_transformers_and_decode_the_same_text() {
     };
     for name in ["smollm2-135m", "gemma3-270m"] {
         let dir = root.join(name);
-        let model = load(&ModelSource::Gguf(dir.join("model.gguf")), None, DType::F32).unwrap();
+        let model = load(
+            &ModelSource::Gguf(dir.join("model.gguf")),
+            None,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
         let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
         let mask = &r["attention_mask"];
