@@ -7,7 +7,7 @@
 # Where a CUDA toolkit is installed, plain `cargo build --release --features cuda` does the same.
 #
 #   tools/build-cuda.sh [CUDA_VERSION] [COMPUTE_CAP]      # defaults: 13.0, 90 (H100/H200)
-#   → $CARGO_TARGET_DIR/debug/diffsql and .../examples/forward_bench, stripped copies in .gpu/
+#   → $CARGO_TARGET_DIR/debug/diffsql and .../examples/forward_bench; stripped, xz-compressed copies in .gpu/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version="${1:-13.0}"
@@ -48,7 +48,7 @@ stubs() {
 }
 build() { cargo build --features cuda --bin diffsql --example forward_bench; }
 if [ ! -e "$toolkit/lib/libcuda.so" ]; then
-    # The first build stops at the link step (no libraries yet) once the crates are compiled.
+    echo "first build: compiles the crates; its link step fails (no CUDA libraries yet), then the stubs are made"
     build || true
     stubs
 fi
@@ -56,5 +56,6 @@ build
 mkdir -p .gpu
 strip -o .gpu/diffsql "$CARGO_TARGET_DIR/debug/diffsql"
 strip -o .gpu/forward_bench "$CARGO_TARGET_DIR/debug/examples/forward_bench"
-echo "built with CUDA $version for sm_$cap: .gpu/diffsql, .gpu/forward_bench"
+xz -T0 -6 -f .gpu/diffsql .gpu/forward_bench # ~40 MB together, small enough to carry to a GPU machine
+echo "built with CUDA $version for sm_$cap: .gpu/diffsql.xz, .gpu/forward_bench.xz"
 echo "note: $CARGO_TARGET_DIR/debug/diffsql is now the CUDA build; run 'cargo build' before 'cargo test'"
