@@ -90,6 +90,17 @@ def compare(a, b):
             if ok.any():
                 worst = max(worst, float(np.abs(va[ok] - vb[ok]).max()))
         out[f"{col}_max_abs"] = worst
+    # Top-k: the same ids in the same order (near-ties may swap neighbours), and their log-probs.
+    same, rows, worst = 0, 0, 0.0
+    for pa in sorted(glob.glob(f"{a}/tokens/**/*.parquet", recursive=True)):
+        ta, tb = pq.read_table(pa), pq.read_table(pa.replace(a, b, 1))
+        for ia, ib, la, lb in zip(ta.column("topk_ids").to_pylist(), tb.column("topk_ids").to_pylist(),
+                                  ta.column("topk_logprobs").to_pylist(), tb.column("topk_logprobs").to_pylist()):
+            rows += 1
+            same += ia == ib
+            worst = max(worst, max(abs(x - y) for x, y in zip(sorted(la), sorted(lb))))
+    out["topk_same_share"] = same / max(rows, 1)
+    out["topk_logprob_max_abs"] = worst
     return out
 
 
@@ -129,7 +140,8 @@ def main():
         c.update(check=f"bundled {name} vs {ref}", summary=runs[name][1])
         results.append(c)
         # bfloat16 weights and arithmetic: ~3 significant digits; 5% of the per-vector norm is the bound.
-        if (bound is not None and c["act_max_abs"] > bound) or (bound is None and c["act_max_rel"] > 0.05):
+        if (bound is not None and (c["act_max_abs"] > bound or c["topk_logprob_max_abs"] > bound)) or (
+                bound is None and c["act_max_rel"] > 0.05):
             failures.append(c["check"])
 
     for fam in FAMILIES:
@@ -146,7 +158,7 @@ def main():
         c = compare(f"{args.out}/{fam}-cuda", f"{args.out}/{fam}-cpu")
         c.update(check=f"{fam} fixture cuda vs cpu (f32)")
         results.append(c)
-        if c["act_max_abs"] > 1e-4:
+        if c["act_max_abs"] > 1e-4 or c["topk_logprob_max_abs"] > 1e-4:
             failures.append(c["check"])
 
     bad = subprocess.run([binary, "preprocess", "preprocessing.device=cuda:7", f"cache_dir={args.out}/bad"],
@@ -157,11 +169,13 @@ def main():
     if bad.returncode == 0 or "panicked" in bad.stderr or len(bad_lines) != 1:
         failures.append("cuda:7 error")
 
-    print("| check | partitions | act max abs | act max rel (L2) | act max |x| | logprob max abs | kl max abs |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| check | partitions | act max abs | act max rel (L2) | act max |x| | logprob max abs | kl max abs "
+          "| top-k same order | top-k log-prob max abs |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in results:
         print(f"| {c['check']} | {c['partitions']} | {c['act_max_abs']:.2e} | {c['act_max_rel']:.2e} | "
-              f"{c['act_scale']:.1f} | {c['logprob_max_abs']:.2e} | {c['kl_max_abs']:.2e} |")
+              f"{c['act_scale']:.1f} | {c['logprob_max_abs']:.2e} | {c['kl_max_abs']:.2e} | "
+              f"{c['topk_same_share']:.4f} | {c['topk_logprob_max_abs']:.2e} |")
     with open(f"{args.out}/gpu-check.json", "w") as f:
         json.dump({"results": results, "runs": runs, "bad_device": [bad.returncode, bad_line],
                    "failures": failures}, f, indent=1)

@@ -14,14 +14,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use datafusion::arrow::array::{ArrayRef, Float32Array, Int32Array, Int64Array, ListArray, RecordBatch, StringArray};
-use datafusion::arrow::buffer::OffsetBuffer;
-use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::arrow::array::{ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use diffsql_udfs::vector::ElementType;
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 
 use super::final_hidden::FinalHiddenReader;
+use super::next_token::{row_stats, ColumnBuilder, NextTokenArrays};
 use crate::cache::layout::{sequences_file_schema, tokens_file_schema, BASE_ORGANISM};
 use crate::cache::vectors::VectorEncoding;
 use crate::cache::writer::{parse_compression, TokenFingerprint};
@@ -31,7 +29,6 @@ use crate::data::chat::ChatTemplate;
 use crate::data::source;
 use crate::data::tokenize::{tokenize, Limits, TokenizedDataset};
 use crate::model::load::{load, LoadedModel, ModelSource};
-use diffsql_udfs::kernels::{kl_with_probs, log_softmax, log_softmax_probs, top_k};
 
 /// What a run did.
 #[derive(Debug, Clone, Default)]
@@ -644,7 +641,6 @@ impl<'a> Sink<'a> {
         next: &[Option<u32>],
     ) -> Result<TokenColumns> {
         let rows = next.len();
-        let vocab = self.pair.base.decoder.spec().vocab;
         let mut base = ColumnBuilder::default();
         let mut organism = ft_final.map(|_| ColumnBuilder::default());
         let mut kls = Vec::with_capacity(rows);
@@ -653,37 +649,13 @@ impl<'a> Sink<'a> {
         let d = self.d_model;
         for start in (0..rows).step_by(CHUNK) {
             let n = CHUNK.min(rows - start);
-            let logits = |dec: &crate::model::decoder::Decoder, h: &[f32]| -> Result<Vec<f32>> {
+            let logits = |dec: &crate::model::decoder::Decoder, h: &[f32]| -> Result<Tensor> {
                 let x = Tensor::from_slice(&h[start * d..(start + n) * d], (1, n, d), dec.device())?;
-                Ok(dec
-                    .logits(&x.to_dtype(dec.dtype())?)?
-                    .to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .to_vec1()?)
+                Ok(dec.logits(&x.to_dtype(dec.dtype())?)?.squeeze(0)?)
             };
             let lb = logits(&self.pair.base.decoder, base_final)?;
             let lf = ft_final.map(|f| logits(&self.pair.organism.decoder, f)).transpose()?;
-            // Rows in parallel on rayon's pool — the pool candle's matmuls use, so the two share the cores
-            // instead of spinning against each other.
-            let k = self.top_k;
-            let per_row: Vec<RowStats> = (0..n)
-                .into_par_iter()
-                .map_init(
-                    || (vec![0f32; vocab], vec![0f32; vocab], vec![0f32; vocab]),
-                    |(lp_base, lp_ft, p_ft), r| {
-                        let next = next[start + r];
-                        log_softmax(&lb[r * vocab..(r + 1) * vocab], lp_base);
-                        let base = NextToken::of(lp_base, next, k);
-                        let organism = lf.as_ref().map(|lf| {
-                            log_softmax_probs(&lf[r * vocab..(r + 1) * vocab], lp_ft, Some(p_ft));
-                            let kl = kl_with_probs(p_ft, lp_ft, lp_base).max(0.0) as f32;
-                            (NextToken::of(lp_ft, next, k), kl)
-                        });
-                        RowStats { base, organism }
-                    },
-                )
-                .collect();
-            for row in per_row {
+            for row in row_stats(&lb, lf.as_ref(), &next[start..start + n], self.top_k)? {
                 base.push(row.base);
                 if let (Some((t, kl)), Some(o)) = (row.organism, organism.as_mut()) {
                     o.push(t);
@@ -703,68 +675,4 @@ struct TokenColumns {
     base: NextTokenArrays,
     organism: Option<NextTokenArrays>,
     kl: Vec<f32>,
-}
-
-struct NextTokenArrays {
-    logprob: ArrayRef,
-    topk_ids: ArrayRef,
-    topk_logprobs: ArrayRef,
-}
-
-/// One model's next-token statistics at one token.
-struct NextToken {
-    logprob: Option<f32>,
-    top: Vec<(u32, f32)>,
-}
-
-impl NextToken {
-    fn of(lp: &[f32], next: Option<u32>, k: usize) -> Self {
-        Self {
-            logprob: next.map(|t| lp[t as usize]),
-            top: top_k(lp, k),
-        }
-    }
-}
-
-struct RowStats {
-    base: NextToken,
-    organism: Option<(NextToken, f32)>,
-}
-
-#[derive(Default)]
-struct ColumnBuilder {
-    logprob: Vec<Option<f32>>,
-    ids: Vec<i32>,
-    lps: Vec<f32>,
-    lens: Vec<usize>,
-}
-
-impl ColumnBuilder {
-    fn push(&mut self, t: NextToken) {
-        self.logprob.push(t.logprob);
-        self.lens.push(t.top.len());
-        for (id, l) in t.top {
-            self.ids.push(id as i32);
-            self.lps.push(l);
-        }
-    }
-
-    fn finish(self) -> NextTokenArrays {
-        let item = |t: DataType| Arc::new(Field::new_list_field(t, true));
-        NextTokenArrays {
-            logprob: Arc::new(Float32Array::from(self.logprob)),
-            topk_ids: Arc::new(ListArray::new(
-                item(DataType::Int32),
-                OffsetBuffer::from_lengths(self.lens.iter().copied()),
-                Arc::new(Int32Array::from(self.ids)),
-                None,
-            )),
-            topk_logprobs: Arc::new(ListArray::new(
-                item(DataType::Float32),
-                OffsetBuffer::from_lengths(self.lens),
-                Arc::new(Float32Array::from(self.lps)),
-                None,
-            )),
-        }
-    }
 }

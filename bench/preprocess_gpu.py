@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""End-to-end `diffsql preprocess` on a GPU with a large vocabulary, where the next-token statistics (KL over
+the vocabulary, top-k) matter: a randomly initialised Llama of SmolLM2-135M's shape but Gemma 3's 262,144-token
+vocabulary, standing in as both base model and organism, over the bundled pretraining text. Prints the
+summary line of each run (tokens/s). Usage, from the project root on the GPU machine:
+
+    python3 bench/preprocess_gpu.py --diffsql PATH/TO/diffsql [--vocab 262144] [--samples 256]
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--diffsql", required=True)
+    p.add_argument("--vocab", type=int, default=262144)
+    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--device", default="cuda")
+    args = p.parse_args()
+    work = tempfile.mkdtemp()
+    model = os.path.join(work, "model")
+    config = LlamaConfig(vocab_size=args.vocab, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                         rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(model)
+    shutil.copy("bundled/models/base/tokenizer.json", os.path.join(model, "tokenizer.json"))
+    for dtype in ["bfloat16", "float32"]:
+        cmd = [args.diffsql, "preprocess", f"cache_dir={work}/cache-{dtype}", f"model.source={model}",
+               f"organism.finetuned.shakespeare.source={model}", "dataset=[shakespeare_pretrain]",
+               f"preprocessing.max_samples={args.samples}", f"preprocessing.device={args.device}",
+               f"model.dtype={dtype}"]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [l for l in (run.stdout + run.stderr).splitlines() if l.startswith(("preprocess ", "Error"))]
+        print(f"vocab {args.vocab}, {args.device}, {dtype}: {lines[-1] if lines else run.stderr[-500:]}", flush=True)
+        if run.returncode != 0:
+            raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
