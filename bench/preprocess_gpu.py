@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -32,14 +33,19 @@ def main():
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(model)
     shutil.copy("bundled/models/base/tokenizer.json", os.path.join(model, "tokenizer.json"))
-    for dtype in ["bfloat16", "float32"]:
-        cmd = [args.diffsql, "preprocess", f"cache_dir={work}/cache-{dtype}", f"model.source={model}",
-               f"organism.finetuned.shakespeare.source={model}", "dataset=[shakespeare_pretrain]",
-               f"preprocessing.max_samples={args.samples}", f"preprocessing.device={args.device}",
-               f"model.dtype={dtype}"]
+    # Besides the full runs: 16 samples (what loading and start-up cost) and top_k=0 (what the top-k costs).
+    for dtype, samples, top_k in [("bfloat16", args.samples, 20), ("bfloat16", 16, 20), ("bfloat16", args.samples, 0),
+                                  ("float32", args.samples, 20)]:
+        cmd = [args.diffsql, "preprocess", f"cache_dir={work}/cache-{dtype}-{samples}-{top_k}",
+               f"model.source={model}", f"organism.finetuned.shakespeare.source={model}",
+               "dataset=[shakespeare_pretrain]", f"preprocessing.max_samples={samples}",
+               f"preprocessing.top_k={top_k}", f"preprocessing.device={args.device}", f"model.dtype={dtype}"]
+        start = time.perf_counter()
         run = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - start
         lines = [l for l in (run.stdout + run.stderr).splitlines() if l.startswith(("preprocess ", "Error"))]
-        print(f"vocab {args.vocab}, {args.device}, {dtype}: {lines[-1] if lines else run.stderr[-500:]}", flush=True)
+        print(f"vocab {args.vocab}, {args.device}, {dtype}, {samples} samples, top_k {top_k}: "
+              f"{lines[-1] if lines else run.stderr[-500:]} (wall {wall:.1f} s)", flush=True)
         if run.returncode != 0:
             raise SystemExit(1)
 

@@ -69,30 +69,73 @@ fn on_cpu(lb: &[f32], lf: Option<&[f32]>, next: &[Option<u32>], vocab: usize, k:
         .collect()
 }
 
-/// With tensor ops on the logits' device: log-softmax, a gather for the next token, k rounds of argmax (each
-/// masking the winner) for the top-k, and KL as Σ p_ft (log p_ft − log p_base).
+/// Width of the blocks [`top_k_on_device`] first ranks by their maximum.
+const BLOCK: usize = 1024;
+
+/// The k largest values of each row of `x` (rows × n, f32) and their column ids, largest first, by k rounds of
+/// argmax, each masking its winner: k passes over `x`, so only for narrow `x`.
+fn top_k_by_rounds(x: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
+    let (rows, n) = x.dims2()?;
+    let columns = Tensor::arange(0u32, n as u32, x.device())?.unsqueeze(0)?;
+    let masked = Tensor::full(f32::NEG_INFINITY, (rows, n), x.device())?;
+    let (mut ids, mut values) = (Vec::with_capacity(k), Vec::with_capacity(k));
+    let mut remaining = x.clone();
+    for round in 0..k {
+        let id = remaining.argmax_keepdim(D::Minus1)?;
+        values.push(remaining.gather(&id, D::Minus1)?);
+        if round + 1 < k {
+            remaining = columns.broadcast_eq(&id)?.where_cond(&masked, &remaining)?;
+        }
+        ids.push(id);
+    }
+    Ok((Tensor::cat(&ids, 1)?, Tensor::cat(&values, 1)?))
+}
+
+/// The k largest values of each row of `lp` (rows × vocab) and their ids. Exact without sorting the
+/// vocabulary: the k blocks of [`BLOCK`] columns with the largest maxima hold the k largest values (a block
+/// holding one of them has a maximum at least the k-th largest value, and at most k blocks can), so the
+/// rounds run over k·BLOCK candidates instead of the whole vocabulary.
+fn top_k_on_device(lp: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
+    let (rows, vocab) = lp.dims2()?;
+    let blocks = vocab.div_ceil(BLOCK);
+    if blocks <= k {
+        return top_k_by_rounds(lp, k);
+    }
+    let device = lp.device();
+    let padded = match blocks * BLOCK - vocab {
+        0 => lp.clone(),
+        pad => Tensor::cat(&[lp, &Tensor::full(f32::NEG_INFINITY, (rows, pad), device)?], 1)?,
+    };
+    let grid = padded.reshape((rows, blocks, BLOCK))?;
+    let (top_blocks, _) = top_k_by_rounds(&grid.max(D::Minus1)?, k)?;
+    let index = top_blocks.unsqueeze(2)?.broadcast_as((rows, k, BLOCK))?.contiguous()?;
+    let candidates = grid.gather(&index, 1)?.reshape((rows, k * BLOCK))?;
+    let first_ids = top_blocks.broadcast_mul(&Tensor::new(&[BLOCK as u32], device)?)?;
+    let offsets = Tensor::arange(0u32, BLOCK as u32, device)?.reshape((1, 1, BLOCK))?;
+    let candidate_ids = first_ids
+        .unsqueeze(2)?
+        .broadcast_add(&offsets)?
+        .reshape((rows, k * BLOCK))?;
+    let (at, values) = top_k_by_rounds(&candidates, k)?;
+    Ok((candidate_ids.gather(&at, D::Minus1)?, values))
+}
+
+/// With tensor ops on the logits' device: log-softmax, a gather for the next token, the top-k by
+/// [`top_k_on_device`], and KL as Σ p_ft (log p_ft − log p_base).
 fn on_device(base: &Tensor, organism: Option<&Tensor>, next: &[Option<u32>], k: usize) -> Result<Vec<RowStats>> {
     let (rows, vocab) = base.dims2()?;
     let device = base.device();
     let k = k.min(vocab);
     let next_ids: Vec<u32> = next[..rows].iter().map(|t| t.unwrap_or(0)).collect();
     let next_ids = Tensor::from_vec(next_ids, (rows, 1), device)?;
-    let columns = Tensor::arange(0u32, vocab as u32, device)?.unsqueeze(0)?;
-    let masked = Tensor::full(f32::NEG_INFINITY, (rows, vocab), device)?;
     let stats = |lp: &Tensor| -> Result<Vec<NextToken>> {
         let next_lp: Vec<f32> = lp.gather(&next_ids, D::Minus1)?.flatten_all()?.to_vec1()?;
-        let (mut ids, mut values) = (Vec::with_capacity(k), Vec::with_capacity(k));
-        let mut remaining = lp.clone();
-        for round in 0..k {
-            let id = remaining.argmax_keepdim(D::Minus1)?;
-            values.push(remaining.gather(&id, D::Minus1)?);
-            if round + 1 < k {
-                remaining = columns.broadcast_eq(&id)?.where_cond(&masked, &remaining)?;
-            }
-            ids.push(id);
-        }
-        let ids: Vec<Vec<u32>> = Tensor::cat(&ids, 1)?.to_vec2()?;
-        let values: Vec<Vec<f32>> = Tensor::cat(&values, 1)?.to_vec2()?;
+        let (ids, values): (Vec<Vec<u32>>, Vec<Vec<f32>>) = if k == 0 {
+            (vec![Vec::new(); rows], vec![Vec::new(); rows])
+        } else {
+            let (ids, values) = top_k_on_device(lp, k)?;
+            (ids.to_vec2()?, values.to_vec2()?)
+        };
         Ok((0..rows)
             .map(|r| NextToken {
                 logprob: next[r].map(|_| next_lp[r]),
@@ -224,6 +267,33 @@ mod tests {
         assert_eq!(base_only[0].base, tensor[0].base);
     }
 
+    /// The block-wise top-k on a vocabulary wider than k blocks, with a padded last block: equal to the kernel.
+    #[test]
+    fn block_top_k_matches_the_kernel_on_a_wide_vocabulary() {
+        let (rows, k) = (3, 4);
+        let vocab = BLOCK * (k + 2) + 77;
+        let lp = logits(4, rows, vocab);
+        let (ids, values) = top_k_on_device(&lp, k).unwrap();
+        let (ids, values): (Vec<Vec<u32>>, Vec<Vec<f32>>) = (ids.to_vec2().unwrap(), values.to_vec2().unwrap());
+        let flat: Vec<f32> = lp.flatten_all().unwrap().to_vec1().unwrap();
+        for r in 0..rows {
+            let want = top_k(&flat[r * vocab..(r + 1) * vocab], k);
+            assert_eq!(ids[r], want.iter().map(|p| p.0).collect::<Vec<_>>());
+            assert_eq!(values[r], want.iter().map(|p| p.1).collect::<Vec<_>>());
+        }
+        // The largest values sit in the padded last block and in one block only: still found.
+        let mut row: Vec<f32> = vec![0.0; vocab];
+        row[vocab - 1] = 9.0;
+        row[vocab - 2] = 8.0;
+        row[5] = 7.0;
+        let lp = Tensor::from_vec(row, (1, vocab), &Device::Cpu).unwrap();
+        let (ids, _) = top_k_on_device(&lp, 3).unwrap();
+        assert_eq!(
+            ids.to_vec2::<u32>().unwrap()[0],
+            [vocab as u32 - 1, vocab as u32 - 2, 5]
+        );
+    }
+
     #[test]
     fn identical_models_have_zero_kl_and_k_is_capped_by_the_vocabulary() {
         let base = logits(3, 3, 4);
@@ -232,5 +302,7 @@ mod tests {
             assert_eq!(r.base.top.len(), 4);
             assert!(r.organism.as_ref().unwrap().1.abs() < 1e-6);
         }
+        let none = on_device(&base, None, &[Some(1), Some(2), None], 0).unwrap();
+        assert!(none.iter().all(|r| r.base.top.is_empty()) && none[0].base.logprob.is_some());
     }
 }
