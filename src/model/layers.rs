@@ -155,18 +155,25 @@ pub fn positions_from_mask(mask: &Tensor) -> Result<Tensor> {
 }
 
 /// The additive attention mask (batch, 1, seq, seq): 0 where query i may attend key j (j ≤ i, j not
-/// padding, and i − j < window when a sliding window is given), a large negative number elsewhere.
+/// padding, and i − j < window when a sliding window is given), −∞ elsewhere. A query that may attend no key
+/// (padding before the first token) attends itself instead, so that no softmax row is all −∞ (which would be
+/// NaN, and reach real tokens through 0 · NaN); real tokens never attend padding, so their outputs do not
+/// change. −∞ rather than a large finite number also keeps `exp` off libm's slow underflow path.
 pub fn causal_mask(mask: &Tensor, window: Option<usize>, dtype: DType, device: &Device) -> Result<Tensor> {
     let (b, s) = mask.dims2()?;
     let keys: Vec<u8> = mask.to_dtype(DType::U8)?.flatten_all()?.to_vec1()?;
-    let mut out = vec![f32::MIN; b * s * s];
+    let mut out = vec![f32::NEG_INFINITY; b * s * s];
     for bi in 0..b {
         for i in 0..s {
             let lo = window.map_or(0, |w| (i + 1).saturating_sub(w));
+            let row = &mut out[(bi * s + i) * s..(bi * s + i + 1) * s];
             for j in lo..=i {
                 if keys[bi * s + j] != 0 {
-                    out[(bi * s + i) * s + j] = 0.0;
+                    row[j] = 0.0;
                 }
+            }
+            if row[lo..=i].iter().all(|v| v.is_infinite()) {
+                row[i] = 0.0;
             }
         }
     }
@@ -226,5 +233,36 @@ impl GatedMlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = (self.act.apply(&self.gate.forward(x)?)? * self.up.forward(x)?)?;
         self.down.forward(&h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Left padding, a sliding window of 2: allowed keys are 0, masked ones −∞, and a padding query with no
+    /// allowed key attends itself.
+    #[test]
+    fn causal_mask_allows_past_real_keys_in_the_window() {
+        let mask = Tensor::new(&[[0u32, 1, 1, 1]], &Device::Cpu).unwrap();
+        let m: Vec<Vec<f32>> = causal_mask(&mask, Some(2), DType::F32, &Device::Cpu)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let allowed: Vec<Vec<bool>> = m.iter().map(|r| r.iter().map(|&v| v == 0.0).collect()).collect();
+        assert_eq!(
+            allowed,
+            [
+                [true, false, false, false], // padding: itself only
+                [false, true, false, false], // key 0 is padding
+                [false, true, true, false],
+                [false, false, true, true], // key 1 is outside the window
+            ]
+        );
+        assert!(m.iter().flatten().all(|&v| v == 0.0 || v == f32::NEG_INFINITY));
     }
 }
