@@ -25,11 +25,12 @@ from transformers import AutoModelForCausalLM
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def write_random_smollm2(path, tokenizer):
-    """A randomly initialised Llama with SmolLM2-135M's shape (30 layers, d 576, GQA 9/3, vocab 49152)."""
+def write_random_smollm2(path, tokenizer="bundled/models/base/tokenizer.json", vocab=49152):
+    """A randomly initialised Llama with SmolLM2-135M's shape (30 layers, d 576, GQA 9/3; vocabulary 49152
+    unless given), saved with `tokenizer` beside it (its ids are all below any vocabulary given here)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                          rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
     torch.manual_seed(0)
@@ -49,7 +50,7 @@ def main():
     p.add_argument("--shapes", default="8x128,32x128")
     args = p.parse_args()
     if args.random_smollm2:
-        write_random_smollm2(args.random_smollm2, "bundled/models/base/tokenizer.json")
+        write_random_smollm2(args.random_smollm2)
         args.model = args.random_smollm2
     torch.set_num_threads(args.threads)
     gguf = os.path.exists(os.path.join(args.model, "model.gguf"))

@@ -9,13 +9,11 @@ summary line of each run (tokens/s). Usage, from the project root on the GPU mac
 
 import argparse
 import os
-import shutil
 import subprocess
 import tempfile
 import time
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from forward import write_random_smollm2  # bench/forward.py, beside this script
 
 
 def main():
@@ -27,12 +25,7 @@ def main():
     args = p.parse_args()
     work = tempfile.mkdtemp()
     model = os.path.join(work, "model")
-    config = LlamaConfig(vocab_size=args.vocab, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                         rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(model)
-    shutil.copy("bundled/models/base/tokenizer.json", os.path.join(model, "tokenizer.json"))
+    write_random_smollm2(model, vocab=args.vocab)
     # Besides the full runs: 16 samples (what loading and start-up cost) and top_k=0 (what the top-k costs).
     for dtype, samples, top_k in [("bfloat16", args.samples, 20), ("bfloat16", 16, 20), ("bfloat16", args.samples, 0),
                                   ("float32", args.samples, 20)]:

@@ -145,28 +145,21 @@ fn on_device(base: &Tensor, organism: Option<&Tensor>, next: &[Option<u32>], k: 
     };
     let lp_base = candle_nn::ops::log_softmax(&base.to_dtype(DType::F32)?, D::Minus1)?;
     let base_rows = stats(&lp_base)?;
-    let organism_rows = match organism {
+    let mut organism_rows = match organism {
         Some(ft) => {
             let lp_ft = candle_nn::ops::log_softmax(&ft.to_dtype(DType::F32)?, D::Minus1)?;
             let kl: Vec<f32> = (lp_ft.exp()? * (&lp_ft - &lp_base)?)?.sum(D::Minus1)?.to_vec1()?;
-            Some(stats(&lp_ft)?.into_iter().zip(kl).map(|(t, kl)| (t, kl.max(0.0))))
+            Some(stats(&lp_ft)?.into_iter().zip(kl.into_iter().map(|kl| kl.max(0.0))))
         }
         None => None,
     };
-    Ok(match organism_rows {
-        Some(ft) => base_rows
-            .into_iter()
-            .zip(ft)
-            .map(|(base, o)| RowStats {
-                base,
-                organism: Some(o),
-            })
-            .collect(),
-        None => base_rows
-            .into_iter()
-            .map(|base| RowStats { base, organism: None })
-            .collect(),
-    })
+    Ok(base_rows
+        .into_iter()
+        .map(|base| RowStats {
+            base,
+            organism: organism_rows.as_mut().and_then(Iterator::next),
+        })
+        .collect())
 }
 
 /// One model's next-token columns of the `tokens` table.
