@@ -80,27 +80,25 @@ def compare(a, b):
         out["act_max_rel"] = max(out["act_max_rel"], float(rel.max()))
         out["act_scale"] = max(out["act_scale"], float(np.abs(xb).max()))
         out["partitions"] += 1
-    for col in ["logprob", "kl"]:
-        worst = 0.0
-        for pa in sorted(glob.glob(f"{a}/tokens/**/*.parquet", recursive=True)):
-            ta, tb = pq.read_table(pa), pq.read_table(pa.replace(a, b, 1))
+    # Tokens: log-prob and KL; top-k ids in the same order (near-ties may swap neighbours) and their log-probs.
+    worst = {"logprob": 0.0, "kl": 0.0, "topk": 0.0}
+    same, rows = 0, 0
+    for pa in sorted(glob.glob(f"{a}/tokens/**/*.parquet", recursive=True)):
+        ta, tb = pq.read_table(pa), pq.read_table(pa.replace(a, b, 1))
+        for col in ["logprob", "kl"]:
             va = ta.column(col).to_numpy(zero_copy_only=False)
             vb = tb.column(col).to_numpy(zero_copy_only=False)
             ok = ~(np.isnan(va) | np.isnan(vb))
             if ok.any():
-                worst = max(worst, float(np.abs(va[ok] - vb[ok]).max()))
-        out[f"{col}_max_abs"] = worst
-    # Top-k: the same ids in the same order (near-ties may swap neighbours), and their log-probs.
-    same, rows, worst = 0, 0, 0.0
-    for pa in sorted(glob.glob(f"{a}/tokens/**/*.parquet", recursive=True)):
-        ta, tb = pq.read_table(pa), pq.read_table(pa.replace(a, b, 1))
+                worst[col] = max(worst[col], float(np.abs(va[ok] - vb[ok]).max()))
         for ia, ib, la, lb in zip(ta.column("topk_ids").to_pylist(), tb.column("topk_ids").to_pylist(),
                                   ta.column("topk_logprobs").to_pylist(), tb.column("topk_logprobs").to_pylist()):
             rows += 1
             same += ia == ib
-            worst = max(worst, max(abs(x - y) for x, y in zip(sorted(la), sorted(lb))))
+            worst["topk"] = max([worst["topk"]] + [abs(x - y) for x, y in zip(sorted(la), sorted(lb))])
+    out["logprob_max_abs"], out["kl_max_abs"] = worst["logprob"], worst["kl"]
     out["topk_same_share"] = same / max(rows, 1)
-    out["topk_logprob_max_abs"] = worst
+    out["topk_logprob_max_abs"] = worst["topk"]
     return out
 
 
