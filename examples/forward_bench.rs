@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use diffsql::model::{load, ComputeDevice, ModelSource};
-use diffsql::preprocess::run::compute_dtype;
+use diffsql::preprocess::compute_dtype;
 
 // The allocator the diffsql binary uses. Without it glibc's malloc returned each forward's large activation
 // buffers to the OS and page-faulted them back in on the next, which cost up to 30% (it depended on what

@@ -2,6 +2,10 @@
 
 pub mod final_hidden;
 pub mod next_token;
+pub mod pair;
+pub mod plan;
 pub mod run;
+pub mod sink;
 
-pub use run::{run, Summary};
+pub use pair::{compute_dtype, load_pair, model_source, ModelPair};
+pub use run::{run, tokenize_datasets, Summary};

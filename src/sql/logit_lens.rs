@@ -30,7 +30,7 @@ use diffsql_udfs::vector::Vectors;
 
 use crate::config::{parse_all, ConfigDir};
 use crate::model::load::{load, LoadedModel};
-use crate::preprocess::run::model_source;
+use crate::preprocess::model_source;
 use crate::sql::shell::one_line;
 
 /// The table function, holding the models it has loaded.

@@ -10,7 +10,7 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float32Type, Float64Type, Int32Type};
 use diffsql::cache::{CacheLayout, PartitionKey};
 use diffsql::config::{parse_all, ConfigDir, Settings};
-use diffsql::preprocess::run::{load_pair, tokenize_datasets};
+use diffsql::preprocess::{load_pair, tokenize_datasets};
 use diffsql::sql::open_session;
 
 pub fn configs() -> ConfigDir {

@@ -1,0 +1,123 @@
+//! What a preprocessing run still has to write: the partitions of this run's model, organism and layers
+//! that are not complete yet, and the token fingerprint every one of them must carry.
+
+use anyhow::{bail, Result};
+use diffsql_udfs::vector::ElementType;
+
+use crate::cache::layout::BASE_ORGANISM;
+use crate::cache::writer::TokenFingerprint;
+use crate::cache::{CacheLayout, PartitionKey};
+use crate::data::tokenize::TokenizedDataset;
+
+/// The fingerprint every token-keyed partition of this run must have.
+pub fn fingerprint(datasets: &[TokenizedDataset]) -> String {
+    let mut fp = TokenFingerprint::default();
+    for d in datasets {
+        for s in &d.sequences {
+            for (p, &t) in s.ids.iter().enumerate() {
+                fp.push(&d.name, &d.split, s.seq_id, p as i32, t as i32);
+            }
+        }
+    }
+    fp.hex()
+}
+
+/// Which side of the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Base,
+    Organism,
+}
+
+/// The partitions of this run that still have to be written.
+pub struct Plan {
+    pub activations: Vec<(Side, usize, PartitionKey)>,
+    /// The base model's final hidden state (the only one read back, by later organism runs).
+    pub final_hidden: Option<PartitionKey>,
+    pub tokens: Vec<(Side, PartitionKey)>,
+    pub sequences: Option<PartitionKey>,
+    pub vocab: Option<PartitionKey>,
+}
+
+impl Plan {
+    /// The partitions of `model`/`organism` at `layers` (and the model's shared tables) not complete yet.
+    pub fn build(
+        layout: &CacheLayout,
+        model: &str,
+        organism: &str,
+        layers: &[i32],
+        storage: ElementType,
+        fp: &str,
+    ) -> Result<Self> {
+        let mut plan = Plan {
+            activations: Vec::new(),
+            final_hidden: None,
+            tokens: Vec::new(),
+            sequences: None,
+            vocab: None,
+        };
+        for (side, name) in [(Side::Base, BASE_ORGANISM), (Side::Organism, organism)] {
+            for (i, &layer) in layers.iter().enumerate() {
+                let key = PartitionKey::activations(model, name, layer);
+                if !complete(layout, &key, fp, Some(storage))? {
+                    plan.activations.push((side, i, key));
+                }
+            }
+            let key = PartitionKey::tokens(model, name);
+            if !complete(layout, &key, fp, None)? {
+                plan.tokens.push((side, key));
+            }
+        }
+        let key = PartitionKey::final_hidden(model, BASE_ORGANISM);
+        if !complete(layout, &key, fp, None)? {
+            plan.final_hidden = Some(key);
+        }
+        let key = PartitionKey::sequences(model);
+        if layout.manifest(&key)?.is_none() {
+            plan.sequences = Some(key);
+        }
+        let key = PartitionKey::vocab(model);
+        if layout.manifest(&key)?.is_none() {
+            plan.vocab = Some(key);
+        }
+        Ok(plan)
+    }
+
+    pub fn len(&self) -> usize {
+        self.activations.len()
+            + usize::from(self.final_hidden.is_some())
+            + self.tokens.len()
+            + usize::from(self.sequences.is_some())
+            + usize::from(self.vocab.is_some())
+    }
+    pub fn runs(&self, side: Side) -> bool {
+        self.activations.iter().any(|(s, ..)| *s == side)
+            || (side == Side::Base && self.final_hidden.is_some())
+            || self.tokens.iter().any(|(s, _)| *s == side)
+    }
+}
+
+/// Whether `key` is complete; a complete partition with other tokens or another dtype is an error.
+fn complete(layout: &CacheLayout, key: &PartitionKey, fingerprint: &str, dtype: Option<ElementType>) -> Result<bool> {
+    let Some(m) = layout.manifest(key)? else {
+        return Ok(false);
+    };
+    let dir = layout.partition_dir(key);
+    if m.token_fingerprint.as_deref().is_some_and(|f| f != fingerprint) {
+        bail!(
+            "{key} in {} holds other tokens than this run (the datasets or preprocessing limits changed): remove {} or set cache_dir to another directory",
+            layout.root().display(),
+            dir.display()
+        );
+    }
+    if let (Some(want), Some(have)) = (dtype, m.dtype.as_deref()) {
+        if want.name() != have {
+            bail!(
+                "{key} is stored as {have} but preprocessing.dtype is {}: remove {} or set preprocessing.dtype={have}",
+                want.name(),
+                dir.display()
+            );
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,291 @@
+//! Writing one batch of a preprocessing run: each captured layer's activations, the base model's final
+//! hidden state, the tokens table (next-token statistics and KL from both models' logits) and the sequences,
+//! on the writer thread; and the vocabulary table, once per model.
+
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use datafusion::arrow::array::{ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use diffsql_udfs::vector::ElementType;
+
+use super::final_hidden::FinalHiddenReader;
+use super::next_token::{row_stats, ColumnBuilder, NextTokenArrays};
+use super::pair::ModelPair;
+use super::plan::{Plan, Side};
+use super::run::Summary;
+use crate::cache::layout::{sequences_file_schema, tokens_file_schema};
+use crate::cache::vectors::VectorEncoding;
+use crate::cache::{ActivationBatch, ActivationWriter, CacheLayout, PartitionKey, PartitionWriter, WriteOptions};
+use crate::data::tokenize::TokenizedDataset;
+
+/// Writes every token id of the tokenizer with its decoded text.
+pub fn write_vocab(
+    layout: &CacheLayout,
+    key: &PartitionKey,
+    tokenizer: &tokenizers::Tokenizer,
+    vocab: usize,
+    options: &WriteOptions,
+) -> Result<crate::cache::Manifest> {
+    let schema = crate::cache::layout::vocab_file_schema();
+    let text =
+        StringArray::from_iter_values((0..vocab as u32).map(|id| tokenizer.decode(&[id], false).unwrap_or_default()));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![Arc::new(Int32Array::from_iter_values(0..vocab as i32)), Arc::new(text)],
+    )?;
+    let mut w = PartitionWriter::create(layout, key.clone(), schema, options.clone())?;
+    w.write(&batch)?;
+    w.finish()
+}
+
+/// One batch's outputs for the writer: per model, each captured layer's token rows and the final hidden.
+pub struct BatchOutput {
+    pub dataset: usize,
+    pub first_seq: usize,
+    pub sequences: usize,
+    pub base: Option<(Vec<Vec<f32>>, Vec<f32>)>,
+    pub organism: Option<(Vec<Vec<f32>>, Vec<f32>)>,
+}
+
+/// Owns the writers of the partitions to write; computes next-token statistics.
+pub struct Sink<'a> {
+    activations: Vec<(Side, usize, ActivationWriter)>,
+    final_hidden: Option<ActivationWriter>,
+    pub tokens: Vec<(Side, PartitionWriter)>,
+    sequences: Option<PartitionWriter>,
+    pub cached_base: Option<FinalHiddenReader>,
+    datasets: &'a [TokenizedDataset],
+    pair: &'a ModelPair,
+    top_k: usize,
+    d_model: usize,
+    token_text: Vec<Option<String>>,
+}
+
+impl<'a> Sink<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        layout: &CacheLayout,
+        plan: &Plan,
+        storage: ElementType,
+        d_model: usize,
+        options: WriteOptions,
+        datasets: &'a [TokenizedDataset],
+        pair: &'a ModelPair,
+        top_k: usize,
+    ) -> Result<Self> {
+        let activation = |key: &PartitionKey, dtype| {
+            ActivationWriter::create(
+                layout,
+                key.clone(),
+                VectorEncoding::new(dtype, d_model),
+                options.clone(),
+            )
+        };
+        let activations = plan
+            .activations
+            .iter()
+            .map(|(s, i, k)| Ok((*s, *i, activation(k, storage)?)))
+            .collect::<Result<_>>()?;
+        let final_hidden = plan
+            .final_hidden
+            .as_ref()
+            .map(|k| activation(k, ElementType::Float32))
+            .transpose()?;
+        let tokens = plan
+            .tokens
+            .iter()
+            .map(|(s, k)| {
+                Ok((
+                    *s,
+                    PartitionWriter::create(layout, k.clone(), tokens_file_schema(), options.clone())?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let sequences = plan
+            .sequences
+            .as_ref()
+            .map(|k| PartitionWriter::create(layout, k.clone(), sequences_file_schema(), options.clone()))
+            .transpose()?;
+        Ok(Self {
+            activations,
+            final_hidden,
+            tokens,
+            sequences,
+            cached_base: None,
+            datasets,
+            pair,
+            top_k,
+            d_model,
+            token_text: vec![None; pair.base.decoder.spec().vocab],
+        })
+    }
+
+    pub fn consume(mut self, rx: Receiver<BatchOutput>) -> Result<Summary> {
+        for msg in rx {
+            self.write_batch(msg)?;
+        }
+        let mut summary = Summary::default();
+        let mut count = |m: crate::cache::Manifest| {
+            summary.partitions_written += 1;
+            summary.rows_written += m.rows;
+            summary.bytes_written += m.bytes();
+        };
+        for (_, _, w) in self.activations {
+            count(w.finish()?);
+        }
+        if let Some(w) = self.final_hidden {
+            count(w.finish()?);
+        }
+        for (_, w) in self.tokens {
+            count(w.finish()?);
+        }
+        if let Some(w) = self.sequences {
+            count(w.finish()?);
+        }
+        Ok(summary)
+    }
+
+    fn write_batch(&mut self, msg: BatchOutput) -> Result<()> {
+        let dataset = &self.datasets[msg.dataset];
+        let seqs = &dataset.sequences[msg.first_seq..msg.first_seq + msg.sequences];
+        let mut seq_id = Vec::new();
+        let mut pos = Vec::new();
+        let mut token_id = Vec::new();
+        let mut next = Vec::new();
+        for s in seqs {
+            for (p, &t) in s.ids.iter().enumerate() {
+                seq_id.push(s.seq_id);
+                pos.push(p as i32);
+                token_id.push(t as i32);
+                next.push(s.ids.get(p + 1).copied());
+            }
+        }
+        let rows = seq_id.len();
+        let batch = |vectors| ActivationBatch {
+            dataset: &dataset.name,
+            split: &dataset.split,
+            seq_id: &seq_id,
+            pos: &pos,
+            token_id: &token_id,
+            vectors,
+        };
+        for (side, i, w) in &mut self.activations {
+            let out = if *side == Side::Base { &msg.base } else { &msg.organism };
+            let (layers, _) = out.as_ref().expect("the side with partitions to write was run");
+            w.push(&batch(&layers[*i]))?;
+        }
+        if let Some(w) = &mut self.final_hidden {
+            let (_, fin) = msg
+                .base
+                .as_ref()
+                .expect("the base model runs when its final_hidden is written");
+            w.push(&batch(fin))?;
+        }
+        if !self.tokens.is_empty() {
+            // The base model's final hidden state: from this batch's forward, or read back from the cache.
+            let base_final: std::borrow::Cow<[f32]> = match (&msg.base, &mut self.cached_base) {
+                (Some((_, f)), _) => f.as_slice().into(),
+                (None, Some(reader)) => reader.next_rows(rows, self.d_model)?.into(),
+                (None, None) => bail!("internal: no base final hidden state for the tokens table"),
+            };
+            let ft_final = msg.organism.as_ref().map(|(_, f)| f.as_slice());
+            let columns = self.token_columns(&base_final, ft_final, &next)?;
+            let keys: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from(vec![dataset.name.as_str(); rows])),
+                Arc::new(StringArray::from(vec![dataset.split.as_str(); rows])),
+                Arc::new(Int64Array::from(seq_id.clone())),
+                Arc::new(Int32Array::from(pos.clone())),
+                Arc::new(Int32Array::from(token_id.clone())),
+            ];
+            let text: ArrayRef = Arc::new(StringArray::from_iter_values(
+                token_id.iter().map(|&t| self.text_of(t as u32)),
+            ));
+            for (side, w) in &mut self.tokens {
+                let c = if *side == Side::Base {
+                    &columns.base
+                } else {
+                    columns.organism.as_ref().expect("run")
+                };
+                let kl: ArrayRef = match side {
+                    Side::Base => Arc::new(Float32Array::new_null(rows)),
+                    Side::Organism => Arc::new(Float32Array::from(columns.kl.clone())),
+                };
+                let mut cols = keys.clone();
+                cols.extend([
+                    Arc::clone(&text),
+                    c.logprob.clone(),
+                    c.topk_ids.clone(),
+                    c.topk_logprobs.clone(),
+                    kl,
+                ]);
+                w.write(&RecordBatch::try_new(tokens_file_schema(), cols)?)?;
+            }
+        }
+        if let Some(w) = &mut self.sequences {
+            let n = seqs.len();
+            let batch = RecordBatch::try_new(
+                sequences_file_schema(),
+                vec![
+                    Arc::new(StringArray::from(vec![dataset.name.as_str(); n])),
+                    Arc::new(StringArray::from(vec![dataset.split.as_str(); n])),
+                    Arc::new(Int64Array::from_iter_values(seqs.iter().map(|s| s.seq_id))),
+                    Arc::new(StringArray::from_iter_values(seqs.iter().map(|s| s.text.as_str()))),
+                    Arc::new(Int32Array::from_iter_values(seqs.iter().map(|s| s.ids.len() as i32))),
+                ],
+            )?;
+            w.write(&batch)?;
+        }
+        Ok(())
+    }
+
+    fn text_of(&mut self, id: u32) -> String {
+        let slot = &mut self.token_text[id as usize];
+        slot.get_or_insert_with(|| self.pair.base.tokenizer.decode(&[id], false).unwrap_or_default())
+            .clone()
+    }
+
+    /// Next-token columns of both models and KL(ft‖base), from the final hidden states.
+    fn token_columns(
+        &self,
+        base_final: &[f32],
+        ft_final: Option<&[f32]>,
+        next: &[Option<u32>],
+    ) -> Result<TokenColumns> {
+        let rows = next.len();
+        let mut base = ColumnBuilder::default();
+        let mut organism = ft_final.map(|_| ColumnBuilder::default());
+        let mut kls = Vec::with_capacity(rows);
+        // Logits in chunks bound the memory to CHUNK × vocab floats per model.
+        const CHUNK: usize = 256;
+        let d = self.d_model;
+        for start in (0..rows).step_by(CHUNK) {
+            let n = CHUNK.min(rows - start);
+            let logits = |dec: &crate::model::decoder::Decoder, h: &[f32]| -> Result<Tensor> {
+                let x = Tensor::from_slice(&h[start * d..(start + n) * d], (1, n, d), dec.device())?;
+                Ok(dec.logits(&x.to_dtype(dec.dtype())?)?.squeeze(0)?)
+            };
+            let lb = logits(&self.pair.base.decoder, base_final)?;
+            let lf = ft_final.map(|f| logits(&self.pair.organism.decoder, f)).transpose()?;
+            for row in row_stats(&lb, lf.as_ref(), &next[start..start + n], self.top_k)? {
+                base.push(row.base);
+                if let (Some((t, kl)), Some(o)) = (row.organism, organism.as_mut()) {
+                    o.push(t);
+                    kls.push(kl);
+                }
+            }
+        }
+        Ok(TokenColumns {
+            base: base.finish(),
+            organism: organism.map(ColumnBuilder::finish),
+            kl: kls,
+        })
+    }
+}
+
+struct TokenColumns {
+    base: NextTokenArrays,
+    organism: Option<NextTokenArrays>,
+    kl: Vec<f32>,
+}
