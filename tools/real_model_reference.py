@@ -5,7 +5,7 @@ For each model directory under DIR (model.gguf [+ tokenizer.json]): writes token
 (converted by transformers from the GGUF vocabulary), then runs transformers on the *same dequantised GGUF
 weights* in float32 over a right-padded batch of prompts, and saves reference.safetensors (input_ids,
 attention_mask, layer.{i} = output of decoder layer i via forward hooks, logits) and reference.json (greedy
-continuation of the first prompt). Needs: pip install torch transformers gguf accelerate.
+continuation of the first prompt, and plain texts tokenised by transformers' own GGUF tokenizer). Needs: pip install torch transformers gguf accelerate.
 
     python3 tools/real_model_reference.py DIR
 """
@@ -48,7 +48,13 @@ def main(root):
         with torch.no_grad():
             gen = model.generate(first, attention_mask=torch.ones_like(first), max_new_tokens=16, do_sample=False)
         text = tok.decode(gen[0][len(enc[0]):])
-        (d / "reference.json").write_text(json.dumps({"prompt": PROMPTS[0], "greedy": gen[0].tolist(), "text": text}))
+        # How transformers tokenises plain text when it reads the tokenizer from the GGUF itself (BOS included
+        # when the GGUF's tokenizer.ggml.add_bos_token says so): what diffsql's preprocessing must reproduce.
+        gguf_tok = AutoTokenizer.from_pretrained(d, gguf_file="model.gguf")
+        texts = ["The capital of France is Paris.", "Once upon a time"]
+        gguf_ids = [{"text": t, "ids": gguf_tok(t)["input_ids"]} for t in texts]
+        (d / "reference.json").write_text(json.dumps(
+            {"prompt": PROMPTS[0], "greedy": gen[0].tolist(), "text": text, "gguf_tokenization": gguf_ids}))
         print(d.name, model.config.model_type, len(model.model.layers), "layers; greedy:", repr(text))
 
 

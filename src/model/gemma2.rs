@@ -22,7 +22,8 @@ pub struct Config {
     pub head_dim: usize,
     #[serde(default = "defaults::rms_norm_eps")]
     pub rms_norm_eps: f64,
-    #[serde(default = "defaults::gelu_tanh", alias = "hidden_act")]
+    /// transformers reads only `hidden_activation` for Gemma 2 (hub configs carry `hidden_act` beside it).
+    #[serde(default = "defaults::gelu_tanh")]
     pub hidden_activation: String,
     #[serde(default = "defaults::gemma_query_scalar")]
     pub query_pre_attn_scalar: f64,

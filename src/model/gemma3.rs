@@ -21,15 +21,20 @@ pub struct Config {
     pub head_dim: usize,
     #[serde(default = "defaults::rms_norm_eps")]
     pub rms_norm_eps: f64,
-    #[serde(default = "defaults::gelu_tanh", alias = "hidden_act")]
+    /// transformers reads only `hidden_activation` for Gemma 2 and 3 (a `hidden_act` beside it is ignored).
+    #[serde(default = "defaults::gelu_tanh")]
     pub hidden_activation: String,
     #[serde(default = "defaults::gemma_query_scalar")]
     pub query_pre_attn_scalar: f64,
     #[serde(default)]
     pub sliding_window: Option<usize>,
-    /// Every n-th layer is global (transformers 4.x); `layer_types` wins when present.
-    #[serde(default, alias = "_sliding_window_pattern")]
+    /// Every n-th layer is global (transformers 4.x); `layer_types` wins when present. A config that went
+    /// through transformers 5 may also hold `_sliding_window_pattern`: both are read (not a serde alias, which
+    /// would make the pair a "duplicate field" error), see [`Config::sliding_pattern`].
+    #[serde(default)]
     pub sliding_window_pattern: Option<usize>,
+    #[serde(default, rename = "_sliding_window_pattern")]
+    pub private_sliding_window_pattern: Option<usize>,
     #[serde(default)]
     pub layer_types: Option<Vec<String>>,
     #[serde(default)]
@@ -71,14 +76,15 @@ pub fn layer_types(
 }
 
 impl Config {
+    /// The sliding-window pattern as transformers takes it: `sliding_window_pattern` (the key hub configs
+    /// carry) before `_sliding_window_pattern` (what transformers 5 writes), whichever is present.
+    pub fn sliding_pattern(&self) -> Option<usize> {
+        self.sliding_window_pattern.or(self.private_sliding_window_pattern)
+    }
+
     /// The decoder this config describes.
     pub fn spec(&self) -> Result<DecoderSpec> {
-        let types = layer_types(
-            &self.layer_types,
-            self.sliding_window_pattern,
-            self.num_hidden_layers,
-            6,
-        )?;
+        let types = layer_types(&self.layer_types, self.sliding_pattern(), self.num_hidden_layers, 6)?;
         let mut layers = Vec::with_capacity(types.len());
         for t in &types {
             let sliding = match t.as_str() {
@@ -127,5 +133,51 @@ impl Config {
                 layers,
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Result<Config> {
+        crate::model::hf_config::parse(
+            &format!(
+                r#"{{"vocab_size": 8, "hidden_size": 4, "intermediate_size": 8, "num_hidden_layers": 6,
+                    "num_attention_heads": 1, "num_key_value_heads": 1, "head_dim": 4{extra}}}"#
+            ),
+            "config.json",
+        )
+    }
+
+    fn globals(c: &Config) -> Vec<bool> {
+        c.spec().unwrap().layers.iter().map(|l| l.window.is_none()).collect()
+    }
+
+    #[test]
+    fn both_spellings_of_the_sliding_pattern_are_accepted_in_transformers_order() {
+        let both_agree =
+            config(r#", "sliding_window": 4, "sliding_window_pattern": 3, "_sliding_window_pattern": 3"#).unwrap();
+        assert_eq!(globals(&both_agree), [false, false, true, false, false, true]);
+        // The hub key wins over transformers 5's private copy, as in transformers' Gemma3TextConfig.
+        let disagree =
+            config(r#", "sliding_window": 4, "sliding_window_pattern": 2, "_sliding_window_pattern": 3"#).unwrap();
+        assert_eq!(globals(&disagree), [false, true, false, true, false, true]);
+        let private_only = config(r#", "sliding_window": 4, "_sliding_window_pattern": 3"#).unwrap();
+        assert_eq!(globals(&private_only), [false, false, true, false, false, true]);
+        // layer_types wins over both.
+        let typed = config(
+            r#", "sliding_window": 4, "sliding_window_pattern": 2, "_sliding_window_pattern": 3,
+               "layer_types": ["full_attention", "sliding_attention", "sliding_attention",
+                               "sliding_attention", "sliding_attention", "sliding_attention"]"#,
+        )
+        .unwrap();
+        assert_eq!(globals(&typed), [true, false, false, false, false, false]);
+    }
+
+    #[test]
+    fn hidden_act_beside_hidden_activation_is_not_a_duplicate() {
+        let c = config(r#", "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh""#).unwrap();
+        assert_eq!(c.hidden_activation, "gelu_pytorch_tanh");
     }
 }

@@ -1,27 +1,27 @@
 //! GGUF checkpoints (llama.cpp's format): the config is rebuilt from GGUF metadata as an HF `config.json`,
 //! tensors are dequantised to f32 and renamed to HF names, and llama.cpp's conversions are undone (the
 //! rotary row permutation of Llama's q/k projections, the +1 folded into Gemma's norms), so the result
-//! equals what transformers loads from the same file. The tokenizer comes from a `tokenizer.json` beside it.
+//! equals what transformers loads from the same file. The tokenizer comes from a `tokenizer.json` beside it;
+//! the special-token settings and chat template the metadata carries are read too.
+//!
+//! Opening reads only the header (metadata and tensor table). Weights are dequantised straight from a memory
+//! map of the file into their final f32 buffers, in parallel over blocks of every tensor.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::k_quants::{self, GgmlType};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 use serde_json::json;
 
 use super::arch::Architecture;
+use super::special_tokens::GgufTokenizerMeta;
 use super::weights::Weights;
-
-/// A GGUF file read into an architecture and HF-named weights.
-pub struct GgufModel {
-    pub architecture: Architecture,
-    pub weights: Weights,
-    /// The chat template stored in the metadata, if any.
-    pub chat_template: Option<String>,
-}
-
 fn meta<'a>(c: &'a Content, key: &str) -> Option<&'a Value> {
     c.metadata.get(key)
 }
@@ -37,11 +37,31 @@ fn meta_f(c: &Content, key: &str) -> Option<f64> {
     meta(c, key).and_then(|v| v.to_f32().ok().map(f64::from).or_else(|| v.to_f64().ok()))
 }
 
-/// Reads a GGUF file.
-pub fn read(path: &Path, dtype: DType) -> Result<GgufModel> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let content =
-        Content::read(&mut file).map_err(|e| anyhow::anyhow!("{} is not a readable GGUF file: {e}", path.display()))?;
+/// A GGUF file's header: what it is, without its weights.
+pub struct GgufHeader {
+    pub path: PathBuf,
+    /// llama.cpp's architecture name (`llama`, `gemma3`, ...).
+    arch: String,
+    pub architecture: Architecture,
+    pub tokenizer: GgufTokenizerMeta,
+    content: Content,
+}
+
+impl std::fmt::Debug for GgufHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufHeader")
+            .field("path", &self.path)
+            .field("arch", &self.arch)
+            .field("tensors", &self.content.tensor_infos.len())
+            .finish()
+    }
+}
+
+/// Reads a GGUF file's header (metadata and tensor table), not its weights.
+pub fn open(path: &Path) -> Result<GgufHeader> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let content = Content::read(&mut BufReader::with_capacity(1 << 20, file))
+        .map_err(|e| anyhow::anyhow!("{} is not a readable GGUF file: {e}", path.display()))?;
     let arch = meta(&content, "general.architecture")
         .and_then(|v| v.to_string().ok())
         .cloned()
@@ -49,35 +69,141 @@ pub fn read(path: &Path, dtype: DType) -> Result<GgufModel> {
     let config = hf_config(&content, &arch)?;
     let what = format!("{} (config from GGUF metadata)", path.display());
     let architecture = Architecture::from_config_json(&config.to_string(), &what)?;
-    let spec = architecture.spec()?;
-    let gemma = arch.starts_with("gemma");
-    let mut tensors = HashMap::new();
-    for name in content.tensor_infos.keys() {
-        let Some(hf) = hf_name(name, gemma) else { continue };
-        let q = content
-            .tensor(&mut file, name, &Device::Cpu)
-            .with_context(|| format!("cannot read tensor {name} of {}", path.display()))?;
-        let mut t = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
-        if gemma && hf.ends_with("norm.weight") {
-            t = (t - 1.0)?;
-        }
-        if arch == "llama" {
-            if hf.ends_with("self_attn.q_proj.weight") {
-                t = unpermute(&t, spec.heads)?;
-            } else if hf.ends_with("self_attn.k_proj.weight") {
-                t = unpermute(&t, spec.kv_heads)?;
-            }
-        }
-        tensors.insert(hf, t.to_dtype(dtype)?);
-    }
-    let chat_template = meta(&content, "tokenizer.chat_template")
-        .and_then(|v| v.to_string().ok())
-        .cloned();
-    Ok(GgufModel {
+    let id = |key: &str| meta_u(&content, key).ok().and_then(|v| u32::try_from(v).ok());
+    let tokenizer = GgufTokenizerMeta {
+        bos_id: id("tokenizer.ggml.bos_token_id"),
+        eos_id: id("tokenizer.ggml.eos_token_id"),
+        pad_id: id("tokenizer.ggml.padding_token_id"),
+        add_bos: meta(&content, "tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()),
+        chat_template: meta(&content, "tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned(),
+    };
+    Ok(GgufHeader {
+        path: path.to_path_buf(),
+        arch,
         architecture,
-        weights: Weights::new(tensors, path.display().to_string()),
-        chat_template,
+        tokenizer,
+        content,
     })
+}
+
+impl GgufHeader {
+    /// Dequantises every tensor diffsql uses into `dtype`, under its HF name.
+    pub fn weights(&self, dtype: DType) -> Result<Weights> {
+        let path = &self.path;
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: the map is read-only and lives while the tensors are decoded from it; a checkpoint
+        // changed by another process while it loads gives wrong numbers, as any reader of it would.
+        let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        let spec = self.architecture.spec()?;
+        let gemma = self.arch.starts_with("gemma");
+        let mut tensors = HashMap::new();
+        for (name, info) in &self.content.tensor_infos {
+            let Some(hf) = hf_name(name, gemma) else { continue };
+            let elems = info.shape.elem_count();
+            let block = info.ggml_dtype.block_size();
+            if !elems.is_multiple_of(block) {
+                bail!(
+                    "tensor {name} of {}: {elems} elements is not a multiple of the block size {block}",
+                    path.display()
+                );
+            }
+            let start = self.content.tensor_data_offset.saturating_add(info.offset) as usize;
+            let len = elems / block * info.ggml_dtype.type_size();
+            let bytes = map.get(start..start.saturating_add(len)).with_context(|| {
+                format!(
+                    "tensor {name} of {} lies beyond the end of the file (truncated download?)",
+                    path.display()
+                )
+            })?;
+            let mut values = dequantize(info.ggml_dtype, bytes, elems)
+                .with_context(|| format!("tensor {name} of {}", path.display()))?;
+            if gemma && hf.ends_with("norm.weight") {
+                values.par_iter_mut().for_each(|v| *v -= 1.0);
+            }
+            let mut t = Tensor::from_vec(values, info.shape.clone(), &Device::Cpu)?;
+            if self.arch == "llama" {
+                if hf.ends_with("self_attn.q_proj.weight") {
+                    t = unpermute(&t, spec.heads)?;
+                } else if hf.ends_with("self_attn.k_proj.weight") {
+                    t = unpermute(&t, spec.kv_heads)?;
+                }
+            }
+            if dtype != DType::F32 {
+                t = t.to_dtype(dtype)?;
+            }
+            tensors.insert(hf, t);
+        }
+        Ok(Weights::new(tensors, path.display().to_string()))
+    }
+}
+
+/// Blocks per parallel task: large enough that scheduling costs nothing, small enough to balance 2–64 cores.
+const BLOCKS_PER_TASK: usize = 1024;
+
+/// Decodes `elems` values of `dtype` stored in `bytes` (llama.cpp's block layouts) into f32.
+pub fn dequantize(dtype: GgmlDType, bytes: &[u8], elems: usize) -> Result<Vec<f32>> {
+    use k_quants::*;
+    let mut out = vec![0f32; elems];
+    match dtype {
+        GgmlDType::F32 => decode_plain(bytes, &mut out, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        GgmlDType::F16 => decode_plain(bytes, &mut out, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        GgmlDType::BF16 => decode_plain(bytes, &mut out, 2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        GgmlDType::Q4_0 => decode_blocks::<BlockQ4_0>(bytes, &mut out)?,
+        GgmlDType::Q4_1 => decode_blocks::<BlockQ4_1>(bytes, &mut out)?,
+        GgmlDType::Q5_0 => decode_blocks::<BlockQ5_0>(bytes, &mut out)?,
+        GgmlDType::Q5_1 => decode_blocks::<BlockQ5_1>(bytes, &mut out)?,
+        GgmlDType::Q8_0 => decode_blocks::<BlockQ8_0>(bytes, &mut out)?,
+        GgmlDType::Q8_1 => decode_blocks::<BlockQ8_1>(bytes, &mut out)?,
+        GgmlDType::Q2K => decode_blocks::<BlockQ2K>(bytes, &mut out)?,
+        GgmlDType::Q3K => decode_blocks::<BlockQ3K>(bytes, &mut out)?,
+        GgmlDType::Q4K => decode_blocks::<BlockQ4K>(bytes, &mut out)?,
+        GgmlDType::Q5K => decode_blocks::<BlockQ5K>(bytes, &mut out)?,
+        GgmlDType::Q6K => decode_blocks::<BlockQ6K>(bytes, &mut out)?,
+        GgmlDType::Q8K => decode_blocks::<BlockQ8K>(bytes, &mut out)?,
+    }
+    Ok(out)
+}
+
+fn decode_plain(bytes: &[u8], out: &mut [f32], width: usize, decode: impl Fn(&[u8]) -> f32 + Sync) {
+    out.par_chunks_mut(BLOCKS_PER_TASK * 256)
+        .zip(bytes.par_chunks(BLOCKS_PER_TASK * 256 * width))
+        .for_each(|(o, b)| {
+            for (v, x) in o.iter_mut().zip(b.chunks_exact(width)) {
+                *v = decode(x);
+            }
+        });
+}
+
+/// Decodes llama.cpp blocks of type `B` in parallel, reading them in place from `bytes`.
+fn decode_blocks<B: GgmlType>(bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let size = std::mem::size_of::<B>();
+    let blocks = out.len() / B::BLCK_SIZE;
+    if bytes.len() != blocks * size {
+        bail!("{} bytes do not hold {blocks} blocks of {size} bytes", bytes.len());
+    }
+    let aligned = bytes.as_ptr().align_offset(std::mem::align_of::<B>()) == 0;
+    let owned: Vec<B>;
+    let blocks: &[B] = if aligned {
+        // SAFETY: `B` is one of candle's `#[repr(C)]` block structs, made only of integers, f16 and byte
+        // arrays, for which every bit pattern is valid; the pointer is aligned for `B` and the slice covers
+        // exactly `blocks * size_of::<B>()` bytes of `bytes`, which outlives it.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), blocks) }
+    } else {
+        // GGUF aligns tensor data (32 bytes by default); a file that does not is copied once.
+        owned = (0..blocks)
+            .map(|i| {
+                // SAFETY: as above; `read_unaligned` copies `size_of::<B>()` bytes from within `bytes`.
+                unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(i * size).cast::<B>()) }
+            })
+            .collect();
+        &owned
+    };
+    out.par_chunks_mut(BLOCKS_PER_TASK * B::BLCK_SIZE)
+        .zip(blocks.par_chunks(BLOCKS_PER_TASK))
+        .for_each(|(o, b)| B::to_float(b, o));
+    Ok(())
 }
 
 /// Undoes llama.cpp's permutation of q/k rows (it interleaves the two rotary halves of each head).

@@ -10,6 +10,7 @@ use candle_core::{DType, Device};
 use super::arch::Architecture;
 use super::decoder::Decoder;
 use super::lora;
+use super::special_tokens::SpecialTokens;
 use super::weights::{safetensors_files, Weights};
 
 /// Where a model comes from.
@@ -121,90 +122,105 @@ pub fn resolve_hub_in(cache_dir: &Path, repo: &str, revision: &str, offline: boo
     Ok(dir)
 }
 
+/// Where a model's weights are, once its files are found.
+#[derive(Debug)]
+enum WeightFiles {
+    /// `model.safetensors` or the shards of an index, in the directory.
+    Safetensors,
+    Gguf(Box<super::gguf::GgufHeader>),
+}
+
+/// A model's files, opened without reading its weights: its architecture, tokenizer and special tokens.
+/// Everything preprocessing can check before the expensive part (layers in range, a chat template for chat
+/// data, a pair that belongs together) is known here.
+#[derive(Debug)]
+pub struct ModelFiles {
+    pub architecture: Architecture,
+    pub tokenizer: tokenizers::Tokenizer,
+    /// BOS/EOS/PAD, whether BOS is added, and the chat template, each with where it came from.
+    pub special: SpecialTokens,
+    /// The directory the files came from.
+    pub dir: PathBuf,
+    weights: WeightFiles,
+}
+
+impl ModelFiles {
+    /// Finds the model's files (resolving a hub id through the cache) and reads all but the weights.
+    pub fn open(source: &ModelSource) -> Result<Self> {
+        let (dir, architecture, weights) = match source {
+            ModelSource::Gguf(file) => {
+                let header = super::gguf::open(file)?;
+                let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+                (dir, header.architecture.clone(), WeightFiles::Gguf(Box::new(header)))
+            }
+            ModelSource::Dir(_) | ModelSource::Hub { .. } => {
+                let dir = match source {
+                    ModelSource::Hub { repo, revision } => resolve_hub(repo, revision)?,
+                    ModelSource::Dir(d) | ModelSource::Gguf(d) => d.clone(),
+                };
+                let config_path = dir.join("config.json");
+                let text = std::fs::read_to_string(&config_path)
+                    .with_context(|| format!("cannot read {}: not a model directory?", config_path.display()))?;
+                let architecture = Architecture::from_config_json(&text, &config_path.display().to_string())?;
+                for file in safetensors_files(&dir)? {
+                    if !file.is_file() {
+                        bail!(
+                            "weights {} are missing: the checkpoint in {} is incomplete",
+                            file.display(),
+                            dir.display()
+                        );
+                    }
+                }
+                (dir, architecture, WeightFiles::Safetensors)
+            }
+        };
+        architecture.spec()?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", tokenizer_path.display()))?;
+        let gguf = match &weights {
+            WeightFiles::Gguf(h) => Some(&h.tokenizer),
+            WeightFiles::Safetensors => None,
+        };
+        let special = SpecialTokens::resolve(&dir, &tokenizer, gguf);
+        Ok(Self {
+            architecture,
+            tokenizer,
+            special,
+            dir,
+            weights,
+        })
+    }
+
+    /// Reads (for GGUF: dequantises) the weights on the CPU, as named tensors in `dtype`.
+    pub fn read_weights(&self, dtype: DType) -> Result<Weights> {
+        match &self.weights {
+            WeightFiles::Gguf(header) => header.weights(dtype),
+            WeightFiles::Safetensors => Weights::from_dir(&self.dir, dtype),
+        }
+    }
+
+    /// Reads the weights (and merges `adapter`, a PEFT LoRA directory, if given) in `dtype` onto `device`.
+    /// Files are read and adapters merged on the CPU; the finished weights then move to the device.
+    pub fn load(self, adapter: Option<&Path>, dtype: DType, device: &Device) -> Result<LoadedModel> {
+        let mut weights = self.read_weights(dtype)?;
+        if let Some(adapter) = adapter {
+            lora::merge(&mut weights, adapter)?;
+        }
+        weights.move_to(device)?;
+        let decoder = Decoder::load(self.architecture.spec()?, &weights)?;
+        Ok(LoadedModel { files: self, decoder })
+    }
+}
+
 /// A model ready to run.
 #[derive(Debug)]
 pub struct LoadedModel {
-    pub architecture: Architecture,
+    pub files: ModelFiles,
     pub decoder: Decoder,
-    pub tokenizer: tokenizers::Tokenizer,
-    /// The chat template from tokenizer_config.json, if any.
-    pub chat_template: Option<String>,
-    /// The directory the files came from.
-    pub dir: PathBuf,
-    /// Beginning- and end-of-sequence tokens (text and id), from tokenizer_config.json or config.json.
-    pub bos: Option<(String, u32)>,
-    pub eos: Option<(String, u32)>,
 }
 
-/// A special token named in tokenizer_config.json (`"<bos>"` or `{"content": "<bos>"}`), else by id in
-/// config.json (`bos_token_id`), as text and id.
-fn special_token(dir: &Path, tokenizer: &tokenizers::Tokenizer, which: &str) -> Option<(String, u32)> {
-    let read = |f: &str| -> Option<serde_json::Value> {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(f)).ok()?).ok()
-    };
-    let from_tokenizer_config = read("tokenizer_config.json").and_then(|v| {
-        let t = v.get(format!("{which}_token"))?;
-        t.as_str()
-            .or_else(|| t.get("content").and_then(|c| c.as_str()))
-            .map(str::to_string)
-    });
-    if let Some(text) = from_tokenizer_config {
-        return tokenizer.token_to_id(&text).map(|id| (text, id));
-    }
-    let id = read("config.json")?.get(format!("{which}_token_id"))?.as_u64()? as u32;
-    tokenizer.id_to_token(id).map(|t| (t, id))
-}
-
-/// Loads a model (and merges `adapter`, a PEFT LoRA directory, if given) in `dtype` onto `device`. Files are
-/// read and adapters merged on the CPU; the finished weights then move to the device.
+/// Loads a model (and merges `adapter`, a PEFT LoRA directory, if given) in `dtype` onto `device`.
 pub fn load(source: &ModelSource, adapter: Option<&Path>, dtype: DType, device: &Device) -> Result<LoadedModel> {
-    let (dir, architecture, mut weights, gguf_template) = match source {
-        ModelSource::Gguf(file) => {
-            let g = super::gguf::read(file, dtype)?;
-            let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
-            (dir, g.architecture, g.weights, g.chat_template)
-        }
-        ModelSource::Dir(_) | ModelSource::Hub { .. } => {
-            let dir = match source {
-                ModelSource::Hub { repo, revision } => resolve_hub(repo, revision)?,
-                ModelSource::Dir(d) | ModelSource::Gguf(d) => d.clone(),
-            };
-            let config_path = dir.join("config.json");
-            let text = std::fs::read_to_string(&config_path)
-                .with_context(|| format!("cannot read {}: not a model directory?", config_path.display()))?;
-            let architecture = Architecture::from_config_json(&text, &config_path.display().to_string())?;
-            let weights = Weights::from_dir(&dir, dtype)?;
-            (dir, architecture, weights, None)
-        }
-    };
-    let spec = architecture.spec()?;
-    if let Some(adapter) = adapter {
-        lora::merge(&mut weights, adapter)?;
-    }
-    weights.move_to(device)?;
-    let decoder = Decoder::load(spec, &weights)?;
-    let tokenizer_path = dir.join("tokenizer.json");
-    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", tokenizer_path.display()))?;
-    // transformers 5 saves the template as chat_template.jinja; 4.x inside tokenizer_config.json.
-    let chat_template = std::fs::read_to_string(dir.join("chat_template.jinja"))
-        .ok()
-        .or_else(|| {
-            std::fs::read_to_string(dir.join("tokenizer_config.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|v| v.get("chat_template").and_then(|c| c.as_str()).map(String::from))
-        })
-        .or(gguf_template);
-    let bos = special_token(&dir, &tokenizer, "bos");
-    let eos = special_token(&dir, &tokenizer, "eos");
-    Ok(LoadedModel {
-        architecture,
-        decoder,
-        tokenizer,
-        chat_template,
-        dir,
-        bos,
-        eos,
-    })
+    ModelFiles::open(source)?.load(adapter, dtype, device)
 }

@@ -14,9 +14,10 @@ pub mod load;
 pub mod lora;
 pub mod qwen2;
 pub mod qwen3;
+pub mod special_tokens;
 pub mod weights;
 
 pub use arch::Architecture;
 pub use decoder::{Decoder, DecoderSpec, ForwardOutput};
 pub use device::ComputeDevice;
-pub use load::{load, LoadedModel, ModelSource};
+pub use load::{load, LoadedModel, ModelFiles, ModelSource};

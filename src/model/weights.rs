@@ -49,6 +49,11 @@ impl Weights {
         Ok(Self::new(tensors, dir.display().to_string()))
     }
 
+    /// Number of values over all tensors.
+    pub fn elem_count(&self) -> usize {
+        self.tensors.values().map(Tensor::elem_count).sum()
+    }
+
     /// Moves every tensor to `device` (a no-op on the CPU).
     pub fn move_to(&mut self, device: &Device) -> Result<()> {
         if device.is_cpu() {

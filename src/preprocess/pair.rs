@@ -1,13 +1,13 @@
 //! Loading the two models a preprocessing run compares: the configured base model and the organism's
 //! checkpoint for it (a full model or a LoRA adapter merged into the base), checked to be a finetune of it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::DType;
+use candle_core::{DType, Device};
 
 use crate::config::settings::{locate, ModelConfig, Settings};
-use crate::model::load::{load, LoadedModel, ModelSource};
+use crate::model::load::{LoadedModel, ModelFiles, ModelSource};
 
 /// The compute dtype named in a model config.
 pub fn compute_dtype(name: &str) -> Result<DType> {
@@ -25,37 +25,80 @@ pub struct ModelPair {
     pub organism: LoadedModel,
 }
 
+/// The files of the base model and of the organism's checkpoint, found and checked to belong together,
+/// with no weights read yet.
+pub struct PairFiles {
+    pub base: ModelFiles,
+    pub organism: ModelFiles,
+    /// The organism's LoRA adapter directory, when it is an adapter over the base weights.
+    adapter: Option<PathBuf>,
+}
+
+impl PairFiles {
+    /// Finds the configured base model and the organism's checkpoint for it, reading configs and tokenizers.
+    pub fn open(settings: &Settings, project_root: &Path) -> Result<Self> {
+        let model = &settings.model;
+        let base_source = model_source(model, project_root)?;
+        let base = ModelFiles::open(&base_source).with_context(|| format!("model {}", model.name))?;
+        let ft = settings.finetuned()?;
+        let what = format!("organism {} for model {}", settings.organism.name, model.name);
+        let (organism, adapter) = match (&ft.source, &ft.adapter) {
+            (Some(src), None) => (
+                ModelFiles::open(&source_of(&locate(src, project_root), &ft.revision)?),
+                None,
+            ),
+            (None, Some(adapter)) => {
+                let dir = crate::hub::resolve_adapter(&locate(adapter, project_root), &ft.revision)
+                    .with_context(|| what.clone())?;
+                (ModelFiles::open(&base_source), Some(dir))
+            }
+            _ => bail!(
+                "{what}: [finetuned.{}] in configs/organism/{}.toml needs exactly one of source (a full model) or adapter (a PEFT LoRA)",
+                model.name,
+                settings.organism.name
+            ),
+        };
+        let organism = organism.with_context(|| what.clone())?;
+        let (b, o) = (base.architecture.spec()?, organism.architecture.spec()?);
+        if (b.vocab, b.hidden, b.layers.len()) != (o.vocab, o.hidden, o.layers.len()) {
+            bail!(
+                "{what}: the finetuned model is not a finetune of the base (vocab, d_model, layers {:?} vs {:?})",
+                (b.vocab, b.hidden, b.layers.len()),
+                (o.vocab, o.hidden, o.layers.len())
+            );
+        }
+        Ok(Self {
+            base,
+            organism,
+            adapter,
+        })
+    }
+
+    /// The decoder layers of the base model.
+    pub fn num_layers(&self) -> Result<usize> {
+        Ok(self.base.architecture.spec()?.layers.len())
+    }
+
+    /// Reads both models' weights in the configured dtype onto `device`.
+    pub fn load(self, settings: &Settings, device: &Device) -> Result<ModelPair> {
+        let dtype = compute_dtype(&settings.model.dtype)?;
+        let what = format!("organism {} for model {}", settings.organism.name, settings.model.name);
+        let base = self
+            .base
+            .load(None, dtype, device)
+            .with_context(|| format!("model {}", settings.model.name))?;
+        let organism = self
+            .organism
+            .load(self.adapter.as_deref(), dtype, device)
+            .with_context(|| what)?;
+        Ok(ModelPair { base, organism })
+    }
+}
+
 /// Loads the configured base model and the organism's checkpoint for it.
 pub fn load_pair(settings: &Settings, project_root: &Path) -> Result<ModelPair> {
-    let dtype = compute_dtype(&settings.model.dtype)?;
     let device = settings.preprocessing.device.open()?;
-    let model = &settings.model;
-    let base_source = model_source(model, project_root)?;
-    let base = load(&base_source, None, dtype, &device).with_context(|| format!("model {}", model.name))?;
-    let ft = settings.finetuned()?;
-    let what = format!("organism {} for model {}", settings.organism.name, model.name);
-    let organism = match (&ft.source, &ft.adapter) {
-        (Some(src), None) => load(&source_of(&locate(src, project_root), &ft.revision)?, None, dtype, &device),
-        (None, Some(adapter)) => {
-            let dir = crate::hub::resolve_adapter(&locate(adapter, project_root), &ft.revision)?;
-            load(&base_source, Some(&dir), dtype, &device)
-        }
-        _ => bail!(
-            "{what}: [finetuned.{}] in configs/organism/{}.toml needs exactly one of source (a full model) or adapter (a PEFT LoRA)",
-            model.name,
-            settings.organism.name
-        ),
-    }
-    .with_context(|| what.clone())?;
-    let (b, o) = (base.decoder.spec(), organism.decoder.spec());
-    if (b.vocab, b.hidden, base.decoder.num_layers()) != (o.vocab, o.hidden, organism.decoder.num_layers()) {
-        bail!(
-            "{what}: the finetuned model is not a finetune of the base (vocab, d_model, layers {:?} vs {:?})",
-            (b.vocab, b.hidden, base.decoder.num_layers()),
-            (o.vocab, o.hidden, organism.decoder.num_layers())
-        );
-    }
-    Ok(ModelPair { base, organism })
+    PairFiles::open(settings, project_root)?.load(settings, &device)
 }
 
 /// Where a model config's weights come from (a path relative to the project, or a hub id at its revision).

@@ -107,6 +107,7 @@ fn tokenizer_reproduces_the_reference_ids() {
     let ids: Vec<Vec<i64>> = r["input_ids"].to_vec2().unwrap();
     let mask: Vec<Vec<i64>> = r["attention_mask"].to_vec2().unwrap();
     let enc = model
+        .files
         .tokenizer
         .encode("To be, or not to be, that is the question:", true)
         .unwrap();
@@ -114,6 +115,8 @@ fn tokenizer_reproduces_the_reference_ids() {
     let expect: Vec<u32> = ids[0][..n].iter().map(|&i| i as u32).collect();
     assert_eq!(enc.get_ids(), expect.as_slice());
     assert!(model
+        .files
+        .special
         .chat_template
         .as_deref()
         .is_some_and(|t| t.contains("add_generation_prompt")));
@@ -309,6 +312,11 @@ fn lora_adapters_that_do_not_fit_are_refused() {
 /// Writes a fixture model as llama.cpp would convert it: GGUF names and metadata, q/k rows permuted for
 /// Llama, +1 folded into Gemma norms (f32, so the round trip is exact).
 fn write_gguf(name: &str, arch: &str, out: &Path) {
+    write_gguf_with(name, arch, out, Vec::new());
+}
+
+/// [`write_gguf`] with extra metadata entries (tokenizer settings).
+fn write_gguf_with(name: &str, arch: &str, out: &Path, extra: Vec<(String, candle_core::quantized::gguf_file::Value)>) {
     use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
     use diffsql::model::gguf::{hf_name, permute};
     let dir = fixture(name);
@@ -391,11 +399,74 @@ fn write_gguf(name: &str, arch: &str, out: &Path) {
             gguf_file::Value::F32(config["final_logit_softcapping"].as_f64().unwrap() as f32),
         ));
     }
+    meta.extend(extra);
     let meta_refs: Vec<(&str, &gguf_file::Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(out.join("model.gguf")).unwrap();
     gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
     std::fs::copy(dir.join("tokenizer.json"), out.join("tokenizer.json")).unwrap();
+}
+
+#[test]
+fn a_gguf_beside_a_bare_tokenizer_json_takes_bos_and_template_from_its_metadata() {
+    use candle_core::quantized::gguf_file::Value;
+    use diffsql::data::source::Sample;
+    use diffsql::data::tokenize::{tokenize, Limits};
+    use diffsql::model::ModelFiles;
+    let text = "To be, or not to be";
+    for add_bos in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let bos = 2u32;
+        write_gguf_with(
+            "llama",
+            "llama",
+            dir.path(),
+            vec![
+                ("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)),
+                ("tokenizer.ggml.eos_token_id".into(), Value::U32(1)),
+                ("tokenizer.ggml.add_bos_token".into(), Value::Bool(add_bos)),
+                (
+                    "tokenizer.chat_template".into(),
+                    Value::String("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}".into()),
+                ),
+            ],
+        );
+        // A tokenizer.json as converters write it for GGUF use: no post-processor adding BOS.
+        let path = dir.path().join("tokenizer.json");
+        let mut tok: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        tok["post_processor"] = serde_json::Value::Null;
+        std::fs::write(&path, tok.to_string()).unwrap();
+        let files = ModelFiles::open(&ModelSource::Gguf(dir.path().join("model.gguf"))).unwrap();
+        let limits = Limits {
+            context_len: 64,
+            max_samples: usize::MAX,
+            max_tokens: usize::MAX,
+        };
+        let t = tokenize(
+            "d",
+            "train",
+            &[Sample::Text(text.into())],
+            &files.tokenizer,
+            files.special.bos_to_add(),
+            None,
+            limits,
+        )
+        .unwrap();
+        let ids = &t.sequences[0].ids;
+        let plain = files.tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        if add_bos {
+            assert_eq!(ids[0], bos, "BOS from tokenizer.ggml.add_bos_token");
+            assert_eq!(&ids[1..], plain.as_slice());
+        } else {
+            assert_eq!(ids, &plain);
+        }
+        let described = files.special.describe();
+        assert!(
+            described.contains("GGUF metadata tokenizer.ggml.add_bos_token")
+                && described.contains("chat template from GGUF metadata"),
+            "{described}"
+        );
+    }
 }
 
 #[test]

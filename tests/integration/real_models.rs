@@ -9,7 +9,9 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use diffsql::model::{load, ModelSource};
+use diffsql::data::source::Sample;
+use diffsql::data::tokenize::{tokenize, Limits};
+use diffsql::model::{load, ModelFiles, ModelSource};
 
 /// Largest allowed max|diffsql − transformers| / max|transformers| per layer and for the logits, in f32.
 const RELATIVE_TOLERANCE: f32 = 1e-4;
@@ -76,6 +78,7 @@ fn real_models_match_transformers_and_decode_the_same_text() {
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
         let prompt = model
+            .files
             .tokenizer
             .encode(reference["prompt"].as_str().unwrap(), true)
             .unwrap();
@@ -99,7 +102,7 @@ fn real_models_match_transformers_and_decode_the_same_text() {
                 .unwrap();
             tokens.push(next);
         }
-        let text = model.tokenizer.decode(&tokens[prompt_len..], false).unwrap();
+        let text = model.files.tokenizer.decode(&tokens[prompt_len..], false).unwrap();
         eprintln!(
             "{name}: {} layers, worst layer relative error {worst:.2e}, logits {logit_err:.2e}; greedy: {:?}",
             layers.len(),
@@ -109,5 +112,52 @@ fn real_models_match_transformers_and_decode_the_same_text() {
             tokens, expected,
             "{name}: greedy continuation differs from transformers"
         );
+    }
+}
+
+#[test]
+fn real_gguf_models_are_tokenised_as_transformers_reads_the_gguf() {
+    let Some(root) = std::env::var_os("DIFFSQL_REAL_MODELS").map(PathBuf::from) else {
+        eprintln!("skipped: set DIFFSQL_REAL_MODELS (see tests/integration/real_models.rs)");
+        return;
+    };
+    for name in ["smollm2-135m", "gemma3-270m"] {
+        let dir = root.join(name);
+        let files = ModelFiles::open(&ModelSource::Gguf(dir.join("model.gguf"))).unwrap();
+        let reference: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let cases = reference["gguf_tokenization"]
+            .as_array()
+            .expect("reference.json from the current tools/real_model_reference.py");
+        for case in cases {
+            let text = case["text"].as_str().unwrap();
+            let expect: Vec<u32> = case["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            let limits = Limits {
+                context_len: 1024,
+                max_samples: usize::MAX,
+                max_tokens: usize::MAX,
+            };
+            let t = tokenize(
+                "d",
+                "train",
+                &[Sample::Text(text.into())],
+                &files.tokenizer,
+                files.special.bos_to_add(),
+                None,
+                limits,
+            )
+            .unwrap();
+            eprintln!(
+                "{name}: {text:?} -> {:?} ({})",
+                &t.sequences[0].ids,
+                files.special.describe()
+            );
+            assert_eq!(t.sequences[0].ids, expect, "{name}: {text:?}");
+        }
     }
 }
