@@ -53,7 +53,7 @@ async fn register(ctx: &SessionContext, dir: &Path, table: &str) -> Result<bool>
 }
 
 fn show(text: &str) -> String {
-    format!("{text:?}")
+    format!("\"{}\"", crate::data::token_text::readable(text))
 }
 
 /// Writes the report of the configured model and organism.
@@ -205,7 +205,7 @@ async fn adl(ctx: &SessionContext, dir: &Path, out: &mut String) -> Result<()> {
         let sql = "SELECT pos, string_agg(token, ' ' ORDER BY rank) FROM (SELECT * FROM adl_logit_lens \
                    WHERE sign = '+' AND regexp_like(token, '[A-Za-z]') AND rank <= 12) GROUP BY pos ORDER BY pos";
         for r in rows(ctx, sql).await? {
-            writeln!(out, "  position {}: {}", r[0], r[1])?;
+            writeln!(out, "  position {}: {}", r[0], crate::data::token_text::readable(&r[1]))?;
         }
     }
     Ok(())

@@ -2,4 +2,5 @@
 
 pub mod chat;
 pub mod source;
+pub mod token_text;
 pub mod tokenize;

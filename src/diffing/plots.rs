@@ -168,6 +168,10 @@ fn line(spec: &PlotSpec, cols: &Columns, keep: &[bool], path: &Path) -> Result<(
     let (y0, y1) = all.fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1 - p.2), b.max(p.1 + p.2)));
     let pad = |a: f64, b: f64| if b > a { (b - a) * 0.05 } else { 1.0 };
     let (xp, yp) = (pad(x0, x1), pad(y0, y1));
+    let y_bottom = y0.min(0.0) - yp;
+    // The legend sits in headroom above every point and error bar, so it never covers data.
+    let y_top = y1 + yp + legend_headroom(series.len(), y_bottom, y1 + yp);
+    let integer_x = series.values().flatten().all(|p| p.0.fract() == 0.0);
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -175,10 +179,17 @@ fn line(spec: &PlotSpec, cols: &Columns, keep: &[bool], path: &Path) -> Result<(
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(64)
-        .build_cartesian_2d((x0 - xp)..(x1 + xp), (y0.min(0.0) - yp)..(y1 + yp))
+        .build_cartesian_2d((x0 - xp)..(x1 + xp), y_bottom..y_top)
         .map_err(plot_err)?;
+    let x_ticks = if integer_x {
+        ((x1 - x0) as usize + 1).clamp(2, 12)
+    } else {
+        10
+    };
     chart
         .configure_mesh()
+        .x_labels(x_ticks)
+        .x_label_formatter(&|v| tick_label(*v, integer_x))
         .x_desc(spec.x_label.clone().unwrap_or_else(|| spec.x.clone()))
         .y_desc(spec.y_label.clone().unwrap_or_else(|| spec.y.clone()))
         .label_style(("sans-serif", 14))
@@ -206,6 +217,7 @@ fn line(spec: &PlotSpec, cols: &Columns, keep: &[bool], path: &Path) -> Result<(
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
@@ -220,7 +232,7 @@ fn bars(spec: &PlotSpec, cols: &Columns, keep: &[bool], path: &Path) -> Result<(
     let ys = cols.numbers(&spec.y)?;
     let rows: Vec<(String, f64)> = (0..ys.len())
         .filter(|&i| keep[i])
-        .filter_map(|i| Some((format!("{:?}", labels[i].clone()?), ys[i]?)))
+        .filter_map(|i| Some((crate::data::token_text::readable(labels[i].as_deref()?), ys[i]?)))
         .take(40)
         .collect();
     if rows.is_empty() {
@@ -269,6 +281,87 @@ fn bars(spec: &PlotSpec, cols: &Columns, keep: &[bool], path: &Path) -> Result<(
     Ok(())
 }
 
+/// The label of an axis tick: integer axes (layers, positions) label only whole numbers, so no tick reads
+/// "layer 0.5"; other axes print up to three significant decimals.
+pub fn tick_label(v: f64, integer_axis: bool) -> String {
+    if integer_axis {
+        if v.fract().abs() < 1e-9 {
+            format!("{}", v.round() as i64)
+        } else {
+            String::new()
+        }
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// Extra room above the data, in y units, for a legend of `series` rows (about 22 px each in a ~450 px
+/// tall plot area) between `y_bottom` and `y_top`.
+pub fn legend_headroom(series: usize, y_bottom: f64, y_top: f64) -> f64 {
+    let span = (y_top - y_bottom).max(1e-12);
+    let fraction = (0.05 * series as f64 + 0.04).min(0.6);
+    span * fraction / (1.0 - fraction)
+}
+
 fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("cannot draw the plot: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_axes_label_whole_numbers_only() {
+        assert_eq!(tick_label(1.0, true), "1");
+        assert_eq!(tick_label(0.5, true), "");
+        assert_eq!(tick_label(-0.0, true), "0");
+        assert_eq!(tick_label(1.25, false), "1.25");
+        assert_eq!(tick_label(2.0, false), "2");
+    }
+
+    #[test]
+    fn the_legend_gets_room_above_the_data() {
+        // With n series the legend needs ~5% of the plot per row; the headroom gives at least that share of
+        // the final axis span.
+        for n in 1..6 {
+            let (bottom, top) = (0.0, 10.0);
+            let room = legend_headroom(n, bottom, top);
+            let share = room / (top + room - bottom);
+            assert!(share >= 0.05 * n as f64, "{n} series: {share}");
+        }
+    }
+
+    #[test]
+    fn a_line_chart_over_layers_draws() {
+        use datafusion::arrow::array::{Float64Array, Int32Array, StringArray};
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let schema = std::sync::Arc::new(Schema::new(vec![
+            Field::new("layer", DataType::Int32, false),
+            Field::new("y", DataType::Float64, false),
+            Field::new("dataset", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                std::sync::Arc::new(Int32Array::from(vec![0, 1, 2, 3, 0, 1, 2, 3])),
+                std::sync::Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0, 9.0, 1.5, 2.5, 3.5, 9.5])),
+                std::sync::Arc::new(StringArray::from(vec!["a", "a", "a", "a", "b", "b", "b", "b"])),
+            ],
+        )
+        .unwrap();
+        let spec: PlotSpec = toml::from_str(
+            r#"kind = "line"
+               table = "t"
+               title = "t"
+               x = "layer"
+               y = "y"
+               series = "dataset""#,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = draw(&spec, &[batch], dir.path()).unwrap();
+        assert!(std::fs::metadata(dir.path().join(file)).unwrap().len() > 1000);
+    }
 }

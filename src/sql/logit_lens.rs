@@ -221,7 +221,7 @@ pub fn lens(model: &LoadedModel, rows: &[Option<Vec<f32>>], k: usize) -> anyhow:
                 sign.push(s);
                 rank.push(r as i32 + 1);
                 ids.push(id as i32);
-                tokens.push(model.tokenizer.decode(&[id], false).unwrap_or_default());
+                tokens.push(crate::data::token_text::token_text(&model.files.tokenizer, id));
                 logit.push(logits[id as usize]);
                 prob.push(l.exp());
             }

@@ -77,7 +77,8 @@ impl Shell {
         self.buffer.clear();
     }
 
-    /// Handles one input line.
+    /// Handles one input line: a backslash command, or more SQL; every statement the buffer now completes
+    /// (ended by a `;` outside strings, quoted names and comments) runs, and any rest waits for more lines.
     pub async fn line(&mut self, line: &str) -> Flow {
         let trimmed = line.trim();
         if !self.in_statement() && trimmed.starts_with('\\') {
@@ -91,13 +92,40 @@ impl Shell {
         }
         self.buffer.push_str(line);
         self.buffer.push('\n');
-        if trimmed.ends_with(';') {
-            let sql = std::mem::take(&mut self.buffer);
+        let (statements, rest) = split_statements(&self.buffer);
+        self.buffer = rest;
+        for sql in statements {
             if let Err(e) = self.execute(&sql).await {
                 self.report(e);
             }
         }
         Flow::Continue
+    }
+
+    /// Runs a script (`-c` text, a `-f` file, `\i`): backslash commands on their own lines and SQL
+    /// statements, in order, stopping at the first error.
+    pub async fn script(&mut self, text: &str) -> Result<Flow> {
+        let mut sql = String::new();
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if trimmed.starts_with('\\') && split_statements(&sql).1.trim().is_empty() {
+                let (statements, _) = split_statements(&sql);
+                sql.clear();
+                for s in statements {
+                    self.execute(&s).await?;
+                }
+                if self.command(trimmed).await? == Flow::Quit {
+                    return Ok(Flow::Quit);
+                }
+                continue;
+            }
+            sql.push_str(line);
+            sql.push('\n');
+        }
+        if !sql.trim().is_empty() {
+            self.execute(&sql).await?;
+        }
+        Ok(Flow::Continue)
     }
 
     /// Runs what is left in the buffer at end of input (a last statement without `;`).
@@ -168,7 +196,7 @@ impl Shell {
                     bail!("\\i needs a file name");
                 }
                 let sql = std::fs::read_to_string(&arg).with_context(|| format!("cannot read {arg}"))?;
-                self.execute(&sql).await?;
+                Box::pin(self.script(&sql)).await.with_context(|| format!("in {arg}"))?;
             }
             "\\run" if arg.is_empty() => println!("{}", queries::list(&self.queries_dir)?.join("\n")),
             "\\run" => {
@@ -210,6 +238,43 @@ impl Shell {
     }
 }
 
+/// Splits SQL text at the `;` that end statements, reading it with the SQL tokenizer so that a `;` or a line
+/// break inside a string, a quoted name, a comment or a dollar-quoted body does not split. Returns the
+/// complete statements and the unfinished rest (which may be only whitespace). Text the tokenizer cannot
+/// finish (an open string or comment) is all rest: it waits for more input.
+pub fn split_statements(text: &str) -> (Vec<String>, String) {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, text).tokenize_with_location() else {
+        return (Vec::new(), text.to_string());
+    };
+    // Byte offset of every line start, to turn (line, column in chars) locations into byte offsets.
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let offset = |line: u64, column: u64| -> usize {
+        let start = line_starts
+            .get((line as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(text.len());
+        text[start..]
+            .char_indices()
+            .nth((column as usize).saturating_sub(1))
+            .map_or(text.len(), |(i, _)| start + i)
+    };
+    let mut statements = Vec::new();
+    let mut from = 0;
+    for t in tokens.iter().filter(|t| t.token == Token::SemiColon) {
+        let end = offset(t.span.end.line, t.span.end.column);
+        let statement = &text[from..end];
+        if !statement.trim().trim_end_matches(';').trim().is_empty() {
+            statements.push(statement.to_string());
+        }
+        from = end;
+    }
+    (statements, text[from..].to_string())
+}
+
 fn list_functions() {
     for f in diffsql_udfs::scalar_functions() {
         if let Some(doc) = f.documentation() {
@@ -241,7 +306,29 @@ pub fn one_line(e: &anyhow::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::one_line;
+    use super::{one_line, split_statements};
+
+    #[test]
+    fn statements_split_only_at_semicolons_outside_strings_and_comments() {
+        let (s, rest) = split_statements("SELECT 'first;\nsecond' AS s;\nSELECT 2; SELECT");
+        assert_eq!(s, vec!["SELECT 'first;\nsecond' AS s;", "\nSELECT 2;"]);
+        assert_eq!(rest, " SELECT");
+        let (s, rest) = split_statements("SELECT 1 -- a; comment\n; /* b; */ SELECT \"x;y\" FROM t;");
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert!(rest.is_empty());
+        let (s, rest) = split_statements("SELECT $$a;b$$;");
+        assert_eq!(s, vec!["SELECT $$a;b$$;"]);
+        assert!(rest.is_empty());
+        // An open string waits for more input.
+        let (s, rest) = split_statements("SELECT 'open;\n");
+        assert!(s.is_empty());
+        assert_eq!(rest, "SELECT 'open;\n");
+        // Non-ASCII text before the semicolon keeps byte offsets right.
+        let (s, _) = split_statements("SELECT 'é—x'; SELECT 1;");
+        assert_eq!(s, vec!["SELECT 'é—x';", " SELECT 1;"]);
+        // Empty statements are dropped.
+        assert!(split_statements(";;\n").0.is_empty());
+    }
 
     #[test]
     fn one_line_joins_causes_and_drops_candle_backtraces() {

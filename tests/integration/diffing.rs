@@ -247,12 +247,22 @@ fn adl_lens(organism: &str) -> Vec<(i32, String, i32, String)> {
         .collect()
 }
 
+/// A token's text without the `<0xNN>` spelling of byte fragments (bytes, not letters).
+fn without_bytes(t: &str) -> String {
+    let mut out = t.to_string();
+    while let Some(i) = out.find("<0x") {
+        let end = (i + 6).min(out.len());
+        out.replace_range(i..end, "");
+    }
+    out
+}
+
 fn has_letters(t: &str) -> bool {
-    t.chars().any(|c| c.is_ascii_alphabetic())
+    without_bytes(t).chars().any(|c| c.is_ascii_alphabetic())
 }
 
 fn upper_fraction<'a>(tokens: impl Iterator<Item = &'a str>) -> (f64, usize) {
-    let lettered: Vec<&str> = tokens.filter(|t| has_letters(t)).collect();
+    let lettered: Vec<String> = tokens.filter(|t| has_letters(t)).map(without_bytes).collect();
     let upper = lettered.iter().filter(|t| t.to_uppercase() == **t).count();
     (upper as f64 / lettered.len().max(1) as f64, lettered.len())
 }

@@ -190,6 +190,53 @@ fn piped_session_handles_multiline_statements_commands_and_errors() {
 }
 
 #[test]
+fn meta_commands_work_in_c_and_f_as_in_the_shell() {
+    let out = diffsql(&caches().f32).args(["sql", "-c", "\\d"]).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for table in ["activations", "acts", "sequences", "tokens", "vocab"] {
+        assert!(stdout.lines().any(|l| l == table), "\\d lacks {table}: {stdout}");
+    }
+    let out = diffsql(&caches().f32)
+        .args(["sql", "-c", "\\d acts", "-c", "\\format csv\nSELECT 1 AS one;"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("ft        FixedSizeList(8 x Float32) not null"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("one\n1\n"), "{stdout}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.sql");
+    std::fs::write(
+        &file,
+        "\\timing on\n\\format json\nSELECT 2 AS two;\n\\bogus\nSELECT 3;\n",
+    )
+    .unwrap();
+    let out = diffsql(&caches().f32).arg("sql").arg("-f").arg(&file).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "an unknown command fails the file");
+    assert!(stdout.contains("\"two\":2"), "{stdout}");
+    assert!(
+        stderr.contains("Time: ") && stderr.contains("unknown command \\bogus"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains('3'), "the file stops at its first error: {stdout}");
+}
+
+#[test]
+fn piped_statements_split_outside_strings_only() {
+    let input = "\\format csv\nSELECT 'first;\nsecond' AS s; SELECT 'x' AS t;\n";
+    let out = with_stdin(diffsql(&caches().f32).arg("sql"), input);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("s\n\"first;\nsecond\"\n"), "{stdout}");
+    assert!(stdout.contains("t\nx\n"), "{stdout}");
+}
+
+#[test]
 fn saved_query_runs_by_name_and_unknown_names_list_the_choices() {
     let out = diffsql(&caches().f32)
         .args(["query", "layer_normdiff", "--format", "csv"])
@@ -206,18 +253,6 @@ fn saved_query_runs_by_name_and_unknown_names_list_the_choices() {
         stderr.contains("no saved query \"nope\"") && stderr.contains("layer_normdiff"),
         "{stderr}"
     );
-}
-
-#[test]
-fn missing_cache_gives_empty_tables_not_a_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = diffsql(&dir.path().join("none"))
-        .args(["sql", "--format", "csv", "-c", "SELECT count(*) AS n FROM acts"])
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stderr}");
-    assert_eq!(stdout, "n\n0\n");
 }
 
 /// `diffsql synth` of 100 bfloat16 tokens, d_model 16, layer 5.
