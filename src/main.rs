@@ -12,7 +12,7 @@ use diffsql::cache::CacheLayout;
 use diffsql::config::{self, ConfigDir, Override};
 use diffsql::pipeline;
 use diffsql::sql::shell::{one_line, Flow, Shell};
-use diffsql::sql::{open_session, queries, Format};
+use diffsql::sql::{open_session_with, queries, Format, SqlAccess};
 use diffsql_udfs::vector::ElementType;
 
 /// mimalloc keeps freed pages for reuse: scans allocate large vector buffers batch after batch, and the
@@ -67,6 +67,12 @@ enum Command {
     },
     /// Write a synthetic cache with known answers (see `docs/ARCHITECTURE.md`).
     Synth(SynthArgs),
+    /// Verify every file of the cache against its manifest (size and xxh3 checksum); exit 1 if any is damaged.
+    Check {
+        /// Remove damaged partitions, so that a rerun of `diffsql preprocess` rebuilds them.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -102,6 +108,10 @@ struct SqlArgs {
     /// Print each statement's time on stderr (as `\timing on`).
     #[arg(long)]
     timing: bool,
+    /// Read-only session: refuse COPY, external tables and INSERT/UPDATE/DELETE (statements only read the
+    /// cache's tables). Without it, COPY ... TO a file works anywhere outside the cache and results folders.
+    #[arg(long)]
+    read_only: bool,
 }
 
 #[derive(Args, Debug)]
@@ -210,31 +220,91 @@ fn run() -> Result<ExitCode> {
             format,
         }) => runtime()?.block_on(async {
             let sql = queries::read(&cli.queries, &name)?;
-            let ctx = open_session(&cache)?;
+            let ctx = shell_session(&cache, &configs, false)?;
             diffsql::sql::register_model_functions(&ctx, configs.clone());
             let mut shell = Shell::new(ctx, cli.queries.clone(), format);
             shell.execute(&sql).await?;
             Ok(ExitCode::SUCCESS)
         }),
         Some(Command::Synth(args)) => synth_cache(&cache, args),
+        Some(Command::Check { repair }) => check_cache(&cache, repair),
     }
 }
 
+fn check_cache(cache: &Path, repair: bool) -> Result<ExitCode> {
+    if !cache.is_dir() {
+        bail!(
+            "the cache directory {} does not exist: pass --cache DIR (or set DIFFSQL_CACHE)",
+            cache.display()
+        );
+    }
+    let started = std::time::Instant::now();
+    let report = diffsql::cache::verify::check(&CacheLayout::new(cache), repair, |_| {})?;
+    for d in &report.damaged {
+        println!("damaged  {}  {}", d.key, d.problem);
+    }
+    if repair {
+        for d in &report.damaged {
+            println!("removed  {}  ({})", d.key, d.dir.display());
+        }
+    }
+    eprintln!(
+        "checked {} partitions, {} files, {} in {:.1} s: {} damaged{}",
+        report.partitions,
+        report.files,
+        diffsql::pipeline::bytes(report.bytes),
+        started.elapsed().as_secs_f64(),
+        report.damaged.len(),
+        match (report.damaged.is_empty(), repair) {
+            (true, _) => String::new(),
+            (false, true) => format!(
+                ", {} removed: rerun `diffsql preprocess` to rebuild them",
+                report.removed
+            ),
+            (false, false) => ": run `diffsql check --repair` to remove them, then rerun `diffsql preprocess`".into(),
+        }
+    );
+    Ok(if report.damaged.is_empty() || repair {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The session of `diffsql sql`: the cache and the configured results folder are never written by SQL.
+fn shell_session(cache: &Path, configs: &ConfigDir, read_only: bool) -> Result<datafusion::prelude::SessionContext> {
+    let results = configs
+        .resolve(&[])
+        .map(|s| s.results_dir)
+        .unwrap_or_else(|_| PathBuf::from("results"));
+    let access = SqlAccess {
+        read_only,
+        protected: vec![results],
+    };
+    open_session_with(cache, access)
+}
+
 async fn sql(cache: &Path, queries_dir: &Path, configs: &ConfigDir, args: SqlArgs) -> Result<ExitCode> {
-    let ctx = open_session(cache)?;
+    let ctx = shell_session(cache, configs, args.read_only)?;
     diffsql::sql::register_model_functions(&ctx, configs.clone());
     let mut shell = Shell::new(ctx, queries_dir.to_path_buf(), args.format);
     shell.set_timing(args.timing);
     if !args.commands.is_empty() || !args.files.is_empty() {
+        // Backslash commands (\d, \timing on, ...) work here as in the shell, one per line.
         for c in &args.commands {
-            shell.execute(c).await?;
+            if shell.script(c).await? == Flow::Quit {
+                return Ok(ExitCode::SUCCESS);
+            }
         }
         for f in &args.files {
             let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
-            shell
-                .execute(&text)
+            let flow = shell
+                .script(&text)
                 .await
                 .with_context(|| format!("in {}", f.display()))?;
+            if flow == Flow::Quit {
+                break;
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -30,14 +30,16 @@ pub fn preprocess(settings: &Settings, configs: &ConfigDir) -> Result<()> {
     let who = format!("{} / {}", settings.model.name, settings.organism.name);
     if s.is_noop() {
         eprintln!(
-            "preprocess {who}: cache already complete in {} ({} tokens); nothing to do",
+            "preprocess {who}: cache already complete in {} ({} tokens; {}); nothing to do",
             settings.cache_dir.display(),
-            s.tokens
+            s.tokens,
+            s.tokenizer
         );
     } else {
         eprintln!(
-            "preprocess {who}: {} tokens, {} partitions, {} rows, {} in {:.1} s ({:.0} tokens/s){}",
+            "preprocess {who}: {} tokens ({}), {} partitions, {} rows, {} in {:.1} s ({:.0} tokens/s){}",
             s.tokens,
+            s.tokenizer,
             s.partitions_written,
             s.rows_written,
             bytes(s.bytes_written),

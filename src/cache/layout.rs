@@ -230,6 +230,27 @@ impl CacheLayout {
         self.root.join(".staging")
     }
 
+    /// Creates the cache and its staging directory if needed and checks that files can be written there,
+    /// so a read-only or full cache stops a run before any model is loaded.
+    pub fn ensure_writable(&self) -> Result<()> {
+        let staging = self.staging_dir();
+        std::fs::create_dir_all(&staging).with_context(|| {
+            format!(
+                "cannot create the cache directory {}: check the path and its permissions, or set cache_dir",
+                staging.display()
+            )
+        })?;
+        let probe = staging.join(format!(".write-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"probe").with_context(|| {
+            format!(
+                "the cache {} is not writable: check its permissions and free space, or set cache_dir",
+                self.root.display()
+            )
+        })?;
+        std::fs::remove_file(&probe).ok();
+        Ok(())
+    }
+
     /// The manifest of a partition, if the partition is complete.
     pub fn manifest(&self, key: &PartitionKey) -> Result<Option<Manifest>> {
         let path = self.partition_dir(key).join(MANIFEST_FILE);

@@ -55,6 +55,42 @@ impl Default for SynthSpec {
     }
 }
 
+/// Largest vector length a synthetic cache is made with (Gemma 3 27B has 5376).
+pub const MAX_D_MODEL: usize = 65_536;
+
+impl SynthSpec {
+    /// Checks every size before anything is allocated or written; errors name the `diffsql synth` flag.
+    pub fn validate(&self) -> Result<()> {
+        let at_least_one = [
+            ("--tokens", self.tokens),
+            ("--seq-len", self.seq_len),
+            ("--d-model", self.d_model),
+            ("--rows-per-file", self.options.rows_per_file),
+        ];
+        for (flag, value) in at_least_one {
+            if value == 0 {
+                anyhow::bail!("synth: {flag} must be at least 1");
+            }
+        }
+        if self.d_model > MAX_D_MODEL {
+            anyhow::bail!("synth: --d-model {} is above the limit {MAX_D_MODEL}", self.d_model);
+        }
+        if self.tokens > i32::MAX as usize {
+            anyhow::bail!("synth: --tokens {} is above the limit {}", self.tokens, i32::MAX);
+        }
+        if self.layers.is_empty() || self.layers.iter().any(|&l| l < 0) {
+            anyhow::bail!("synth: --layers must list layer indices of 0 or more, e.g. 0,1,2,3");
+        }
+        if !self.noise.is_finite() || self.noise < 0.0 {
+            anyhow::bail!(
+                "synth: --noise must be a finite number of 0 or more (got {})",
+                self.noise
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The shift organism `k` (1-based) applies at `layer`: (coordinate, amount).
 pub fn organism_shift(k: usize, layer: i32, d_model: usize) -> (usize, f32) {
     (layer as usize % d_model, (k as f32) * (layer as f32 + 1.0))
@@ -66,6 +102,7 @@ const CHUNK: usize = 8192;
 /// Writes the synthetic cache; partitions that are already complete are left as they are. Returns how many
 /// activation partitions were written (0: the cache was already complete).
 pub fn write(layout: &CacheLayout, spec: &SynthSpec, mut progress: impl FnMut(usize)) -> Result<usize> {
+    spec.validate()?;
     let encoding = VectorEncoding::new(spec.dtype, spec.d_model);
     let mut organisms = vec![BASE_ORGANISM.to_string()];
     organisms.extend(spec.organisms.iter().cloned());
@@ -134,11 +171,35 @@ pub fn write(layout: &CacheLayout, spec: &SynthSpec, mut progress: impl FnMut(us
     }
     write_tokens(layout, spec, &organisms)?;
     write_sequences(layout, spec)?;
+    write_vocab(layout, spec)?;
     Ok(written)
 }
 
+/// Token ids of a synthetic cache lie below this.
+const VOCAB: i32 = 1000;
+
+/// The vocabulary: token `t{id}` for every id a synthetic token can have.
+fn write_vocab(layout: &CacheLayout, spec: &SynthSpec) -> Result<()> {
+    let key = PartitionKey::vocab(&spec.model);
+    if layout.manifest(&key)?.is_some() {
+        return Ok(());
+    }
+    let schema = super::layout::vocab_file_schema();
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(Int32Array::from_iter_values(0..VOCAB)),
+            Arc::new(StringArray::from_iter_values((0..VOCAB).map(|t| format!("t{t}")))),
+        ],
+    )?;
+    let mut w = PartitionWriter::create(layout, key, schema, spec.options.clone())?;
+    w.write(&batch)?;
+    w.finish()?;
+    Ok(())
+}
+
 fn token_of(i: usize, seed: u64) -> i32 {
-    ((i as u64).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as i32
+    ((i as u64).wrapping_mul(2654435761).wrapping_add(seed) % VOCAB as u64) as i32
 }
 
 fn write_tokens(layout: &CacheLayout, spec: &SynthSpec, organisms: &[String]) -> Result<()> {

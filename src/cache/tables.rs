@@ -1,20 +1,20 @@
 //! The cache as DataFusion tables: `activations` and the paired view `acts` (our own scan, see
-//! [`super::scan`]), and `tokens` and `sequences` (DataFusion listing tables with typed partition columns).
+//! [`super::scan`]), and `tokens`, `sequences` and `vocab` (row tables, [`super::file_scan`]). Every table
+//! reads exactly the files that complete partitions' manifests list, each verified against its manifest.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, AsArray, Int32Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{plan_err, DFSchema, DataFusionError, Result};
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::common::{plan_err, DFSchema, DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use diffsql_udfs::vector::float32_item;
 
+use super::file_scan::{FileScanExec, FileUnit, RowColumn};
 use super::layout::{
     partition_fields, sequences_file_schema, token_key_fields, tokens_file_schema, CacheLayout, PartitionKey, Table,
     BASE_ORGANISM,
@@ -22,6 +22,7 @@ use super::layout::{
 use super::manifest::Manifest;
 use super::scan::{balance, chunk_row_groups, row_group_rows, ColumnSource, ScanUnit, VectorScanExec};
 use super::vectors::VectorEncoding;
+use super::verify::verify_partition;
 
 /// Which vector table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +43,6 @@ pub struct VectorTable {
     sources: Vec<ColumnSource>,
     vector_type: DataType,
 }
-
-const PARTITION_COLUMNS: [&str; 3] = ["model", "organism", "layer"];
 
 impl VectorTable {
     /// Opens the table; the vector column's type is fixed from the manifests present now.
@@ -160,30 +159,41 @@ fn to_df(e: anyhow::Error) -> DataFusionError {
     DataFusionError::Plan(format!("{e:#}"))
 }
 
-/// Whether an expression only reads partition columns (so it can prune whole partitions).
-fn on_partition_columns(expr: &Expr) -> bool {
+/// Whether an expression only reads partition columns of `table` (so it can prune whole partitions).
+fn on_partition_columns(table: Table, expr: &Expr) -> bool {
     let cols = expr.column_refs();
-    !cols.is_empty() && cols.iter().all(|c| PARTITION_COLUMNS.contains(&c.name.as_str()))
+    !cols.is_empty()
+        && cols
+            .iter()
+            .all(|c| table.partition_columns().contains(&c.name.as_str()))
 }
 
-/// Keeps the keys that satisfy every partition-only filter.
-fn prune(state: &dyn Session, keys: &[PartitionKey], filters: &[Expr]) -> Result<Vec<bool>> {
+/// The partition column values of `key`, as SQL values in `table`'s partition column order.
+fn partition_values(table: Table, key: &PartitionKey) -> Vec<ScalarValue> {
+    table
+        .partition_columns()
+        .iter()
+        .map(|c| match *c {
+            "model" => ScalarValue::Utf8(Some(key.model.clone())),
+            "organism" => ScalarValue::Utf8(key.organism.clone()),
+            "layer" => ScalarValue::Int32(key.layer),
+            other => unreachable!("unknown partition column {other}"),
+        })
+        .collect()
+}
+
+/// Keeps the keys of `table` that satisfy every partition-only filter.
+fn prune(state: &dyn Session, table: Table, keys: &[PartitionKey], filters: &[Expr]) -> Result<Vec<bool>> {
     let mut keep = vec![true; keys.len()];
-    let filters: Vec<&Expr> = filters.iter().filter(|f| on_partition_columns(f)).collect();
+    let filters: Vec<&Expr> = filters.iter().filter(|f| on_partition_columns(table, f)).collect();
     if filters.is_empty() || keys.is_empty() {
         return Ok(keep);
     }
-    let schema = Arc::new(Schema::new(partition_fields(Table::Activations)));
-    let batch = RecordBatch::try_new(
-        Arc::clone(&schema),
-        vec![
-            Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.model.as_str()))),
-            Arc::new(StringArray::from_iter_values(
-                keys.iter().map(|k| k.organism.as_deref().unwrap_or("")),
-            )),
-            Arc::new(Int32Array::from_iter_values(keys.iter().map(|k| k.layer.unwrap_or(-1)))),
-        ],
-    )?;
+    let schema = Arc::new(Schema::new(partition_fields(table)));
+    let columns = (0..table.partition_columns().len())
+        .map(|i| ScalarValue::iter_to_array(keys.iter().map(|k| partition_values(table, k)[i].clone())))
+        .collect::<Result<Vec<_>>>()?;
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
     let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
     for f in filters {
         let physical = state.create_physical_expr(f.clone(), &df_schema)?;
@@ -210,7 +220,7 @@ impl TableProvider for VectorTable {
         Ok(filters
             .iter()
             .map(|f| {
-                if on_partition_columns(f) {
+                if on_partition_columns(Table::Activations, f) {
                     TableProviderFilterPushDown::Inexact
                 } else {
                     TableProviderFilterPushDown::Unsupported
@@ -228,7 +238,10 @@ impl TableProvider for VectorTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let partitions = self.scan_partitions().map_err(to_df)?;
         let keys: Vec<PartitionKey> = partitions.iter().map(|p| p.0.clone()).collect();
-        let keep = prune(state, &keys, filters)?;
+        if keys.is_empty() {
+            return Err(to_df(empty_table(&self.layout, self.name())));
+        }
+        let keep = prune(state, Table::Activations, &keys, filters)?;
         let target_partitions = state.config().target_partitions();
         let mut pairs = Vec::new();
         let mut total_rows = 0usize;
@@ -245,6 +258,13 @@ impl TableProvider for VectorTable {
             }
             total_rows += manifest.rows as usize;
             pairs.push((key, manifest, base, encoding));
+        }
+        // No number comes from a file that does not match its manifest (checked once per process).
+        for (key, manifest, base, _) in &pairs {
+            verify_partition(&self.layout, key, manifest).map_err(to_df)?;
+            if let Some(b) = base {
+                verify_partition(&self.layout, &b.partition, b).map_err(to_df)?;
+            }
         }
         // Aim for a few units per output partition so that work balances.
         let target_rows = (total_rows / (target_partitions * 4)).max(1);
@@ -312,25 +332,129 @@ fn vector_batch_rows(vector_type: &DataType, session_batch_size: usize) -> usize
     (VECTOR_BATCH_BYTES / width.max(1)).clamp(64, session_batch_size.max(64))
 }
 
-/// `tokens` or `sequences` as a listing table over the cache's Parquet files.
-pub fn listing_table(layout: &CacheLayout, table: Table) -> anyhow::Result<Arc<dyn TableProvider>> {
-    let file_schema = match table {
-        Table::Tokens => tokens_file_schema(),
-        Table::Sequences => sequences_file_schema(),
-        Table::Vocab => crate::cache::layout::vocab_file_schema(),
-        Table::Activations | Table::FinalHidden => anyhow::bail!("{table} is not a listing table"),
-    };
-    let dir = layout.table_dir(table);
-    let partition_cols = partition_fields(table)
-        .into_iter()
-        .map(|f| (f.name().clone(), f.data_type().clone()))
-        .collect();
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(".parquet")
-        .with_table_partition_cols(partition_cols);
-    let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
-    let config = ListingTableConfig::new(url)
-        .with_listing_options(options)
-        .with_schema(file_schema);
-    Ok(Arc::new(ListingTable::try_new(config)?))
+/// The error for a query of a table the cache holds nothing of.
+fn empty_table(layout: &CacheLayout, table: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the cache {} holds no {table} partitions: run `diffsql preprocess` to fill it, or pass --cache DIR",
+        layout.root().display()
+    )
+}
+
+/// `tokens`, `sequences` or `vocab`: the Parquet files that complete partitions' manifests list, and only
+/// those (a stray or half-written file in a partition directory is never read), each checked against its
+/// manifest before its first read.
+#[derive(Debug)]
+pub struct RowTable {
+    table: Table,
+    layout: CacheLayout,
+    file_schema: SchemaRef,
+    schema: SchemaRef,
+}
+
+impl RowTable {
+    /// The table over the cache at `layout`.
+    pub fn open(layout: &CacheLayout, table: Table) -> anyhow::Result<Self> {
+        let file_schema = match table {
+            Table::Tokens => tokens_file_schema(),
+            Table::Sequences => sequences_file_schema(),
+            Table::Vocab => crate::cache::layout::vocab_file_schema(),
+            Table::Activations | Table::FinalHidden => anyhow::bail!("{table} is not a row table"),
+        };
+        let mut fields: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(partition_fields(table));
+        Ok(Self {
+            table,
+            layout: layout.clone(),
+            file_schema,
+            schema: Arc::new(Schema::new(fields)),
+        })
+    }
+}
+
+#[async_trait]
+impl TableProvider for RowTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if on_partition_columns(self.table, f) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let partitions = self.layout.partitions(self.table).map_err(to_df)?;
+        if partitions.is_empty() {
+            return Err(to_df(empty_table(&self.layout, self.table.name())));
+        }
+        let keys: Vec<PartitionKey> = partitions.iter().map(|p| p.0.clone()).collect();
+        let keep = prune(state, self.table, &keys, filters)?;
+        let mut units = Vec::new();
+        for ((key, manifest), keep) in partitions.into_iter().zip(keep) {
+            if !keep {
+                continue;
+            }
+            verify_partition(&self.layout, &key, &manifest).map_err(to_df)?;
+            let dir = self.layout.partition_dir(&key);
+            let values = partition_values(self.table, &key);
+            for f in &manifest.files {
+                units.push(FileUnit {
+                    partition: key.clone(),
+                    path: dir.join(&f.name),
+                    rows: f.rows as usize,
+                    partition_values: values.clone(),
+                });
+            }
+        }
+        let file_columns = self.file_schema.fields().len();
+        let all: Vec<usize> = (0..self.schema.fields().len()).collect();
+        let indices = projection.unwrap_or(&all);
+        let columns = indices
+            .iter()
+            .map(|&i| {
+                if i < file_columns {
+                    RowColumn::File(i)
+                } else {
+                    RowColumn::Partition(i - file_columns)
+                }
+            })
+            .collect();
+        let schema = Arc::new(self.schema.project(indices)?);
+        // Whole files per output partition, largest first onto the least loaded.
+        let target = state.config().target_partitions().max(1);
+        units.sort_by_key(|u| std::cmp::Reverse(u.rows));
+        let mut groups: Vec<Vec<FileUnit>> = vec![Vec::new(); target.min(units.len()).max(1)];
+        let mut load = vec![0usize; groups.len()];
+        for u in units {
+            let i = (0..load.len()).min_by_key(|&i| load[i]).expect("at least one group");
+            load[i] += u.rows.max(1);
+            groups[i].push(u);
+        }
+        Ok(Arc::new(FileScanExec::new(
+            self.table.name(),
+            schema,
+            columns,
+            groups,
+            state.config().batch_size(),
+            limit,
+        )))
+    }
 }

@@ -49,6 +49,18 @@ fn format_of(cfg: &DatasetConfig, file: &Path) -> Result<Format> {
     })
 }
 
+/// Whether a dataset source is meant as a file path rather than a hub id `org/name`: it is absolute or
+/// relative to `.`/`~`, has more than two components, or its last component has a data file extension.
+fn looks_like_a_path(source: &str) -> bool {
+    let last = source.rsplit(['/', '\\']).next().unwrap_or(source);
+    source.starts_with(['/', '.', '~'])
+        || source.contains('\\')
+        || source.split('/').count() > 2
+        || [".jsonl", ".json", ".txt", ".parquet", ".csv", ".gz"]
+            .iter()
+            .any(|e| last.ends_with(e))
+}
+
 /// The files a dataset reads, in order.
 pub fn files(cfg: &DatasetConfig, project_root: &Path) -> Result<Vec<PathBuf>> {
     let source = locate(&cfg.source, project_root);
@@ -72,6 +84,21 @@ pub fn files(cfg: &DatasetConfig, project_root: &Path) -> Result<Vec<PathBuf>> {
         }
         return Ok(out);
     }
+    if looks_like_a_path(&cfg.source) {
+        let resolved = if Path::new(&cfg.source).is_absolute() {
+            PathBuf::from(&cfg.source)
+        } else {
+            project_root.join(&cfg.source)
+        };
+        bail!(
+            "dataset {}: file not found: {} (source {:?} resolved against {}); fix source in configs/dataset/{}.toml",
+            cfg.name,
+            resolved.display(),
+            cfg.source,
+            project_root.display(),
+            cfg.name
+        );
+    }
     if !crate::hub::is_repo_id(&source) {
         bail!(
             "dataset {}: {} does not exist and is not a Hugging Face dataset id like org/name",
@@ -91,9 +118,9 @@ pub fn files(cfg: &DatasetConfig, project_root: &Path) -> Result<Vec<PathBuf>> {
         .with_context(|| format!("dataset {}", cfg.name))
 }
 
-/// Reads up to `max_samples` samples (`max_samples` 0: all).
+/// Reads up to `max_samples` samples.
 pub fn read(cfg: &DatasetConfig, project_root: &Path, max_samples: usize) -> Result<Vec<Sample>> {
-    let limit = if max_samples == 0 { usize::MAX } else { max_samples };
+    let limit = max_samples;
     let mut out = Vec::new();
     for file in files(cfg, project_root)? {
         if out.len() >= limit {
@@ -241,14 +268,14 @@ mod tests {
             "{\"text\": \"one\"}\n\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n{\"text\": \"three\"}\n",
         )
         .unwrap();
-        let samples = read(&config(&jsonl), dir.path(), 0).unwrap();
+        let samples = read(&config(&jsonl), dir.path(), usize::MAX).unwrap();
         assert_eq!(samples.len(), 3);
         assert_eq!(samples[0], Sample::Text("one".into()));
         assert!(matches!(&samples[1], Sample::Chat(m) if m[0].content == "hi"));
         assert_eq!(read(&config(&jsonl), dir.path(), 2).unwrap().len(), 2);
         let txt = dir.path().join("b.txt");
         std::fs::write(&txt, "first block\nstill first\n\n\nsecond\r\n\r\nthird").unwrap();
-        let samples = read(&config(&txt), dir.path(), 0).unwrap();
+        let samples = read(&config(&txt), dir.path(), usize::MAX).unwrap();
         assert_eq!(
             samples,
             vec![
@@ -299,7 +326,7 @@ mod tests {
         );
         let chat = dir.path().join("c.parquet");
         write(&chat, "messages", Arc::new(list));
-        let samples = read(&config(&chat), dir.path(), 0).unwrap();
+        let samples = read(&config(&chat), dir.path(), usize::MAX).unwrap();
         assert_eq!(samples.len(), 2);
         assert!(
             matches!(&samples[0], Sample::Chat(m) if m.len() == 2 && m[1].role == "assistant" && m[1].content == "hello")
@@ -311,22 +338,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let jsonl = dir.path().join("bad.jsonl");
         std::fs::write(&jsonl, "{\"text\": \"ok\"}\n{not json\n").unwrap();
-        let e = format!("{:#}", read(&config(&jsonl), dir.path(), 0).unwrap_err());
+        let e = format!("{:#}", read(&config(&jsonl), dir.path(), usize::MAX).unwrap_err());
         assert!(e.contains("bad.jsonl line 2: not JSON"), "{e}");
         std::fs::write(&jsonl, "{\"body\": \"x\"}\n").unwrap();
-        let e = format!("{:#}", read(&config(&jsonl), dir.path(), 0).unwrap_err());
+        let e = format!("{:#}", read(&config(&jsonl), dir.path(), usize::MAX).unwrap_err());
         assert!(
             e.contains("has neither `text` (text) nor `messages` (chat)") && e.contains("text_field"),
             "{e}"
         );
         let e = format!(
             "{:#}",
-            read(&config(&dir.path().join("none.jsonl")), dir.path(), 0).unwrap_err()
+            read(&config(&dir.path().join("none.jsonl")), dir.path(), usize::MAX).unwrap_err()
+        );
+        assert!(e.contains("file not found") && e.contains("none.jsonl"), "{e}");
+        // A relative path that looks like one is a missing file, not a hub id (no network, no DNS error).
+        let relative = DatasetConfig {
+            source: "data/does_not_exist.jsonl".into(),
+            ..config(&dir.path().join("x"))
+        };
+        let e = format!("{:#}", read(&relative, dir.path(), usize::MAX).unwrap_err());
+        assert!(
+            e.contains("file not found")
+                && e.contains(&dir.path().join("data/does_not_exist.jsonl").display().to_string()),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            files(
+                &DatasetConfig {
+                    source: "not a repo".into(),
+                    ..config(&dir.path().join("x"))
+                },
+                dir.path()
+            )
+            .unwrap_err()
         );
         assert!(e.contains("does not exist and is not a Hugging Face dataset id"), "{e}");
+        assert!(!looks_like_a_path("science-of-finetuning/fineweb-1m-sample"));
         let csv = dir.path().join("x.csv");
         std::fs::write(&csv, "a,b\n").unwrap();
-        let e = format!("{:#}", read(&config(&csv), dir.path(), 0).unwrap_err());
+        let e = format!("{:#}", read(&config(&csv), dir.path(), usize::MAX).unwrap_err());
         assert!(e.contains("set format to jsonl, text or parquet"), "{e}");
     }
 }

@@ -56,16 +56,7 @@ pub fn tokenize(
         sequences: Vec::new(),
         skipped: 0,
     };
-    let max_samples = if limits.max_samples == 0 {
-        usize::MAX
-    } else {
-        limits.max_samples
-    };
-    let max_tokens = if limits.max_tokens == 0 {
-        usize::MAX
-    } else {
-        limits.max_tokens
-    };
+    let (max_samples, max_tokens) = (limits.max_samples, limits.max_tokens);
     let mut total = 0usize;
     for sample in samples {
         if out.sequences.len() >= max_samples || total >= max_tokens {

@@ -23,7 +23,7 @@ pub mod plots;
 
 use crate::cache::writer::write_atomic;
 use crate::config::{ConfigDir, Settings};
-use crate::sql::{open_session, register_model_functions};
+use crate::sql::register_model_functions;
 
 /// One result table a method wrote.
 #[derive(Debug, Clone, Serialize)]
@@ -168,6 +168,7 @@ pub async fn run_with_params(
         bind(&mut statement, params)?;
         let definition = is_definition(&statement);
         let plan = ctx.state().statement_to_plan(statement).await?;
+        crate::sql::session::check_access(ctx, &plan)?;
         let df = ctx.execute_logical_plan(plan).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
@@ -196,7 +197,12 @@ pub async fn run(settings: &Settings, queries_dir: &Path, configs: &ConfigDir) -
     if files.is_empty() {
         bail!("method {}: {} holds no .sql files", method.name, folder.display());
     }
-    let ctx = open_session(&settings.cache_dir)?;
+    // A method's SQL reads the cache and writes nothing itself: its results are written by diffsql.
+    let access = crate::sql::SqlAccess {
+        read_only: true,
+        protected: vec![settings.results_dir.clone()],
+    };
+    let ctx = crate::sql::open_session_with(&settings.cache_dir, access)?;
     register_model_functions(&ctx, configs.clone());
     let params = params(settings)?;
     let out_dir = results_dir(settings);

@@ -7,5 +7,5 @@ pub mod plan;
 pub mod run;
 pub mod sink;
 
-pub use pair::{compute_dtype, load_pair, model_source, ModelPair};
+pub use pair::{compute_dtype, load_pair, model_source, ModelPair, PairFiles};
 pub use run::{run, tokenize_datasets, Summary};

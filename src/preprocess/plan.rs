@@ -73,16 +73,22 @@ impl Plan {
             plan.final_hidden = Some(key);
         }
         let key = PartitionKey::sequences(model);
-        if layout.manifest(&key)?.is_none() {
+        if !present(layout, &key)? {
             plan.sequences = Some(key);
         }
         let key = PartitionKey::vocab(model);
-        if layout.manifest(&key)?.is_none() {
+        if !present(layout, &key)? {
             plan.vocab = Some(key);
         }
         Ok(plan)
     }
 
+    /// Whether nothing is left to write.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many partitions are left to write.
     pub fn len(&self) -> usize {
         self.activations.len()
             + usize::from(self.final_hidden.is_some())
@@ -94,6 +100,14 @@ impl Plan {
         self.activations.iter().any(|(s, ..)| *s == side)
             || (side == Side::Base && self.final_hidden.is_some())
             || self.tokens.iter().any(|(s, _)| *s == side)
+    }
+}
+
+/// Whether a partition keyed by model only (sequences, vocab) is complete and undamaged.
+fn present(layout: &CacheLayout, key: &PartitionKey) -> Result<bool> {
+    match layout.manifest(key)? {
+        Some(m) => crate::cache::verify::verify_partition(layout, key, &m).map(|()| true),
+        None => Ok(false),
     }
 }
 
@@ -110,6 +124,9 @@ fn complete(layout: &CacheLayout, key: &PartitionKey, fingerprint: &str, dtype: 
             dir.display()
         );
     }
+    // A damaged partition is not complete data: say so rather than "nothing to do" (its sizes and checksums
+    // are read at memory speed, far below the cost of the models that would otherwise run).
+    crate::cache::verify::verify_partition(layout, key, &m)?;
     if let (Some(want), Some(have)) = (dtype, m.dtype.as_deref()) {
         if want.name() != have {
             bail!(

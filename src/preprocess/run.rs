@@ -17,7 +17,7 @@ use diffsql_udfs::vector::ElementType;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::final_hidden::FinalHiddenReader;
-use super::pair::load_pair;
+use super::pair::PairFiles;
 use super::plan::{fingerprint, Plan, Side};
 use super::sink::{write_vocab, BatchOutput, Sink};
 use crate::cache::layout::BASE_ORGANISM;
@@ -27,7 +27,7 @@ use crate::config::settings::{resolve_layers, Settings};
 use crate::data::chat::ChatTemplate;
 use crate::data::source;
 use crate::data::tokenize::{tokenize, Limits, TokenizedDataset};
-use crate::model::load::LoadedModel;
+use crate::model::load::{LoadedModel, ModelFiles};
 
 /// What a run did.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +40,10 @@ pub struct Summary {
     pub seconds: f64,
     /// Whether the base model's cached partitions were reused instead of running it.
     pub base_reused: bool,
+    /// Which BOS and chat template the tokens were made with ([`SpecialTokens::describe`]).
+    ///
+    /// [`SpecialTokens::describe`]: crate::model::special_tokens::SpecialTokens::describe
+    pub tokenizer: String,
 }
 
 impl Summary {
@@ -49,17 +53,14 @@ impl Summary {
 }
 
 /// Tokenises every configured dataset with the base model's tokenizer and chat template.
-pub fn tokenize_datasets(
-    settings: &Settings,
-    project_root: &Path,
-    base: &LoadedModel,
-) -> Result<Vec<TokenizedDataset>> {
+pub fn tokenize_datasets(settings: &Settings, project_root: &Path, base: &ModelFiles) -> Result<Vec<TokenizedDataset>> {
     let pre = &settings.preprocessing;
+    let special = &base.special;
     let text = |t: &Option<(String, u32)>| t.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
-    let template = base
+    let template = special
         .chat_template
         .as_deref()
-        .map(|t| ChatTemplate::new(t, &text(&base.bos), &text(&base.eos)))
+        .map(|t| ChatTemplate::new(t, &text(&special.bos), &text(&special.eos)))
         .transpose()?;
     let limits = Limits {
         context_len: pre.context_len,
@@ -75,7 +76,7 @@ pub fn tokenize_datasets(
             &cfg.split,
             &samples,
             &base.tokenizer,
-            base.bos.as_ref().map(|b| b.1),
+            special.bos_to_add(),
             template.as_ref(),
             limits,
         )?;
@@ -86,6 +87,9 @@ pub fn tokenize_datasets(
     }
     Ok(out)
 }
+
+/// The most next-token candidates the tokens table keeps per token and model.
+pub const MAX_TOP_K: usize = 1024;
 
 /// Runs preprocessing for the configured model, organism and datasets.
 pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
@@ -98,27 +102,47 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
         )
     })?;
     let compression = parse_compression(&pre.compression)?;
-    if pre.batch_size == 0 || pre.context_len == 0 {
-        bail!("preprocessing.batch_size and preprocessing.context_len must be at least 1");
+    for (key, value) in [
+        ("batch_size", pre.batch_size),
+        ("context_len", pre.context_len),
+        ("max_samples", pre.max_samples),
+        ("max_tokens", pre.max_tokens),
+    ] {
+        if value == 0 {
+            bail!("preprocessing.{key} must be at least 1 (it is a limit; there is no \"0 = unlimited\": give a large number)");
+        }
+    }
+    if pre.top_k > MAX_TOP_K {
+        bail!(
+            "preprocessing.top_k is at most {MAX_TOP_K} (got {}): the tokens table keeps that many candidates per token",
+            pre.top_k
+        );
     }
     let (model, organism) = (settings.model.name.as_str(), settings.organism.name.as_str());
     PartitionKey::activations(model, organism, 0).validate()?;
     let layout = CacheLayout::new(&settings.cache_dir);
-    let pair = load_pair(settings, project_root)?;
-    let layers = resolve_layers(&pre.layers, pair.base.decoder.num_layers())?;
-    let datasets = tokenize_datasets(settings, project_root, &pair.base)?;
+    // Everything that needs no weights is checked before any are read: the device, both checkpoints'
+    // configs and tokenizers, the layers, every dataset (read, rendered, tokenised), the cache.
+    let device = pre.device.open()?;
+    let files = PairFiles::open(settings, project_root)?;
+    let num_layers = files.num_layers()?;
+    let layers = resolve_layers(&pre.layers, num_layers)?;
+    let datasets = tokenize_datasets(settings, project_root, &files.base)?;
     let fp = fingerprint(&datasets);
-
+    let tokenizer = files.base.special.describe();
     let plan = Plan::build(&layout, model, organism, &layers, storage, &fp)?;
     let tokens: usize = datasets.iter().map(TokenizedDataset::tokens).sum();
-    if plan.len() == 0 {
+    if plan.is_empty() {
         return Ok(Summary {
             tokens,
             base_reused: true,
             seconds: started.elapsed().as_secs_f64(),
+            tokenizer,
             ..Summary::default()
         });
     }
+    layout.ensure_writable()?;
+    let pair = files.load(settings, &device)?;
 
     let options = WriteOptions {
         vector_compression: compression,
@@ -129,7 +153,7 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
             "datasets": settings.datasets(),
             "preprocessing": pre,
             "layers": layers,
-            "num_layers": pair.base.decoder.num_layers(),
+            "num_layers": num_layers,
         }),
         ..WriteOptions::default()
     };
@@ -140,7 +164,7 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
         write_vocab(
             &layout,
             key,
-            &pair.base.tokenizer,
+            &pair.base.files.tokenizer,
             pair.base.decoder.spec().vocab,
             &options,
         )?;
@@ -198,6 +222,7 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
         tokens,
         base_reused: !run_base,
         seconds: started.elapsed().as_secs_f64(),
+        tokenizer,
         ..result
     })
 }

@@ -18,6 +18,7 @@ use super::run::Summary;
 use crate::cache::layout::{sequences_file_schema, tokens_file_schema};
 use crate::cache::vectors::VectorEncoding;
 use crate::cache::{ActivationBatch, ActivationWriter, CacheLayout, PartitionKey, PartitionWriter, WriteOptions};
+use crate::data::token_text::token_text;
 use crate::data::tokenize::TokenizedDataset;
 
 /// Writes every token id of the tokenizer with its decoded text.
@@ -29,8 +30,7 @@ pub fn write_vocab(
     options: &WriteOptions,
 ) -> Result<crate::cache::Manifest> {
     let schema = crate::cache::layout::vocab_file_schema();
-    let text =
-        StringArray::from_iter_values((0..vocab as u32).map(|id| tokenizer.decode(&[id], false).unwrap_or_default()));
+    let text = StringArray::from_iter_values((0..vocab as u32).map(|id| token_text(tokenizer, id)));
     let batch = RecordBatch::try_new(
         Arc::clone(&schema),
         vec![Arc::new(Int32Array::from_iter_values(0..vocab as i32)), Arc::new(text)],
@@ -242,7 +242,7 @@ impl<'a> Sink<'a> {
 
     fn text_of(&mut self, id: u32) -> String {
         let slot = &mut self.token_text[id as usize];
-        slot.get_or_insert_with(|| self.pair.base.tokenizer.decode(&[id], false).unwrap_or_default())
+        slot.get_or_insert_with(|| token_text(&self.pair.base.files.tokenizer, id))
             .clone()
     }
 

@@ -8,4 +8,4 @@ pub mod session;
 pub mod shell;
 
 pub use output::Format;
-pub use session::{open_session, register_model_functions, run_statements};
+pub use session::{open_session, open_session_with, register_model_functions, run_statements, SqlAccess};

@@ -1,25 +1,63 @@
 //! Opens a DataFusion session on a cache directory and runs SQL text that may hold several statements.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 use super::cache_info::CacheInfo;
-use crate::cache::tables::{listing_table, VectorTable, VectorTableKind};
+use crate::cache::tables::{RowTable, VectorTable, VectorTableKind};
 use crate::cache::{CacheLayout, Table};
 
-/// A session with every diffsql function and the cache's tables registered.
+/// What SQL in a session may do beyond reading the cache's tables.
+#[derive(Debug, Clone, Default)]
+pub struct SqlAccess {
+    /// No `COPY`, no external tables, no `INSERT`/`UPDATE`/`DELETE`: the session reads the cache and
+    /// nothing else (the mode for servers and the dashboard's console).
+    pub read_only: bool,
+    /// Directories no statement may write into or define tables over, in any mode (the cache, results).
+    pub protected: Vec<PathBuf>,
+}
+
+/// A session with every diffsql function and the cache's tables registered; `COPY` and external tables
+/// work anywhere outside the cache directory.
 pub fn open_session(cache_dir: &Path) -> Result<SessionContext> {
+    open_session_with(
+        cache_dir,
+        SqlAccess {
+            read_only: false,
+            protected: vec![cache_dir.to_path_buf()],
+        },
+    )
+}
+
+/// [`open_session`] with the given access rules (the cache directory is always protected).
+pub fn open_session_with(cache_dir: &Path, mut access: SqlAccess) -> Result<SessionContext> {
+    match std::fs::read_dir(cache_dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "the cache directory {} does not exist: run `diffsql preprocess` to make it, or pass --cache DIR (or set DIFFSQL_CACHE)",
+            cache_dir.display()
+        ),
+        Err(e) => bail!(
+            "cannot read the cache directory {}: {e}; check its permissions, or pass --cache DIR",
+            cache_dir.display()
+        ),
+    }
+    access.protected.push(cache_dir.to_path_buf());
+    access.protected = access.protected.iter().map(|p| absolute(p)).collect();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let config = SessionConfig::new()
         .with_target_partitions(threads)
-        .with_information_schema(true);
+        .with_information_schema(true)
+        .with_extension(Arc::new(access));
     let ctx = SessionContext::new_with_config(config);
     diffsql_udfs::register_all(&ctx);
     let layout = CacheLayout::new(cache_dir);
@@ -29,9 +67,9 @@ pub fn open_session(cache_dir: &Path) -> Result<SessionContext> {
     };
     ctx.register_table("activations", Arc::new(open(VectorTableKind::Activations)?))?;
     ctx.register_table("acts", Arc::new(open(VectorTableKind::Acts)?))?;
-    ctx.register_table("tokens", listing_table(&layout, Table::Tokens)?)?;
-    ctx.register_table("sequences", listing_table(&layout, Table::Sequences)?)?;
-    ctx.register_table("vocab", listing_table(&layout, Table::Vocab)?)?;
+    for table in [Table::Tokens, Table::Sequences, Table::Vocab] {
+        ctx.register_table(table.name(), Arc::new(RowTable::open(&layout, table)?))?;
+    }
     ctx.register_udtf("cache_info", Arc::new(CacheInfo::new(layout)));
     Ok(ctx)
 }
@@ -67,6 +105,7 @@ pub async fn run_statements(
     for statement in statements {
         let state = ctx.state();
         let plan = state.statement_to_plan(statement).await?;
+        check_access(ctx, &plan)?;
         let df = ctx.execute_logical_plan(plan).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
@@ -74,4 +113,80 @@ pub async fn run_statements(
         count += 1;
     }
     Ok(count)
+}
+
+/// `path` made absolute and free of `..`/symlinks as far as it exists (a path being created is resolved
+/// through its nearest existing ancestor).
+fn absolute(path: &Path) -> PathBuf {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = path.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return path,
+        }
+    }
+    let mut out = existing.canonicalize().unwrap_or_else(|_| existing.to_path_buf());
+    for name in rest.iter().rev() {
+        out.push(name);
+    }
+    out
+}
+
+/// Refuses a planned statement the session's [`SqlAccess`] does not allow, naming what and why.
+pub fn check_access(ctx: &SessionContext, plan: &LogicalPlan) -> Result<()> {
+    let access = ctx.state().config().get_extension::<SqlAccess>().unwrap_or_default();
+    let protected_target = |url: &str| -> Option<PathBuf> {
+        let path = absolute(Path::new(url.strip_prefix("file://").unwrap_or(url)));
+        access.protected.iter().find(|p| path.starts_with(p)).map(|_| path)
+    };
+    let mut refusal: Option<String> = None;
+    plan.apply(|node| {
+        refusal = match node {
+            LogicalPlan::Copy(copy) if access.read_only => Some(format!(
+                "COPY ... TO '{}' is not allowed: this session is read-only",
+                copy.output_url
+            )),
+            LogicalPlan::Copy(copy) => protected_target(&copy.output_url).map(|p| {
+                format!(
+                    "COPY ... TO '{}' would write into {} (the cache or results, which only diffsql writes); copy to a path outside it",
+                    copy.output_url,
+                    p.display()
+                )
+            }),
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(t)) if access.read_only => Some(format!(
+                "CREATE EXTERNAL TABLE {} is not allowed: this session is read-only and reads only the cache's tables",
+                t.name
+            )),
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(t)) => t
+                .locations
+                .iter()
+                .find_map(|l| protected_target(l))
+                .map(|p| {
+                    format!(
+                        "CREATE EXTERNAL TABLE {} over {} is not allowed: the cache is read through its own tables (\\d lists them)",
+                        t.name,
+                        p.display()
+                    )
+                }),
+            LogicalPlan::Dml(dml) if access.read_only => Some(format!(
+                "{} on {} is not allowed: this session is read-only",
+                dml.op, dml.table_name
+            )),
+            _ => None,
+        };
+        Ok(if refusal.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    match refusal {
+        Some(r) => bail!(r),
+        None => Ok(()),
+    }
 }

@@ -5,6 +5,7 @@ mod cache;
 mod config;
 mod diffing;
 mod fixtures;
+mod integrity;
 mod model;
 mod preprocess;
 mod python;

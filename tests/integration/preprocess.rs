@@ -80,7 +80,7 @@ fn cached_activations_and_next_token_statistics_equal_the_runtime() {
     let settings = small_settings(&p.cache, &["organism=caps"]);
     let root = configs().project_root();
     let pair = load_pair(&settings, &root).unwrap();
-    let datasets = tokenize_datasets(&settings, &root, &pair.base).unwrap();
+    let datasets = tokenize_datasets(&settings, &root, &pair.base.files).unwrap();
     // The second sequence of the chat split, run alone (no padding); preprocessing ran it in a padded batch.
     let seq = &datasets[1].sequences[1];
     let n = seq.ids.len();
@@ -355,4 +355,68 @@ fn chat_samples_go_through_the_template_and_layers_resolve() {
     let batches = query(&p.cache, "SELECT DISTINCT layer FROM activations ORDER BY layer");
     let layers: Vec<i32> = batches[0].column(0).as_primitive::<Int32Type>().values().to_vec();
     assert_eq!(layers, vec![0, 1, 2, 3]);
+}
+
+/// Checks that need no weights come first: with a base checkpoint whose weights are garbage, a chat dataset
+/// for a model without a chat template, and a layer beyond the model, are each reported as such (the weights,
+/// which would fail later and slower, are never read).
+#[test]
+fn cheap_checks_run_before_any_weights_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("base");
+    std::fs::create_dir(&model).unwrap();
+    let bundled = configs().project_root().join("bundled/models/base");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(bundled.join(f), model.join(f)).unwrap();
+    }
+    let mut tokenizer_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundled.join("tokenizer_config.json")).unwrap()).unwrap();
+    tokenizer_config.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(model.join("tokenizer_config.json"), tokenizer_config.to_string()).unwrap();
+    std::fs::write(model.join("model.safetensors"), b"not safetensors at all").unwrap();
+    let cache = dir.path().join("cache");
+    let source = format!("model.source={}", model.display());
+    let run = |extra: &[&str]| {
+        let mut args = vec!["organism=caps", source.as_str()];
+        args.extend(extra);
+        format!(
+            "{:#}",
+            diffsql::preprocess::run(&small_settings(&cache, &args), &configs().project_root()).unwrap_err()
+        )
+    };
+    let msg = run(&["dataset=[shakespeare_chat]"]);
+    assert!(msg.contains("no chat template"), "{msg}");
+    let msg = run(&["dataset=[shakespeare_pretrain]", "preprocessing.layers=[9]"]);
+    assert!(msg.contains("layer") && msg.contains('9'), "{msg}");
+    assert!(!msg.contains("weights"), "{msg}");
+    // With every cheap check passing, the weights are what fails, naming the file.
+    let msg = run(&["dataset=[shakespeare_pretrain]"]);
+    assert!(msg.contains("model.safetensors"), "{msg}");
+    assert!(!cache.join("activations").exists(), "nothing written");
+}
+
+/// Limits mean what they say: 0 is not "unlimited", and sizes are bounded before anything is allocated.
+#[test]
+fn zero_limits_and_oversized_top_k_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    for (arg, expect) in [
+        (
+            "preprocessing.max_samples=0",
+            "preprocessing.max_samples must be at least 1",
+        ),
+        (
+            "preprocessing.max_tokens=0",
+            "preprocessing.max_tokens must be at least 1",
+        ),
+        ("preprocessing.top_k=100000", "preprocessing.top_k is at most 1024"),
+    ] {
+        let e = diffsql::preprocess::run(
+            &small_settings(&cache, &["organism=caps", arg]),
+            &configs().project_root(),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains(expect), "{arg}: {e:#}");
+    }
+    assert!(!cache.exists(), "nothing written");
 }

@@ -67,7 +67,9 @@ impl sqllogictest::AsyncDB for Db {
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, Error> {
         let mut results = Vec::new();
-        diffsql::sql::run_statements(&self.ctx, sql, |r| {
+        // `__CACHE__` in a test file stands for the session's cache directory.
+        let sql = sql.replace("__CACHE__", &fixtures::caches().f32.display().to_string());
+        diffsql::sql::run_statements(&self.ctx, &sql, |r| {
             results.push(r);
             Ok(())
         })

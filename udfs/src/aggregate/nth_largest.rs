@@ -42,13 +42,19 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
 ```"#,
     )
     .with_argument("value", "A number (cast to float64).")
-    .with_argument("n", "A positive integer literal.")
+    .with_argument("n", "A positive integer literal, at most 10,000,000.")
     .build()
 });
+
+/// The largest n accepted: the heap holds up to n values per group (16 bytes each).
+pub const MAX_N: i64 = 10_000_000;
 
 fn literal_n(expr: &Arc<dyn PhysicalExpr>) -> Result<usize> {
     let empty = RecordBatch::new_empty(Arc::new(Schema::empty()));
     match expr.evaluate(&empty) {
+        Ok(ColumnarValue::Scalar(ScalarValue::Int64(Some(n)))) if n > MAX_N => {
+            plan_err!("nth_largest(value, n): n is at most {MAX_N} (got {n}); rank fewer candidates")
+        }
         Ok(ColumnarValue::Scalar(ScalarValue::Int64(Some(n)))) if n > 0 => Ok(n as usize),
         _ => plan_err!("nth_largest(value, n): n must be a positive integer literal"),
     }
@@ -159,7 +165,7 @@ impl AggregateUDFImpl for NthLargest {
         let n = literal_n(&args.exprs[1])?;
         Ok(Box::new(Largest {
             n,
-            heap: BinaryHeap::with_capacity(n + 1),
+            heap: BinaryHeap::with_capacity((n + 1).min(4096)),
         }))
     }
 
