@@ -120,9 +120,20 @@ impl ExecutionPlan for FileScanExec {
     }
 
     fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let mut read: Vec<usize> = self
+            .columns
+            .iter()
+            .filter_map(|c| match c {
+                RowColumn::File(i) => Some(*i),
+                RowColumn::Partition(_) => None,
+            })
+            .collect();
+        read.sort_unstable();
+        read.dedup();
         let reader = FileReader {
             schema: Arc::clone(&self.schema),
             columns: self.columns.clone(),
+            read,
             batch_size: self.batch_size,
             remaining: self.limit.unwrap_or(usize::MAX),
             units: self.groups.get(partition).cloned().unwrap_or_default().into_iter(),
@@ -138,6 +149,8 @@ impl ExecutionPlan for FileScanExec {
 struct FileReader {
     schema: SchemaRef,
     columns: Vec<RowColumn>,
+    /// The file columns read, sorted: a projected file batch holds them in this order.
+    read: Vec<usize>,
     batch_size: usize,
     remaining: usize,
     units: std::vec::IntoIter<FileUnit>,
@@ -156,17 +169,7 @@ impl FileReader {
     fn open(&self, unit: &FileUnit) -> Result<ParquetRecordBatchReader> {
         let file = File::open(&unit.path).map_err(|e| file_error(unit, e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| file_error(unit, e))?;
-        let mut file_columns: Vec<usize> = self
-            .columns
-            .iter()
-            .filter_map(|c| match c {
-                RowColumn::File(i) => Some(*i),
-                RowColumn::Partition(_) => None,
-            })
-            .collect();
-        file_columns.sort_unstable();
-        file_columns.dedup();
-        let mask = ProjectionMask::roots(builder.parquet_schema(), file_columns);
+        let mask = ProjectionMask::roots(builder.parquet_schema(), self.read.iter().copied());
         builder
             .with_projection(mask)
             .with_batch_size(self.batch_size)
@@ -177,23 +180,16 @@ impl FileReader {
     /// The output batch for `rows` rows of `unit`, its file columns taken from `file_batch`.
     fn assemble(&self, unit: &FileUnit, file_batch: &RecordBatch) -> Result<RecordBatch> {
         let rows = file_batch.num_rows();
-        let mut read: Vec<usize> = self
-            .columns
-            .iter()
-            .filter_map(|c| match c {
-                RowColumn::File(i) => Some(*i),
-                RowColumn::Partition(_) => None,
-            })
-            .collect();
-        read.sort_unstable();
-        read.dedup();
         let arrays = self
             .columns
             .iter()
             .map(|c| -> Result<ArrayRef> {
                 match c {
                     RowColumn::File(i) => {
-                        let at = read.binary_search(i).map_err(|_| file_error(unit, "column missing"))?;
+                        let at = self
+                            .read
+                            .binary_search(i)
+                            .map_err(|_| file_error(unit, "column missing"))?;
                         Ok(Arc::clone(file_batch.column(at)))
                     }
                     RowColumn::Partition(i) => unit.partition_values[*i].to_array_of_size(rows),

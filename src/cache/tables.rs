@@ -168,6 +168,21 @@ fn on_partition_columns(table: Table, expr: &Expr) -> bool {
             .all(|c| table.partition_columns().contains(&c.name.as_str()))
 }
 
+/// Filters on partition columns prune whole partitions (Inexact: DataFusion applies them again); others are
+/// applied above the scan.
+fn partition_pushdown(table: Table, filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
+    filters
+        .iter()
+        .map(|f| {
+            if on_partition_columns(table, f) {
+                TableProviderFilterPushDown::Inexact
+            } else {
+                TableProviderFilterPushDown::Unsupported
+            }
+        })
+        .collect()
+}
+
 /// The partition column values of `key`, as SQL values in `table`'s partition column order.
 fn partition_values(table: Table, key: &PartitionKey) -> Vec<ScalarValue> {
     table
@@ -217,16 +232,7 @@ impl TableProvider for VectorTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if on_partition_columns(Table::Activations, f) {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
+        Ok(partition_pushdown(Table::Activations, filters))
     }
 
     async fn scan(
@@ -382,16 +388,7 @@ impl TableProvider for RowTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if on_partition_columns(self.table, f) {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
+        Ok(partition_pushdown(self.table, filters))
     }
 
     async fn scan(
