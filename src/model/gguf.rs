@@ -145,11 +145,17 @@ const BLOCKS_PER_TASK: usize = 1024;
 /// Decodes `elems` values of `dtype` stored in `bytes` (llama.cpp's block layouts) into f32.
 pub fn dequantize(dtype: GgmlDType, bytes: &[u8], elems: usize) -> Result<Vec<f32>> {
     use k_quants::*;
+    let plain = |d: DType| -> Result<Vec<f32>> {
+        // Unquantised tensors: candle's (optimised) conversion from the raw little-endian values.
+        Ok(Tensor::from_raw_buffer(bytes, d, &[elems], &Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .to_vec1()?)
+    };
     let mut out = vec![0f32; elems];
     match dtype {
-        GgmlDType::F32 => decode_plain(bytes, &mut out, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        GgmlDType::F16 => decode_plain(bytes, &mut out, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        GgmlDType::BF16 => decode_plain(bytes, &mut out, 2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        GgmlDType::F32 => return plain(DType::F32),
+        GgmlDType::F16 => return plain(DType::F16),
+        GgmlDType::BF16 => return plain(DType::BF16),
         GgmlDType::Q4_0 => decode_blocks::<BlockQ4_0>(bytes, &mut out)?,
         GgmlDType::Q4_1 => decode_blocks::<BlockQ4_1>(bytes, &mut out)?,
         GgmlDType::Q5_0 => decode_blocks::<BlockQ5_0>(bytes, &mut out)?,
@@ -164,16 +170,6 @@ pub fn dequantize(dtype: GgmlDType, bytes: &[u8], elems: usize) -> Result<Vec<f3
         GgmlDType::Q8K => decode_blocks::<BlockQ8K>(bytes, &mut out)?,
     }
     Ok(out)
-}
-
-fn decode_plain(bytes: &[u8], out: &mut [f32], width: usize, decode: impl Fn(&[u8]) -> f32 + Sync) {
-    out.par_chunks_mut(BLOCKS_PER_TASK * 256)
-        .zip(bytes.par_chunks(BLOCKS_PER_TASK * 256 * width))
-        .for_each(|(o, b)| {
-            for (v, x) in o.iter_mut().zip(b.chunks_exact(width)) {
-                *v = decode(x);
-            }
-        });
 }
 
 /// Decodes llama.cpp blocks of type `B` in parallel, reading them in place from `bytes`.
