@@ -37,9 +37,8 @@ pub fn preprocess(settings: &Settings, configs: &ConfigDir) -> Result<()> {
         );
     } else {
         eprintln!(
-            "preprocess {who}: {} tokens ({}), {} partitions, {} rows, {} in {:.1} s ({:.0} tokens/s){}",
+            "preprocess {who}: {} tokens, {} partitions, {} rows, {} in {:.1} s ({:.0} tokens/s){}",
             s.tokens,
-            s.tokenizer,
             s.partitions_written,
             s.rows_written,
             bytes(s.bytes_written),
@@ -51,6 +50,8 @@ pub fn preprocess(settings: &Settings, configs: &ConfigDir) -> Result<()> {
                 ""
             }
         );
+        eprintln!("  tokens: {}", s.tokenizer);
+        eprintln!("  stages: {}", s.stages);
     }
     Ok(())
 }

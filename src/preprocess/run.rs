@@ -40,6 +40,8 @@ pub struct Summary {
     pub seconds: f64,
     /// Whether the base model's cached partitions were reused instead of running it.
     pub base_reused: bool,
+    /// Where the time went, stage by stage.
+    pub stages: Stages,
     /// Which BOS and chat template the tokens were made with ([`SpecialTokens::describe`]).
     ///
     /// [`SpecialTokens::describe`]: crate::model::special_tokens::SpecialTokens::describe
@@ -49,6 +51,39 @@ pub struct Summary {
 impl Summary {
     pub fn is_noop(&self) -> bool {
         self.partitions_written == 0
+    }
+}
+
+/// Seconds spent in each stage of a run. The compute thread reads data, loads and runs the models; the writer
+/// thread computes logits and next-token statistics and encodes and writes partitions, overlapping the next
+/// batch's forward passes (`waiting` is the compute thread blocked on a full writer queue).
+#[derive(Debug, Clone, Default)]
+pub struct Stages {
+    pub tokenize: f64,
+    pub load: f64,
+    pub forward_base: f64,
+    pub forward_organism: f64,
+    pub waiting: f64,
+    pub logits: f64,
+    pub statistics: f64,
+    pub write: f64,
+}
+
+impl std::fmt::Display for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tokenise {:.1} s, load {:.1} s, forward base {:.1} s, forward organism {:.1} s, waiting for the writer {:.1} s; \
+             writer thread: logits {:.1} s, next-token statistics {:.1} s, encode and write {:.1} s",
+            self.tokenize,
+            self.load,
+            self.forward_base,
+            self.forward_organism,
+            self.waiting,
+            self.logits,
+            self.statistics,
+            self.write
+        )
     }
 }
 
@@ -127,7 +162,12 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
     let files = PairFiles::open(settings, project_root)?;
     let num_layers = files.num_layers()?;
     let layers = resolve_layers(&pre.layers, num_layers)?;
+    let clock = Instant::now();
     let datasets = tokenize_datasets(settings, project_root, &files.base)?;
+    let mut stages = Stages {
+        tokenize: clock.elapsed().as_secs_f64(),
+        ..Stages::default()
+    };
     let fp = fingerprint(&datasets);
     let tokenizer = files.base.special.describe();
     let plan = Plan::build(&layout, model, organism, &layers, storage, &fp)?;
@@ -142,7 +182,9 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
         });
     }
     layout.ensure_writable()?;
+    let clock = Instant::now();
     let pair = files.load(settings, &device)?;
+    stages.load = clock.elapsed().as_secs_f64();
 
     let options = WriteOptions {
         vector_compression: compression,
@@ -179,6 +221,7 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
 
     let capture: Vec<usize> = layers.iter().map(|&l| l as usize).collect();
     let (tx, rx) = sync_channel::<BatchOutput>(2);
+    let (mut forward_base, mut forward_organism, mut waiting) = (0f64, 0f64, 0f64);
     let result = std::thread::scope(|scope| -> Result<Summary> {
         let writer = scope.spawn(|| sink.consume(rx));
         let compute = (|| -> Result<()> {
@@ -192,8 +235,12 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
                         let fin = token_rows(out.final_hidden.as_ref().expect("requested"), &lens)?;
                         Ok((layers, fin))
                     };
+                    let clock = Instant::now();
                     let base = run_base.then(|| forward(&pair.base)).transpose()?;
+                    forward_base += clock.elapsed().as_secs_f64();
+                    let clock = Instant::now();
                     let ft = run_organism.then(|| forward(&pair.organism)).transpose()?;
+                    forward_organism += clock.elapsed().as_secs_f64();
                     let rows = lens.iter().sum::<usize>();
                     let msg = BatchOutput {
                         dataset: d,
@@ -202,9 +249,11 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
                         base,
                         organism: ft,
                     };
+                    let clock = Instant::now();
                     if tx.send(msg).is_err() {
                         break; // the writer failed; its error is returned below
                     }
+                    waiting += clock.elapsed().as_secs_f64();
                     bar.inc(rows as u64);
                 }
                 bar.finish_and_clear();
@@ -218,11 +267,19 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
         compute?;
         written
     })?;
+    // The writer thread timed its own stages; this thread's are added here.
+    stages.forward_base = forward_base;
+    stages.forward_organism = forward_organism;
+    stages.waiting = waiting;
+    stages.logits = result.stages.logits;
+    stages.statistics = result.stages.statistics;
+    stages.write = result.stages.write;
     Ok(Summary {
         tokens,
         base_reused: !run_base,
         seconds: started.elapsed().as_secs_f64(),
         tokenizer,
+        stages,
         ..result
     })
 }

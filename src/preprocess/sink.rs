@@ -4,6 +4,7 @@
 
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -14,7 +15,7 @@ use super::final_hidden::FinalHiddenReader;
 use super::next_token::{row_stats, ColumnBuilder, NextTokenArrays};
 use super::pair::ModelPair;
 use super::plan::{Plan, Side};
-use super::run::Summary;
+use super::run::{Stages, Summary};
 use crate::cache::layout::{sequences_file_schema, tokens_file_schema};
 use crate::cache::vectors::VectorEncoding;
 use crate::cache::{ActivationBatch, ActivationWriter, CacheLayout, PartitionKey, PartitionWriter, WriteOptions};
@@ -61,6 +62,7 @@ pub struct Sink<'a> {
     top_k: usize,
     d_model: usize,
     token_text: Vec<Option<String>>,
+    stages: Stages,
 }
 
 impl<'a> Sink<'a> {
@@ -119,6 +121,7 @@ impl<'a> Sink<'a> {
             top_k,
             d_model,
             token_text: vec![None; pair.base.decoder.spec().vocab],
+            stages: Stages::default(),
         })
     }
 
@@ -126,6 +129,7 @@ impl<'a> Sink<'a> {
         for msg in rx {
             self.write_batch(msg)?;
         }
+        let clock = Instant::now();
         let mut summary = Summary::default();
         let mut count = |m: crate::cache::Manifest| {
             summary.partitions_written += 1;
@@ -144,10 +148,24 @@ impl<'a> Sink<'a> {
         if let Some(w) = self.sequences {
             count(w.finish()?);
         }
+        summary.stages = Stages {
+            write: self.stages.write + clock.elapsed().as_secs_f64(),
+            ..self.stages
+        };
         Ok(summary)
     }
 
     fn write_batch(&mut self, msg: BatchOutput) -> Result<()> {
+        let clock = Instant::now();
+        let (logits, statistics) = (self.stages.logits, self.stages.statistics);
+        self.write_batch_untimed(msg)?;
+        // Everything but the logits and statistics (timed inside) is encoding and writing.
+        let inside = (self.stages.logits - logits) + (self.stages.statistics - statistics);
+        self.stages.write += clock.elapsed().as_secs_f64() - inside;
+        Ok(())
+    }
+
+    fn write_batch_untimed(&mut self, msg: BatchOutput) -> Result<()> {
         let dataset = &self.datasets[msg.dataset];
         let seqs = &dataset.sequences[msg.first_seq..msg.first_seq + msg.sequences];
         let mut seq_id = Vec::new();
@@ -248,7 +266,7 @@ impl<'a> Sink<'a> {
 
     /// Next-token columns of both models and KL(ft‖base), from the final hidden states.
     fn token_columns(
-        &self,
+        &mut self,
         base_final: &[f32],
         ft_final: Option<&[f32]>,
         next: &[Option<u32>],
@@ -266,9 +284,14 @@ impl<'a> Sink<'a> {
                 let x = Tensor::from_slice(&h[start * d..(start + n) * d], (1, n, d), dec.device())?;
                 Ok(dec.logits(&x.to_dtype(dec.dtype())?)?.squeeze(0)?)
             };
+            let clock = Instant::now();
             let lb = logits(&self.pair.base.decoder, base_final)?;
             let lf = ft_final.map(|f| logits(&self.pair.organism.decoder, f)).transpose()?;
-            for row in row_stats(&lb, lf.as_ref(), &next[start..start + n], self.top_k)? {
+            self.stages.logits += clock.elapsed().as_secs_f64();
+            let clock = Instant::now();
+            let stats = row_stats(&lb, lf.as_ref(), &next[start..start + n], self.top_k)?;
+            self.stages.statistics += clock.elapsed().as_secs_f64();
+            for row in stats {
                 base.push(row.base);
                 if let (Some((t, kl)), Some(o)) = (row.organism, organism.as_mut()) {
                     o.push(t);

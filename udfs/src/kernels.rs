@@ -124,29 +124,75 @@ pub fn kl(log_p: &[f32], log_q: &[f32]) -> f64 {
     sum
 }
 
-/// Log-softmax of `logits` into `log_p` and, when given, the probabilities into `p` — one exp per element
-/// (in f32; the normaliser is summed in f64), so KL can reuse the probabilities instead of exponentiating again.
-pub fn log_softmax_probs(logits: &[f32], log_p: &mut [f32], mut p: Option<&mut [f32]>) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
-    for (i, &x) in logits.iter().enumerate() {
-        // Below −87 exp underflows f32 anyway; skipping it avoids libm's slow underflow path.
-        let d = x - max;
-        let e = if d < -87.0 { 0.0 } else { d.exp() };
-        sum += e as f64;
-        if let Some(p) = p.as_deref_mut() {
-            p[i] = e;
+/// eˣ in `f32` without a libm call, so loops over it vectorise: 2ⁿ·P(r) with n = round(x·log₂e) and a
+/// degree-6 polynomial on r = x − n·ln 2 (Cephes' `expf`), within 2 ulp of the exact value for
+/// x ∈ [−87.3, 88.7]; x is clamped to that range (below it, the smallest normal ~1.2e-38 comes out, which
+/// callers that want 0 there select away).
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5·2²³ rounds to the nearest integer with plain adds (no roundps needed).
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.336_55, 88.722_83);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// e^d for d = x − max ≤ 0, and exactly 0 where e^d underflows f32 (d < −87).
+#[inline(always)]
+fn shifted_exp(d: f32) -> f32 {
+    let e = exp_f32(d);
+    if d < -87.0 {
+        0.0
+    } else {
+        e
+    }
+}
+
+multiversion! {
+    /// Log-softmax of `logits` into `log_p` and, when given, the probabilities into `p` — one exp per element
+    /// (in f32, vectorised; the normaliser is summed in 32 lanes folded into f64), so KL can reuse the
+    /// probabilities instead of exponentiating again.
+    pub fn log_softmax_probs(logits: &[f32], log_p: &mut [f32], p: Option<&mut [f32]>) -> () = log_softmax_body;
+}
+
+#[inline(always)]
+fn log_softmax_body(logits: &[f32], log_p: &mut [f32], p: Option<&mut [f32]>) {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let (chunks, rest) = logits.as_chunks::<LANES>();
+    for c in chunks {
+        for k in 0..LANES {
+            lanes[k] = lanes[k].max(c[k]);
         }
     }
+    let max = lanes.iter().chain(rest).copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum = match p {
+        Some(p) => {
+            for (e, &x) in p.iter_mut().zip(logits) {
+                *e = shifted_exp(x - max);
+            }
+            let sum = lane_sum(p, p, |e, _| e);
+            let inv = (1.0 / sum) as f32;
+            for v in p.iter_mut() {
+                *v *= inv;
+            }
+            sum
+        }
+        None => lane_sum(logits, logits, |x, _| shifted_exp(x - max)),
+    };
     let log_sum = sum.ln() as f32;
     for (o, &x) in log_p.iter_mut().zip(logits) {
         *o = (x - max) - log_sum;
-    }
-    if let Some(p) = p {
-        let inv = (1.0 / sum) as f32;
-        for v in p.iter_mut() {
-            *v *= inv;
-        }
     }
 }
 
@@ -228,6 +274,47 @@ pub fn transpose_rows(src: &[f32], rows: usize, cols: usize, first: usize, out: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exp_f32_is_within_two_ulp_of_the_exact_value() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let exact = (x as f64).exp();
+            let rel = ((exp_f32(x) as f64 - exact) / exact).abs();
+            worst = worst.max(rel);
+            x += 0.000_37;
+        }
+        // One f32 ulp is 2⁻²³ ≈ 1.19e-7 relative.
+        assert!(worst < 2.4e-7, "worst relative error {worst:e}");
+        assert_eq!(shifted_exp(-200.0), 0.0);
+        assert_eq!(exp_f32(0.0), 1.0);
+    }
+
+    #[test]
+    fn log_softmax_matches_f64_reference() {
+        let logits: Vec<f32> = (0..50_001).map(|i| ((i * 7919) % 1000) as f32 * 0.031 - 12.0).collect();
+        let mut lp = vec![0f32; logits.len()];
+        let mut p = vec![0f32; logits.len()];
+        log_softmax_probs(&logits, &mut lp, Some(&mut p));
+        let max = logits.iter().copied().fold(f32::MIN, f32::max) as f64;
+        let z: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
+        for (i, &x) in logits.iter().enumerate() {
+            let expect = x as f64 - max - z.ln();
+            // f32 holds log p to ~1e-7 relative; the subtraction of ln Z rounds once more.
+            assert!(
+                (lp[i] as f64 - expect).abs() < 4e-7 * expect.abs().max(1.0),
+                "log p at {i}"
+            );
+            assert!(
+                (p[i] as f64 - expect.exp()).abs() < 1e-6 * expect.exp().max(1e-12) + 1e-12,
+                "p at {i}"
+            );
+        }
+        let mut lp2 = vec![0f32; logits.len()];
+        log_softmax(&logits, &mut lp2);
+        assert_eq!(lp, lp2);
+    }
 
     #[test]
     fn transpose_rows_transposes_any_shape_in_pieces() {
