@@ -194,16 +194,16 @@ async fn adl(ctx: &SessionContext, dir: &Path, out: &mut String) -> Result<()> {
         "\n[adl] activation difference lens: tokens the mean difference of the first positions promotes"
     )?;
     if register(ctx, dir, "all_positions").await? {
-        let sql = "SELECT token FROM adl_all_positions WHERE sign = '+' AND regexp_like(token, '[A-Za-z]') ORDER BY rank LIMIT 15";
+        let sql = "SELECT token FROM adl_all_positions WHERE sign = '+' AND regexp_like(regexp_replace(token, '<0x[0-9A-F]{2}>', '', 'g'), '[A-Za-z]') ORDER BY rank LIMIT 15";
         let tokens: Vec<String> = rows(ctx, sql).await?.into_iter().map(|r| show(&r[0])).collect();
         writeln!(out, "  promoted: {}", tokens.join(" "))?;
-        let sql = "SELECT token FROM adl_all_positions WHERE sign = '-' AND regexp_like(token, '[A-Za-z]') ORDER BY rank LIMIT 10";
+        let sql = "SELECT token FROM adl_all_positions WHERE sign = '-' AND regexp_like(regexp_replace(token, '<0x[0-9A-F]{2}>', '', 'g'), '[A-Za-z]') ORDER BY rank LIMIT 10";
         let tokens: Vec<String> = rows(ctx, sql).await?.into_iter().map(|r| show(&r[0])).collect();
         writeln!(out, "  suppressed: {}", tokens.join(" "))?;
     }
     if register(ctx, dir, "logit_lens").await? {
         let sql = "SELECT pos, string_agg(token, ' ' ORDER BY rank) FROM (SELECT * FROM adl_logit_lens \
-                   WHERE sign = '+' AND regexp_like(token, '[A-Za-z]') AND rank <= 12) GROUP BY pos ORDER BY pos";
+                   WHERE sign = '+' AND regexp_like(regexp_replace(token, '<0x[0-9A-F]{2}>', '', 'g'), '[A-Za-z]') AND rank <= 12) GROUP BY pos ORDER BY pos";
         for r in rows(ctx, sql).await? {
             writeln!(out, "  position {}: {}", r[0], crate::data::token_text::readable(&r[1]))?;
         }
