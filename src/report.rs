@@ -10,6 +10,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 use crate::config::Settings;
+use crate::data::token_text::quoted;
 
 /// The methods a report reads, in order.
 const METHODS: [&str; 3] = ["kl", "normdiff", "adl"];
@@ -50,10 +51,6 @@ async fn register(ctx: &SessionContext, dir: &Path, table: &str) -> Result<bool>
         .await
         .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(true)
-}
-
-fn show(text: &str) -> String {
-    format!("\"{}\"", crate::data::token_text::readable(text))
 }
 
 /// Writes the report of the configured model and organism.
@@ -133,9 +130,9 @@ async fn kl(ctx: &SessionContext, dir: &Path, out: &mut String) -> Result<()> {
                 "  {:>3}. KL {:>6}  {}  → {} / {}",
                 r[0],
                 r[1],
-                show(&r[2]),
-                show(&r[3]),
-                show(&r[4])
+                quoted(&r[2]),
+                quoted(&r[3]),
+                quoted(&r[4]),
             )?;
         }
     }
@@ -195,10 +192,10 @@ async fn adl(ctx: &SessionContext, dir: &Path, out: &mut String) -> Result<()> {
     )?;
     if register(ctx, dir, "all_positions").await? {
         let sql = "SELECT token FROM adl_all_positions WHERE sign = '+' AND regexp_like(regexp_replace(token, '<0x[0-9A-F]{2}>', '', 'g'), '[A-Za-z]') ORDER BY rank LIMIT 15";
-        let tokens: Vec<String> = rows(ctx, sql).await?.into_iter().map(|r| show(&r[0])).collect();
+        let tokens: Vec<String> = rows(ctx, sql).await?.into_iter().map(|r| quoted(&r[0])).collect();
         writeln!(out, "  promoted: {}", tokens.join(" "))?;
         let sql = "SELECT token FROM adl_all_positions WHERE sign = '-' AND regexp_like(regexp_replace(token, '<0x[0-9A-F]{2}>', '', 'g'), '[A-Za-z]') ORDER BY rank LIMIT 10";
-        let tokens: Vec<String> = rows(ctx, sql).await?.into_iter().map(|r| show(&r[0])).collect();
+        let tokens: Vec<String> = rows(ctx, sql).await?.into_iter().map(|r| quoted(&r[0])).collect();
         writeln!(out, "  suppressed: {}", tokens.join(" "))?;
     }
     if register(ctx, dir, "logit_lens").await? {

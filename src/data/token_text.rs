@@ -70,6 +70,11 @@ pub fn readable(text: &str) -> String {
     out
 }
 
+/// [`readable`] in double quotes, so leading and trailing spaces show (`" Roman"`).
+pub fn quoted(text: &str) -> String {
+    format!("\"{}\"", readable(text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +85,7 @@ mod tests {
         assert_eq!(readable("\n\tx\r"), "\\n\\tx\\r");
         assert_eq!(readable(" Roman"), " Roman");
         assert_eq!(readable("\u{7f}"), "<0x7F>");
+        assert_eq!(quoted(" THEM\n"), "\" THEM\\n\"");
     }
 
     #[test]

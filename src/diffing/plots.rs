@@ -232,7 +232,7 @@ fn bars(spec: &PlotSpec, cols: &Columns, keep: &[bool], path: &Path) -> Result<(
     let ys = cols.numbers(&spec.y)?;
     let rows: Vec<(String, f64)> = (0..ys.len())
         .filter(|&i| keep[i])
-        .filter_map(|i| Some((crate::data::token_text::readable(labels[i].as_deref()?), ys[i]?)))
+        .filter_map(|i| Some((crate::data::token_text::quoted(labels[i].as_deref()?), ys[i]?)))
         .take(40)
         .collect();
     if rows.is_empty() {
