@@ -21,6 +21,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 use parquet::arrow::ProjectionMask;
 
 use super::layout::PartitionKey;
+use super::scan::within_limit;
 use super::verify::FIX;
 
 /// One data file to read, with its partition's column values.
@@ -216,23 +217,14 @@ impl Iterator for FileReader {
                     Err(e) => return Some(Err(e)),
                 }
             }
-            let (unit, reader) = self.current.as_mut().expect("a file is open");
+            let (unit, mut reader) = self.current.take().expect("a file is open");
             match reader.next() {
-                None => self.current = None,
-                Some(Err(e)) => return Some(Err(file_error(unit, e))),
+                None => {} // this file is done; the next loop opens the next one
+                Some(Err(e)) => return Some(Err(file_error(&unit, e))),
                 Some(Ok(batch)) => {
-                    let unit = unit.clone();
-                    let batch = match self.assemble(&unit, &batch) {
-                        Ok(b) => b,
-                        Err(e) => return Some(Err(e)),
-                    };
-                    let batch = if batch.num_rows() > self.remaining {
-                        batch.slice(0, self.remaining)
-                    } else {
-                        batch
-                    };
-                    self.remaining -= batch.num_rows();
-                    return Some(Ok(batch));
+                    let out = self.assemble(&unit, &batch);
+                    self.current = Some((unit, reader));
+                    return Some(out.map(|b| within_limit(b, &mut self.remaining)));
                 }
             }
         }

@@ -158,6 +158,17 @@ impl ExecutionPlan for VectorScanExec {
     }
 }
 
+/// `batch`, cut to the `remaining` rows a scan's limit still allows, which it then counts down.
+pub(super) fn within_limit(batch: RecordBatch, remaining: &mut usize) -> RecordBatch {
+    let batch = if batch.num_rows() > *remaining {
+        batch.slice(0, *remaining)
+    } else {
+        batch
+    };
+    *remaining -= batch.num_rows();
+    batch
+}
+
 /// The open files of one unit.
 struct OpenUnit {
     unit: ScanUnit,
@@ -196,15 +207,7 @@ impl Iterator for UnitReader {
                 }
             }
             match self.next_batch() {
-                Ok(Some(batch)) => {
-                    let batch = if batch.num_rows() > self.remaining {
-                        batch.slice(0, self.remaining)
-                    } else {
-                        batch
-                    };
-                    self.remaining -= batch.num_rows();
-                    return Some(Ok(batch));
-                }
+                Ok(Some(batch)) => return Some(Ok(within_limit(batch, &mut self.remaining))),
                 Ok(None) => self.current = None,
                 Err(e) => return Some(Err(e)),
             }

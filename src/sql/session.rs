@@ -139,7 +139,13 @@ fn absolute(path: &Path) -> PathBuf {
 
 /// Refuses a planned statement the session's [`SqlAccess`] does not allow, naming what and why.
 pub fn check_access(ctx: &SessionContext, plan: &LogicalPlan) -> Result<()> {
-    let access = ctx.state().config().get_extension::<SqlAccess>().unwrap_or_default();
+    // Read under the session's lock rather than cloning the whole session state per statement.
+    let access = ctx
+        .state_ref()
+        .read()
+        .config()
+        .get_extension::<SqlAccess>()
+        .unwrap_or_default();
     let protected_target = |url: &str| -> Option<PathBuf> {
         let path = absolute(Path::new(url.strip_prefix("file://").unwrap_or(url)));
         access.protected.iter().find(|p| path.starts_with(p)).map(|_| path)

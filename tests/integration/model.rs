@@ -407,11 +407,31 @@ fn write_gguf_with(name: &str, arch: &str, out: &Path, extra: Vec<(String, candl
     std::fs::copy(dir.join("tokenizer.json"), out.join("tokenizer.json")).unwrap();
 }
 
+/// The token ids preprocessing caches for one plain-text sample (BOS as the model's settings decide).
+pub fn preprocessing_ids(files: &diffsql::model::ModelFiles, text: &str) -> Vec<u32> {
+    use diffsql::data::source::Sample;
+    use diffsql::data::tokenize::{tokenize, Limits};
+    let limits = Limits {
+        context_len: 4096,
+        max_samples: usize::MAX,
+        max_tokens: usize::MAX,
+    };
+    let t = tokenize(
+        "d",
+        "train",
+        &[Sample::Text(text.into())],
+        &files.tokenizer,
+        files.special.bos_to_add(),
+        None,
+        limits,
+    )
+    .unwrap();
+    t.sequences[0].ids.clone()
+}
+
 #[test]
 fn a_gguf_beside_a_bare_tokenizer_json_takes_bos_and_template_from_its_metadata() {
     use candle_core::quantized::gguf_file::Value;
-    use diffsql::data::source::Sample;
-    use diffsql::data::tokenize::{tokenize, Limits};
     use diffsql::model::ModelFiles;
     let text = "To be, or not to be";
     for add_bos in [true, false] {
@@ -437,22 +457,7 @@ fn a_gguf_beside_a_bare_tokenizer_json_takes_bos_and_template_from_its_metadata(
         tok["post_processor"] = serde_json::Value::Null;
         std::fs::write(&path, tok.to_string()).unwrap();
         let files = ModelFiles::open(&ModelSource::Gguf(dir.path().join("model.gguf"))).unwrap();
-        let limits = Limits {
-            context_len: 64,
-            max_samples: usize::MAX,
-            max_tokens: usize::MAX,
-        };
-        let t = tokenize(
-            "d",
-            "train",
-            &[Sample::Text(text.into())],
-            &files.tokenizer,
-            files.special.bos_to_add(),
-            None,
-            limits,
-        )
-        .unwrap();
-        let ids = &t.sequences[0].ids;
+        let ids = &preprocessing_ids(&files, text);
         let plain = files.tokenizer.encode(text, false).unwrap().get_ids().to_vec();
         if add_bos {
             assert_eq!(ids[0], bos, "BOS from tokenizer.ggml.add_bos_token");

@@ -9,8 +9,6 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use diffsql::data::source::Sample;
-use diffsql::data::tokenize::{tokenize, Limits};
 use diffsql::model::{load, ModelFiles, ModelSource};
 
 /// Largest allowed max|diffsql − transformers| / max|transformers| per layer and for the logits, in f32.
@@ -137,27 +135,9 @@ fn real_gguf_models_are_tokenised_as_transformers_reads_the_gguf() {
                 .iter()
                 .map(|v| v.as_u64().unwrap() as u32)
                 .collect();
-            let limits = Limits {
-                context_len: 1024,
-                max_samples: usize::MAX,
-                max_tokens: usize::MAX,
-            };
-            let t = tokenize(
-                "d",
-                "train",
-                &[Sample::Text(text.into())],
-                &files.tokenizer,
-                files.special.bos_to_add(),
-                None,
-                limits,
-            )
-            .unwrap();
-            eprintln!(
-                "{name}: {text:?} -> {:?} ({})",
-                &t.sequences[0].ids,
-                files.special.describe()
-            );
-            assert_eq!(t.sequences[0].ids, expect, "{name}: {text:?}");
+            let ids = super::model::preprocessing_ids(&files, text);
+            eprintln!("{name}: {text:?} -> {:?} ({})", ids, files.special.describe());
+            assert_eq!(ids, expect, "{name}: {text:?}");
         }
     }
 }
