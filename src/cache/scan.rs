@@ -444,19 +444,26 @@ fn corrupt(path: &std::path::Path, e: impl fmt::Display) -> DataFusionError {
     ))
 }
 
-/// Distributes units over `partitions` output partitions, largest first onto the least loaded.
-pub fn balance(mut units: Vec<ScanUnit>, partitions: usize) -> Vec<Vec<ScanUnit>> {
+/// Spreads scan units over `partitions` output partitions, largest (by `weight`) first onto the least
+/// loaded, so each partition reads about the same number of rows; within a partition units are read in
+/// `order` (file order), so reads stay sequential.
+pub fn balance<U>(
+    mut units: Vec<U>,
+    partitions: usize,
+    weight: impl Fn(&U) -> usize,
+    order: impl Fn(&U, &U) -> std::cmp::Ordering,
+) -> Vec<Vec<U>> {
     let partitions = partitions.max(1).min(units.len().max(1));
-    units.sort_by(|a, b| b.rows.cmp(&a.rows).then_with(|| a.file.cmp(&b.file)));
-    let mut bins: Vec<(usize, Vec<ScanUnit>)> = (0..partitions).map(|_| (0, Vec::new())).collect();
+    units.sort_by(|a, b| weight(b).cmp(&weight(a)).then_with(|| order(a, b)));
+    let mut bins: Vec<(usize, Vec<U>)> = (0..partitions).map(|_| (0, Vec::new())).collect();
     for u in units {
         let bin = bins.iter_mut().min_by_key(|(load, _)| *load).expect("at least one bin");
-        bin.0 += u.rows;
+        bin.0 += weight(&u);
         bin.1.push(u);
     }
     bins.into_iter()
         .map(|(_, mut v)| {
-            v.sort_by(|a, b| a.file.cmp(&b.file).then_with(|| a.row_groups.cmp(&b.row_groups)));
+            v.sort_by(&order);
             v
         })
         .collect()

@@ -316,7 +316,12 @@ impl TableProvider for VectorTable {
             self.name(),
             schema,
             sources,
-            balance(units, target_partitions),
+            balance(
+                units,
+                target_partitions,
+                |u| u.rows,
+                |a, b| a.file.cmp(&b.file).then_with(|| a.row_groups.cmp(&b.row_groups)),
+            ),
             self.vector_type.clone(),
             vector_batch_rows(&self.vector_type, state.config().batch_size()),
             limit,
@@ -435,16 +440,13 @@ impl TableProvider for RowTable {
             })
             .collect();
         let schema = Arc::new(self.schema.project(indices)?);
-        // Whole files per output partition, largest first onto the least loaded.
-        let target = state.config().target_partitions().max(1);
-        units.sort_by_key(|u| std::cmp::Reverse(u.rows));
-        let mut groups: Vec<Vec<FileUnit>> = vec![Vec::new(); target.min(units.len()).max(1)];
-        let mut load = vec![0usize; groups.len()];
-        for u in units {
-            let i = (0..load.len()).min_by_key(|&i| load[i]).expect("at least one group");
-            load[i] += u.rows.max(1);
-            groups[i].push(u);
-        }
+        // Whole files per output partition, balanced by rows (an empty file still costs an open).
+        let groups = balance(
+            units,
+            state.config().target_partitions(),
+            |u| u.rows.max(1),
+            |a, b| a.path.cmp(&b.path),
+        );
         Ok(Arc::new(FileScanExec::new(
             self.table.name(),
             schema,
