@@ -164,10 +164,7 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
     let layers = resolve_layers(&pre.layers, num_layers)?;
     let clock = Instant::now();
     let datasets = tokenize_datasets(settings, project_root, &files.base)?;
-    let mut stages = Stages {
-        tokenize: clock.elapsed().as_secs_f64(),
-        ..Stages::default()
-    };
+    let tokenize = clock.elapsed().as_secs_f64();
     let fp = fingerprint(&datasets);
     let tokenizer = files.base.special.describe();
     let plan = Plan::build(&layout, model, organism, &layers, storage, &fp)?;
@@ -184,7 +181,7 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
     layout.ensure_writable()?;
     let clock = Instant::now();
     let pair = files.load(settings, &device)?;
-    stages.load = clock.elapsed().as_secs_f64();
+    let load = clock.elapsed().as_secs_f64();
 
     let options = WriteOptions {
         vector_compression: compression,
@@ -268,12 +265,14 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
         written
     })?;
     // The writer thread timed its own stages; this thread's are added here.
-    stages.forward_base = forward_base;
-    stages.forward_organism = forward_organism;
-    stages.waiting = waiting;
-    stages.logits = result.stages.logits;
-    stages.statistics = result.stages.statistics;
-    stages.write = result.stages.write;
+    let stages = Stages {
+        tokenize,
+        load,
+        forward_base,
+        forward_organism,
+        waiting,
+        ..result.stages.clone()
+    };
     Ok(Summary {
         tokens,
         base_reused: !run_base,
