@@ -239,7 +239,7 @@ fn check_cache(cache: &Path, repair: bool) -> Result<ExitCode> {
         );
     }
     let started = std::time::Instant::now();
-    let report = diffsql::cache::verify::check(&CacheLayout::new(cache), repair, |_| {})?;
+    let report = diffsql::cache::verify::check(&CacheLayout::new(cache), repair)?;
     for d in &report.damaged {
         println!("damaged  {}  {}", d.key, d.problem);
     }

@@ -129,11 +129,10 @@ pub struct CheckReport {
 
 /// Verifies every file of every complete partition of every table; with `repair`, removes each damaged
 /// partition (its manifest first, so it stops being visible before its files go).
-pub fn check(layout: &CacheLayout, repair: bool, progress: impl Fn(&PartitionKey) + Sync) -> Result<CheckReport> {
+pub fn check(layout: &CacheLayout, repair: bool) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     for table in Table::ALL {
         for (key, manifest) in layout.partitions(table)? {
-            progress(&key);
             report.partitions += 1;
             report.files += manifest.files.len();
             report.bytes += manifest.bytes();
