@@ -13,3 +13,4 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod report;
 pub mod sql;
+pub mod train;

@@ -3,6 +3,7 @@
 pub mod file_scan;
 pub mod layout;
 pub mod manifest;
+pub mod planted;
 pub mod scan;
 pub mod synth;
 pub mod tables;

@@ -179,7 +179,7 @@ pub fn write(layout: &CacheLayout, spec: &SynthSpec, mut progress: impl FnMut(us
 const VOCAB: i32 = 1000;
 
 /// The vocabulary: token `t{id}` for every id a synthetic token can have.
-fn write_vocab(layout: &CacheLayout, spec: &SynthSpec) -> Result<()> {
+pub(crate) fn write_vocab(layout: &CacheLayout, spec: &SynthSpec) -> Result<()> {
     let key = PartitionKey::vocab(&spec.model);
     if layout.manifest(&key)?.is_some() {
         return Ok(());
@@ -198,11 +198,11 @@ fn write_vocab(layout: &CacheLayout, spec: &SynthSpec) -> Result<()> {
     Ok(())
 }
 
-fn token_of(i: usize, seed: u64) -> i32 {
+pub(crate) fn token_of(i: usize, seed: u64) -> i32 {
     ((i as u64).wrapping_mul(2654435761).wrapping_add(seed) % VOCAB as u64) as i32
 }
 
-fn write_tokens(layout: &CacheLayout, spec: &SynthSpec, organisms: &[String]) -> Result<()> {
+pub(crate) fn write_tokens(layout: &CacheLayout, spec: &SynthSpec, organisms: &[String]) -> Result<()> {
     let schema = tokens_file_schema();
     let n = spec.tokens;
     for (k, organism) in organisms.iter().enumerate() {
@@ -249,7 +249,7 @@ fn write_tokens(layout: &CacheLayout, spec: &SynthSpec, organisms: &[String]) ->
     Ok(())
 }
 
-fn write_sequences(layout: &CacheLayout, spec: &SynthSpec) -> Result<()> {
+pub(crate) fn write_sequences(layout: &CacheLayout, spec: &SynthSpec) -> Result<()> {
     let key = PartitionKey::sequences(&spec.model);
     if layout.manifest(&key)?.is_some() {
         return Ok(());

@@ -97,12 +97,15 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// An exclusive claim on writing one partition: a lock file holding the writer's process id.
 #[derive(Debug)]
-struct PartitionLock {
+/// A lock file holding the writer's pid: a second writer is refused, a dead writer's lock is taken over.
+pub struct WriteLock {
     path: PathBuf,
 }
 
-impl PartitionLock {
-    fn acquire(path: PathBuf, key: &PartitionKey) -> Result<Self> {
+impl WriteLock {
+    /// Takes the lock at `path` for writing `what` (named in the error when another process holds it).
+    pub fn acquire(path: PathBuf, what: &dyn std::fmt::Display) -> Result<Self> {
+        let key = what;
         for _ in 0..2 {
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(mut f) => {
@@ -114,7 +117,7 @@ impl PartitionLock {
                     let alive = holder.trim().parse::<u32>().is_ok_and(process_alive);
                     if alive {
                         bail!(
-                            "partition {key} is being written by process {} (lock {}); wait for it, or delete the lock if that process is gone",
+                            "{key} is being written by process {} (lock {}); wait for it, or delete the lock if that process is gone",
                             holder.trim(),
                             path.display()
                         );
@@ -125,11 +128,11 @@ impl PartitionLock {
                 Err(e) => return Err(e).with_context(|| format!("cannot create lock {}", path.display())),
             }
         }
-        bail!("cannot take the lock {} for partition {key}", path.display())
+        bail!("cannot take the lock {} for {key}", path.display())
     }
 }
 
-impl Drop for PartitionLock {
+impl Drop for WriteLock {
     fn drop(&mut self) {
         fs::remove_file(&self.path).ok();
     }
@@ -181,7 +184,7 @@ pub struct PartitionWriter {
     rows: u64,
     fingerprint: Option<TokenFingerprint>,
     encoding: Option<VectorEncoding>,
-    _lock: PartitionLock,
+    _lock: WriteLock,
 }
 
 impl PartitionWriter {
@@ -201,7 +204,7 @@ impl PartitionWriter {
             )
         })?;
         let name = key.to_string().replace('/', ",");
-        let lock = PartitionLock::acquire(staging_root.join(format!("{name}.lock")), &key)?;
+        let lock = WriteLock::acquire(staging_root.join(format!("{name}.lock")), &format!("partition {key}"))?;
         let staging = staging_root.join(&name);
         if staging.exists() {
             // Left by an interrupted run: start the partition again.

@@ -126,6 +126,9 @@ pub struct MethodConfig {
     /// Charts drawn from the result tables.
     #[serde(default)]
     pub plots: Vec<crate::diffing::plots::PlotSpec>,
+    /// A dictionary trained (or found in the cache) before the queries run; they see it as `$dictionary`.
+    #[serde(default)]
+    pub train: Option<super::train::TrainConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 
 mod cache;
 mod config;
+mod dictionary;
 mod diffing;
 mod fixtures;
 mod integrity;

@@ -1,0 +1,11 @@
+//! Dictionaries trained on the cache: a crosscoder on (base, ft), a sparse autoencoder on ft − base, and PCA
+//! of ft − base, saved under the cache as tables the SQL functions read.
+
+pub mod data;
+pub mod pca;
+pub mod run;
+pub mod sparse_coder;
+pub mod store;
+
+pub use run::{dictionary_name, ensure, Outcome, TrainRequest};
+pub use store::{DictionaryId, DictionaryManifest};

@@ -1,0 +1,825 @@
+//! Training a dictionary end to end: find or resume it, stream shuffled rows from the cache, fit the
+//! normalisation once, train with progress and checkpoints, measure it on held-out sequences, and write it.
+
+use std::fs;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::data::{RowKind, Shuffle, SourceSpec, Split, TrainingSource};
+use super::pca::Covariance;
+use super::sparse_coder::{host_values, Adam, CoderSpec, SparseCoder, Sparsity, StepSettings};
+use super::store::{self, CurvePoint, DictionaryId, DictionaryManifest, LatentColumns, Validation};
+use crate::cache::layout::CacheLayout;
+use crate::cache::writer::WriteLock;
+use crate::config::{DictionaryKind, SparsityKind, TrainConfig};
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    pub model: String,
+    pub organism: String,
+    /// A resolved layer index.
+    pub layer: i32,
+    pub config: TrainConfig,
+    pub device: Device,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+    /// Stop (after a checkpoint) once this many steps are done: how tests stand in for a killed run.
+    pub stop_after_steps: Option<u64>,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Trained(DictionaryManifest),
+    /// A complete dictionary with these settings was already in the cache: nothing was done.
+    Existing(DictionaryManifest),
+    /// Stopped at `stop_after_steps`, with a checkpoint.
+    Stopped {
+        step: u64,
+    },
+}
+
+impl Outcome {
+    pub fn manifest(&self) -> Option<&DictionaryManifest> {
+        match self {
+            Outcome::Trained(m) | Outcome::Existing(m) => Some(m),
+            Outcome::Stopped { .. } => None,
+        }
+    }
+}
+
+/// The dictionary's name: the configured one, or `<kind>_L<layer>`.
+pub fn dictionary_name(config: &TrainConfig, layer: i32) -> String {
+    if config.name.is_empty() {
+        format!("{}_L{layer}", config.kind.name())
+    } else {
+        config.name.clone()
+    }
+}
+
+/// Rows of validation data the curve's periodic evaluations use.
+const CURVE_VALIDATION_ROWS: usize = 8192;
+/// Training rows the normalisation is fitted on (the first ones in file order).
+const NORMALISATION_ROWS: usize = 65_536;
+
+/// Trains the dictionary a request describes, unless it is complete already (then this is a no-op).
+pub fn ensure(layout: &CacheLayout, request: &TrainRequest) -> Result<Outcome> {
+    let config = &request.config;
+    config.validate()?;
+    let id = DictionaryId {
+        model: request.model.clone(),
+        organism: request.organism.clone(),
+        name: dictionary_name(config, request.layer),
+    };
+    let source_fingerprint = layout
+        .manifest(&crate::cache::layout::PartitionKey::activations(
+            &id.model,
+            &id.organism,
+            request.layer,
+        ))?
+        .and_then(|m| m.token_fingerprint)
+        .unwrap_or_default();
+    if let Some(existing) = store::read_manifest(layout, &id)? {
+        if existing.settings == *config
+            && existing.layer == request.layer
+            && existing.source_fingerprint == source_fingerprint
+        {
+            return Ok(Outcome::Existing(existing));
+        }
+        bail!(
+            "dictionary {id} exists with other settings or was trained on other cached tokens: delete {} to retrain it, or set diffing.method.train.name to keep both",
+            store::dictionary_dir(layout, &id).display()
+        );
+    }
+    layout.ensure_writable()?;
+    let checkpoints = store::checkpoint_dir(layout, &id);
+    fs::create_dir_all(layout.staging_dir())
+        .with_context(|| format!("cannot create {}", layout.staging_dir().display()))?;
+    let mut lock_path = checkpoints.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let _lock = WriteLock::acquire(lock_path.into(), &format!("dictionary {id}"))?;
+    let source = TrainingSource::open(
+        layout,
+        &SourceSpec {
+            model: id.model.clone(),
+            organism: id.organism.clone(),
+            layer: request.layer,
+            datasets: config.datasets.clone(),
+            validation_fraction: config.validation_fraction,
+            max_train_rows: config.max_tokens,
+        },
+    )?;
+    let base = ManifestBase {
+        id,
+        layer: request.layer,
+        config: config.clone(),
+        source_fingerprint,
+        datasets: source.datasets.clone(),
+        d_model: source.d_model(),
+    };
+    match config.kind {
+        DictionaryKind::Pca => train_pca(layout, &source, base).map(Outcome::Trained),
+        DictionaryKind::Crosscoder | DictionaryKind::SaeDifference => train_coder(layout, &source, base, request),
+    }
+}
+
+/// What every manifest records besides the results.
+struct ManifestBase {
+    id: DictionaryId,
+    layer: i32,
+    config: TrainConfig,
+    source_fingerprint: String,
+    datasets: Vec<String>,
+    d_model: usize,
+}
+
+impl ManifestBase {
+    fn manifest(&self, latents: usize, scale: Vec<f32>, bias: Vec<f32>) -> DictionaryManifest {
+        DictionaryManifest {
+            format: store::DICTIONARY_FORMAT,
+            id: self.id.clone(),
+            kind: self.config.kind,
+            layer: self.layer,
+            datasets: self.datasets.clone(),
+            d_model: self.d_model,
+            latents,
+            settings: self.config.clone(),
+            scale,
+            bias,
+            threshold: None,
+            train_tokens: 0,
+            steps: 0,
+            seconds: 0.0,
+            curve: Vec::new(),
+            validation: Validation::default(),
+            source_fingerprint: self.source_fingerprint.clone(),
+            latents_bytes: 0,
+            latents_xxh3: String::new(),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+}
+
+fn too_few(base: &ManifestBase, rows: usize, need: usize, what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "dictionary {}: layer {} has {rows} training tokens, {what} needs at least {need}: preprocess more tokens (preprocessing.max_tokens, more datasets) or {}",
+        base.id,
+        base.layer,
+        if base.config.kind == DictionaryKind::Pca { "use more data" } else { "lower diffing.method.train.batch_size" }
+    )
+}
+
+fn train_pca(layout: &CacheLayout, source: &TrainingSource, base: ManifestBase) -> Result<DictionaryManifest> {
+    let started = Instant::now();
+    let d = source.d_model();
+    if source.train_rows < 2 {
+        return Err(too_few(&base, source.train_rows, 2, "PCA"));
+    }
+    let bar = progress_bar(source.train_rows as u64, "rows");
+    let mut cov = Covariance::new(d);
+    let mut stream = source.stream(Split::Train, RowKind::Difference, None);
+    loop {
+        let rows = stream.next_batch(16_384)?;
+        if rows.is_empty() {
+            break;
+        }
+        cov.add(&rows)?;
+        bar.set_position(cov.rows());
+    }
+    bar.finish_and_clear();
+    let components = cov.components(base.config.components)?;
+    let kept = components.variance.len();
+    // Validation: the share of held-out variance the kept components explain.
+    let mut stream = source.stream(Split::Validation, RowKind::Difference, None);
+    let (mut explained, mut total, mut tokens) = (0f64, 0f64, 0u64);
+    while (tokens as usize) < base.config.max_validation_tokens {
+        let rows = stream.next_batch(4096)?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows.chunks_exact(d) {
+            let centred: Vec<f64> = row.iter().zip(&components.mean).map(|(v, m)| *v as f64 - m).collect();
+            total += centred.iter().map(|v| v * v).sum::<f64>();
+            for c in components.vectors.chunks_exact(d) {
+                let p: f64 = c.iter().zip(&centred).map(|(a, b)| *a as f64 * b).sum();
+                explained += p * p;
+            }
+            tokens += 1;
+        }
+    }
+    let mut manifest = base.manifest(kept, vec![1.0], components.mean.iter().map(|m| *m as f32).collect());
+    manifest.train_tokens = components.rows;
+    manifest.seconds = started.elapsed().as_secs_f64();
+    manifest.validation = Validation {
+        tokens,
+        fve: if total > 0.0 { explained / total } else { 0.0 },
+        l0: kept as f64,
+        dead_fraction: 0.0,
+    };
+    let latents = LatentColumns::default()
+        .ids(kept)
+        .vectors("dec", components.vectors, d)?
+        .f64("explained_variance", components.variance)
+        .f64("explained_variance_ratio", components.ratio)
+        .batch()?;
+    eprintln!(
+        "pca {}: {} components of {} rows at layer {} in {:.1} s ({:.0} rows/s); held-out variance explained {:.3}",
+        manifest.id,
+        kept,
+        components.rows,
+        manifest.layer,
+        manifest.seconds,
+        components.rows as f64 / manifest.seconds.max(1e-9),
+        manifest.validation.fve
+    );
+    store::write(layout, manifest, &latents)
+}
+
+/// The training state a checkpoint holds besides tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    settings: TrainConfig,
+    source_fingerprint: String,
+    step: u64,
+    epoch: u64,
+    batches_in_epoch: u64,
+    tokens: u64,
+    threshold: f32,
+    adam_t: u64,
+    tokens_since_fired: Vec<u64>,
+    curve: Vec<CurvePoint>,
+    scale: Vec<f32>,
+    seconds: f64,
+}
+
+const CHECKPOINT_TENSORS: &str = "checkpoint.safetensors";
+const CHECKPOINT_STATE: &str = "checkpoint.json";
+
+fn save_checkpoint(dir: &Path, coder: &SparseCoder, adam: &Adam, state: &CheckpointState) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut tensors = std::collections::HashMap::new();
+    for (i, (name, var)) in SparseCoder::VAR_NAMES.iter().zip(coder.vars()).enumerate() {
+        tensors.insert(name.to_string(), var.as_tensor().clone());
+        tensors.insert(format!("adam_m.{name}"), adam.first[i].clone());
+        tensors.insert(format!("adam_v.{name}"), adam.second[i].clone());
+    }
+    let tmp = dir.join(format!("{CHECKPOINT_TENSORS}.tmp"));
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    // The state names the step of the tensors: the tensors go into place first, then the state.
+    let state_tmp = dir.join(format!("{CHECKPOINT_STATE}.tmp"));
+    fs::write(&state_tmp, serde_json::to_string(state)?)?;
+    fs::remove_file(dir.join(CHECKPOINT_STATE)).ok();
+    fs::rename(&tmp, dir.join(CHECKPOINT_TENSORS))?;
+    fs::rename(&state_tmp, dir.join(CHECKPOINT_STATE))?;
+    Ok(())
+}
+
+/// A checkpoint of this training run, if one is there and was made with the same settings and data.
+fn load_checkpoint(
+    dir: &Path,
+    coder: &mut SparseCoder,
+    adam: &mut Adam,
+    settings: &TrainConfig,
+    source_fingerprint: &str,
+) -> Result<Option<CheckpointState>> {
+    let state_path = dir.join(CHECKPOINT_STATE);
+    let Ok(text) = fs::read_to_string(&state_path) else {
+        return Ok(None);
+    };
+    let Ok(state) = serde_json::from_str::<CheckpointState>(&text) else {
+        eprintln!("train: ignoring an unreadable checkpoint in {}", dir.display());
+        return Ok(None);
+    };
+    if state.settings != *settings || state.source_fingerprint != source_fingerprint {
+        eprintln!(
+            "train: ignoring the checkpoint in {}: it was made with other settings or data",
+            dir.display()
+        );
+        return Ok(None);
+    }
+    let device = coder.w_enc.device().clone();
+    let tensors = match candle_core::safetensors::load(dir.join(CHECKPOINT_TENSORS), &device) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("train: ignoring an unreadable checkpoint in {} ({e})", dir.display());
+            return Ok(None);
+        }
+    };
+    for (i, (name, var)) in SparseCoder::VAR_NAMES.iter().zip(coder.vars()).enumerate() {
+        let get = |key: &str| {
+            tensors
+                .get(key)
+                .cloned()
+                .with_context(|| format!("checkpoint in {} lacks {key}: delete it", dir.display()))
+        };
+        var.set(&get(name)?)?;
+        adam.first[i] = get(&format!("adam_m.{name}"))?;
+        adam.second[i] = get(&format!("adam_v.{name}"))?;
+    }
+    adam.t = state.adam_t;
+    coder.threshold = state.threshold;
+    Ok(Some(state))
+}
+
+fn progress_bar(len: u64, unit: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}}/{{len}} {unit} {{msg}} [{{elapsed_precise}} < {{eta_precise}}]"
+        ))
+        .expect("a valid template"),
+    );
+    bar
+}
+
+/// Multiplies each side of every row by its scale.
+fn apply_scale(rows: &mut [f32], scale: &[f32], d: usize) {
+    let width = scale.len() * d;
+    for row in rows.chunks_exact_mut(width) {
+        for (side, s) in row.chunks_exact_mut(d).zip(scale) {
+            side.iter_mut().for_each(|v| *v *= s);
+        }
+    }
+}
+
+/// Per-side scales that make the mean squared norm of each side d_model, from the first training rows.
+fn fit_scale(source: &TrainingSource, kind: RowKind, sides: usize) -> Result<Vec<f32>> {
+    let d = source.d_model();
+    let mut stream = source.stream(Split::Train, kind, None);
+    let rows = stream.next_batch(NORMALISATION_ROWS)?;
+    let n = rows.len() / (sides * d);
+    let mut sq = vec![0f64; sides];
+    for row in rows.chunks_exact(sides * d) {
+        for (s, side) in row.chunks_exact(d).enumerate() {
+            sq[s] += side.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>();
+        }
+    }
+    Ok(sq
+        .iter()
+        .map(|total| {
+            let mean = total / n.max(1) as f64;
+            if mean > 0.0 {
+                (d as f64 / mean).sqrt() as f32
+            } else {
+                1.0
+            }
+        })
+        .collect())
+}
+
+fn train_coder(
+    layout: &CacheLayout,
+    source: &TrainingSource,
+    base: ManifestBase,
+    request: &TrainRequest,
+) -> Result<Outcome> {
+    let config = &base.config;
+    let d = source.d_model();
+    let (sides, kind, sae) = match config.kind {
+        DictionaryKind::Crosscoder => (2, RowKind::Pair, false),
+        _ => (1, RowKind::Difference, true),
+    };
+    if source.train_rows < config.batch_size {
+        return Err(too_few(
+            &base,
+            source.train_rows,
+            config.batch_size,
+            "one batch (train.batch_size)",
+        ));
+    }
+    let spec = CoderSpec {
+        sides,
+        d_model: d,
+        latents: config.expansion * d,
+        sparsity: match config.sparsity {
+            SparsityKind::BatchTopk => Sparsity::BatchTopK,
+            SparsityKind::L1 => Sparsity::L1,
+        },
+        sae,
+    };
+    if spec.sparsity == Sparsity::BatchTopK && config.k > spec.latents {
+        bail!(
+            "diffing.method.train.k ({}) is above the number of latents ({} = expansion {} × d_model {d})",
+            config.k,
+            spec.latents,
+            config.expansion
+        );
+    }
+    let started = Instant::now();
+    let device = &request.device;
+    let mut coder = SparseCoder::new(spec, config.seed, device)?;
+    let mut adam = Adam::new(&coder.vars())?;
+    let dir = store::checkpoint_dir(layout, &base.id);
+    let resumed = load_checkpoint(&dir, &mut coder, &mut adam, config, &base.source_fingerprint)?;
+    let scale = match &resumed {
+        Some(s) => s.scale.clone(),
+        None => fit_scale(source, kind, sides)?,
+    };
+    let steps_per_epoch = source.train_rows.div_ceil(config.batch_size) as u64;
+    let total_steps = steps_per_epoch * config.epochs as u64;
+    let k_max = if config.k_max == 0 { config.k } else { config.k_max };
+    let k_aux = if config.k_aux == 0 {
+        (d / 2).max(1)
+    } else {
+        config.k_aux
+    };
+    let mut state = resumed.unwrap_or(CheckpointState {
+        settings: config.clone(),
+        source_fingerprint: base.source_fingerprint.clone(),
+        step: 0,
+        epoch: 0,
+        batches_in_epoch: 0,
+        tokens: 0,
+        threshold: -1.0,
+        adam_t: 0,
+        tokens_since_fired: vec![0; spec.latents],
+        curve: Vec::new(),
+        scale: scale.clone(),
+        seconds: 0.0,
+    });
+    if state.step > 0 {
+        eprintln!("train {}: resuming at step {} of {total_steps}", base.id, state.step);
+    }
+    // A small held-out sample for the curve.
+    let mut curve_sample = source
+        .stream(Split::Validation, kind, None)
+        .next_batch(CURVE_VALIDATION_ROWS)?;
+    apply_scale(&mut curve_sample, &scale, d);
+    let curve_every = (total_steps / 50).max(1);
+    let bar = progress_bar(total_steps, "steps");
+    if !request.progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_position(state.step);
+    let run_started = Instant::now();
+    let tokens_at_start = state.tokens;
+    let seconds_before = state.seconds;
+    while state.epoch < config.epochs as u64 {
+        let mut stream = source.stream(
+            Split::Train,
+            kind,
+            Some(Shuffle {
+                seed: config.seed,
+                epoch: state.epoch,
+                buffer_rows: config.shuffle_buffer_rows,
+            }),
+        );
+        for _ in 0..state.batches_in_epoch {
+            stream.next_batch(config.batch_size)?;
+        }
+        loop {
+            let mut rows = stream.next_batch(config.batch_size)?;
+            if rows.is_empty() {
+                break;
+            }
+            apply_scale(&mut rows, &scale, d);
+            let n = rows.len() / spec.width();
+            let x = Tensor::from_vec(rows, (n, spec.width()), device)?;
+            let step = state.step as f64;
+            let anneal = if config.k_anneal_steps == 0 {
+                1.0
+            } else {
+                (step / config.k_anneal_steps as f64).min(1.0)
+            };
+            let k = (k_max as f64 - (k_max - config.k) as f64 * anneal).round() as usize;
+            let dead: Vec<bool> = state
+                .tokens_since_fired
+                .iter()
+                .map(|t| *t >= config.dead_tokens)
+                .collect();
+            let l1_warmup = ((step + 1.0) / (0.05 * total_steps as f64).max(1.0)).min(1.0);
+            let settings = StepSettings {
+                k,
+                k_aux,
+                dead,
+                auxk_alpha: config.auxk_alpha as f32,
+                l1: (config.l1 * l1_warmup) as f32,
+            };
+            let (loss, stats) = coder.loss(&x, &settings)?;
+            if !stats.loss.is_finite() {
+                bail!(
+                    "dictionary {}: the loss became {} at step {}: lower diffing.method.train.lr",
+                    base.id,
+                    stats.loss,
+                    state.step
+                );
+            }
+            let mut grads = loss.backward()?;
+            coder.project_decoder_gradient(&mut grads)?;
+            let lr = config.lr * ((step + 1.0) / config.warmup_steps.max(1) as f64).min(1.0);
+            adam.step(&coder.vars(), &grads, lr)?;
+            coder.normalise_decoder()?;
+            if state.step >= config.warmup_steps as u64 {
+                coder.update_threshold(stats.min_selected, config.threshold_beta as f32);
+            }
+            for (t, fired) in state.tokens_since_fired.iter_mut().zip(&stats.fired) {
+                *t = if *fired { 0 } else { *t + n as u64 };
+            }
+            state.step += 1;
+            state.tokens += n as u64;
+            state.batches_in_epoch += 1;
+            let dead_now = state
+                .tokens_since_fired
+                .iter()
+                .filter(|t| **t >= config.dead_tokens)
+                .count();
+            if state.step % curve_every == 0 || state.step == total_steps {
+                let validation_fve = validation_fve(&coder, &curve_sample, spec.width(), device)?;
+                state.curve.push(CurvePoint {
+                    step: state.step,
+                    tokens: state.tokens,
+                    loss: stats.loss,
+                    fve: stats.fve,
+                    l0: stats.l0,
+                    dead: dead_now,
+                    validation_fve,
+                });
+            }
+            let rate = (state.tokens - tokens_at_start) as f64 / run_started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "loss {:.4} fve {:.3} L0 {:.1} dead {dead_now} k {k} · {rate:.0} tok/s",
+                stats.loss, stats.fve, stats.l0
+            ));
+            bar.set_position(state.step);
+            let stop = request.stop_after_steps.is_some_and(|s| state.step >= s);
+            if state.step % config.checkpoint_every as u64 == 0 || stop {
+                state.threshold = coder.threshold;
+                state.adam_t = adam.t;
+                state.seconds = seconds_before + run_started.elapsed().as_secs_f64();
+                save_checkpoint(&dir, &coder, &adam, &state)?;
+            }
+            if stop {
+                bar.abandon();
+                return Ok(Outcome::Stopped { step: state.step });
+            }
+        }
+        state.epoch += 1;
+        state.batches_in_epoch = 0;
+    }
+    bar.finish_and_clear();
+    let seconds = seconds_before + run_started.elapsed().as_secs_f64();
+    let (latents, validation) = latent_table(&coder, source, kind, &scale, config.max_validation_tokens)?;
+    let mut manifest = base.manifest(spec.latents, scale, host_values(coder.b_dec.as_tensor())?);
+    manifest.threshold = (spec.sparsity == Sparsity::BatchTopK).then_some(coder.threshold);
+    manifest.train_tokens = state.tokens;
+    manifest.steps = state.step;
+    manifest.seconds = seconds;
+    manifest.curve = state.curve;
+    manifest.validation = validation;
+    eprintln!(
+        "{} {}: {} latents, {} steps, {} tokens in {:.1} s ({:.0} tok/s, this run); held-out FVE {:.3}, L0 {:.1}, dead {:.1}%",
+        base.config.kind.name(),
+        manifest.id,
+        manifest.latents,
+        manifest.steps,
+        manifest.train_tokens,
+        seconds,
+        (state.tokens - tokens_at_start) as f64 / run_started.elapsed().as_secs_f64().max(1e-9),
+        manifest.validation.fve,
+        manifest.validation.l0,
+        100.0 * manifest.validation.dead_fraction
+    );
+    let written = store::write(layout, manifest, &latents)?;
+    fs::remove_dir_all(&dir).ok();
+    let _ = started;
+    Ok(Outcome::Trained(written))
+}
+
+/// FVE of inference codes on a held-out sample (None when the sample is empty).
+fn validation_fve(coder: &SparseCoder, sample: &[f32], width: usize, device: &Device) -> Result<Option<f32>> {
+    let n = sample.len() / width;
+    if n < 2 {
+        return Ok(None);
+    }
+    let x = Tensor::from_slice(sample, (n, width), device)?;
+    let x_hat = coder.decode(&coder.encode(&x)?)?;
+    let err = (&x - x_hat)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
+    let total = x
+        .broadcast_sub(&x.mean_keepdim(0)?)?
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    Ok((total > 0.0).then(|| 1.0 - err / total))
+}
+
+/// The latents table and the validation figures, from one pass over the held-out rows: activation
+/// frequency and size per latent, and for a crosscoder the decoder norms, their cosine and the latent
+/// scaling β (closed form, arXiv 2504.02922) of every latent's ft decoder vector against each side's
+/// reconstruction and error.
+fn latent_table(
+    coder: &SparseCoder,
+    source: &TrainingSource,
+    kind: RowKind,
+    scale: &[f32],
+    max_tokens: usize,
+) -> Result<(datafusion::arrow::array::RecordBatch, Validation)> {
+    let spec = coder.spec;
+    let (m, d, w) = (spec.latents, spec.d_model, spec.width());
+    let device = coder.w_enc.device().clone();
+    let mut count = vec![0u64; m];
+    let mut sum = vec![0f64; m];
+    let mut max = vec![0f32; m];
+    let (mut err_sq, mut x_sq, mut tokens, mut active) = (0f64, 0f64, 0u64, 0f64);
+    let mut x_sum = vec![0f64; w];
+    // Latent scaling sums (crosscoder): Fᵀ·reconstruction and Fᵀ·error per side, and Σ f².
+    let mut ft_recon: Vec<Option<Tensor>> = vec![None; spec.sides];
+    let mut ft_error: Vec<Option<Tensor>> = vec![None; spec.sides];
+    let mut f_sq = vec![0f64; m];
+    let mut stream = source.stream(Split::Validation, kind, None);
+    let add = |acc: &mut Option<Tensor>, t: Tensor| -> Result<()> {
+        *acc = Some(match acc.take() {
+            None => t,
+            Some(a) => (a + t)?,
+        });
+        Ok(())
+    };
+    while (tokens as usize) < max_tokens {
+        let mut rows = stream.next_batch(4096.min(max_tokens - tokens as usize))?;
+        if rows.is_empty() {
+            break;
+        }
+        apply_scale(&mut rows, scale, d);
+        let n = rows.len() / w;
+        for row in rows.chunks_exact(w) {
+            for (s, v) in x_sum.iter_mut().zip(row) {
+                *s += *v as f64;
+            }
+            x_sq += row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+        }
+        let x = Tensor::from_vec(rows, (n, w), &device)?;
+        let codes = coder.encode(&x)?;
+        let x_hat = coder.decode(&codes)?;
+        let err = (&x - &x_hat)?;
+        err_sq += err.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        let values = codes.to_vec2::<f32>()?;
+        for row in &values {
+            for (j, &v) in row.iter().enumerate() {
+                if v > 0.0 {
+                    count[j] += 1;
+                    sum[j] += v as f64;
+                    max[j] = max[j].max(v);
+                    f_sq[j] += (v as f64) * (v as f64);
+                    active += 1.0;
+                }
+            }
+        }
+        if spec.sides == 2 {
+            let codes_t = codes.t()?;
+            let recon = codes.matmul(coder.w_dec.as_tensor())?;
+            for s in 0..2 {
+                add(
+                    &mut ft_recon[s],
+                    codes_t.matmul(&recon.narrow(1, s * d, d)?.contiguous()?)?,
+                )?;
+                add(
+                    &mut ft_error[s],
+                    codes_t.matmul(&err.narrow(1, s * d, d)?.contiguous()?)?,
+                )?;
+            }
+        }
+        tokens += n as u64;
+    }
+    let centred = x_sq - x_sum.iter().map(|s| s * s).sum::<f64>() / tokens.max(1) as f64;
+    let validation = Validation {
+        tokens,
+        fve: if centred > 0.0 { 1.0 - err_sq / centred } else { 0.0 },
+        l0: active / tokens.max(1) as f64,
+        dead_fraction: count.iter().filter(|c| **c == 0).count() as f64 / m as f64,
+    };
+    let frequency: Vec<f64> = count.iter().map(|c| *c as f64 / tokens.max(1) as f64).collect();
+    let mean_activation: Vec<f32> = count
+        .iter()
+        .zip(&sum)
+        .map(|(c, s)| if *c > 0 { (*s / *c as f64) as f32 } else { 0.0 })
+        .collect();
+    let enc_t = host_values(&coder.w_enc.as_tensor().t()?.contiguous()?)?; // m × w
+    let dec = host_values(coder.w_dec.as_tensor())?; // m × w
+    let b_enc = host_values(coder.b_enc.as_tensor())?;
+    let side_slice = |values: &[f32], s: usize| -> Vec<f32> {
+        values
+            .chunks_exact(w)
+            .flat_map(|row| row[s * d..(s + 1) * d].to_vec())
+            .collect()
+    };
+    let names = store::side_names(if spec.sides == 2 {
+        DictionaryKind::Crosscoder
+    } else {
+        DictionaryKind::SaeDifference
+    });
+    let mut columns = LatentColumns::default().ids(m);
+    for (s, side) in names.iter().enumerate() {
+        columns = columns.vectors(&store::side_column("enc", side), side_slice(&enc_t, s), d)?;
+    }
+    for (s, side) in names.iter().enumerate() {
+        columns = columns.vectors(&store::side_column("dec", side), side_slice(&dec, s), d)?;
+    }
+    columns = columns.f32("b_enc", b_enc);
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    // Decoder norms in the model's units (the decoder maps normalised codes to inputs multiplied by each
+    // side's scale), so that a feature of the same size in both models has equal norms.
+    let norms: Vec<Vec<f32>> = (0..spec.sides)
+        .map(|s| {
+            dec.chunks_exact(w)
+                .map(|row| norm(&row[s * d..(s + 1) * d]) / scale[s])
+                .collect()
+        })
+        .collect();
+    if spec.sides == 2 {
+        let (nb, nf) = (&norms[0], &norms[1]);
+        let rel: Vec<f32> = nb
+            .iter()
+            .zip(nf)
+            .map(|(b, f)| {
+                let top = b.max(*f);
+                if top > 0.0 {
+                    ((b - f) / top + 1.0) / 2.0
+                } else {
+                    0.5
+                }
+            })
+            .collect();
+        let cosine: Vec<f32> = dec
+            .chunks_exact(w)
+            .zip(nb.iter().zip(nf))
+            .map(|(row, (b, f))| {
+                let dot: f32 = row[..d].iter().zip(&row[d..]).map(|(x, y)| x * y).sum();
+                if *b > 0.0 && *f > 0.0 {
+                    dot / (b * f)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        columns = columns
+            .f32("dec_norm_base", nb.clone())
+            .f32("dec_norm_ft", nf.clone())
+            .f32("rel_norm", rel)
+            .f32("dec_cosine", cosine);
+    } else {
+        columns = columns.f32("dec_norm", norms[0].clone());
+    }
+    columns = columns
+        .f64("frequency", frequency)
+        .f32("mean_activation", mean_activation)
+        .f32("max_activation", max);
+    if spec.sides == 2 {
+        let beta = |acc: &Option<Tensor>, s: usize, with_self: bool| -> Result<Vec<Option<f32>>> {
+            let Some(acc) = acc else {
+                return Ok(vec![None; m]);
+            };
+            let acc = host_values(acc)?; // m × d
+            Ok((0..m)
+                .map(|j| {
+                    let dj = &dec[j * w + d..j * w + 2 * d]; // the ft decoder vector
+                    let dj_side = &dec[j * w + s * d..j * w + (s + 1) * d];
+                    let dd: f64 = dj.iter().map(|v| (*v as f64).powi(2)).sum();
+                    let denom = dd * f_sq[j];
+                    if denom <= 0.0 {
+                        return None;
+                    }
+                    let mut num: f64 = acc[j * d..(j + 1) * d]
+                        .iter()
+                        .zip(dj)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum();
+                    if with_self {
+                        let own: f64 = dj_side.iter().zip(dj).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        num += f_sq[j] * own;
+                    }
+                    Some((num / denom) as f32)
+                })
+                .collect())
+        };
+        let recon_base = beta(&ft_recon[0], 0, false)?;
+        let recon_ft = beta(&ft_recon[1], 1, false)?;
+        let error_base = beta(&ft_error[0], 0, true)?;
+        let error_ft = beta(&ft_error[1], 1, true)?;
+        let ratio = |a: &[Option<f32>], b: &[Option<f32>]| -> Vec<Option<f32>> {
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| match (a, b) {
+                    (Some(a), Some(b)) if *b != 0.0 => Some(a / b),
+                    _ => None,
+                })
+                .collect()
+        };
+        let nu_recon = ratio(&recon_base, &recon_ft);
+        let nu_error = ratio(&error_base, &error_ft);
+        columns = columns
+            .f32_opt("beta_recon_base", recon_base)
+            .f32_opt("beta_recon_ft", recon_ft)
+            .f32_opt("beta_error_base", error_base)
+            .f32_opt("beta_error_ft", error_ft)
+            .f32_opt("nu_recon", nu_recon)
+            .f32_opt("nu_error", nu_error);
+    }
+    Ok((columns.batch()?, validation))
+}
