@@ -202,9 +202,18 @@ pub async fn run(settings: &Settings, queries_dir: &Path, configs: &ConfigDir) -
         read_only: true,
         protected: vec![settings.results_dir.clone()],
     };
+    let mut params = params(settings)?;
+    if let Some(train) = &method.train {
+        let dictionary = train_dictionary(settings, train)?;
+        params.retain(|(k, _)| k != "dictionary" && k != "layer");
+        params.push((
+            "dictionary".into(),
+            SqlValue::SingleQuotedString(dictionary.id.to_string()),
+        ));
+        params.push(("layer".into(), SqlValue::Number(dictionary.layer.to_string(), false)));
+    }
     let ctx = crate::sql::open_session_with(&settings.cache_dir, access)?;
     register_model_functions(&ctx, configs.clone());
-    let params = params(settings)?;
     let out_dir = results_dir(settings);
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let mut tables = Vec::new();
@@ -250,6 +259,40 @@ pub async fn run(settings: &Settings, queries_dir: &Path, configs: &ConfigDir) -
     };
     write_summary(&result)?;
     Ok(result)
+}
+
+/// Trains the method's dictionary on the cache, or finds it there already trained with the same settings.
+/// The queries see it as `$dictionary` (`model/organism/name`) and its layer as `$layer`.
+fn train_dictionary(
+    settings: &Settings,
+    train: &crate::config::TrainConfig,
+) -> Result<crate::train::DictionaryManifest> {
+    let layer = crate::config::resolve_layers(&[train.layer], num_layers(settings)?)?[0];
+    let request = crate::train::TrainRequest {
+        model: settings.model.name.clone(),
+        organism: settings.organism.name.clone(),
+        layer,
+        config: train.clone(),
+        device: settings.preprocessing.device.open()?,
+        progress: true,
+        stop_after_steps: None,
+    };
+    let layout = crate::cache::CacheLayout::new(&settings.cache_dir);
+    let outcome = crate::train::ensure(&layout, &request)
+        .with_context(|| format!("method {}: training its dictionary", settings.diffing.method.name))?;
+    match outcome {
+        crate::train::Outcome::Existing(m) => {
+            eprintln!(
+                "{} {}: already trained (held-out FVE {:.3}); using it",
+                m.kind.name(),
+                m.id,
+                m.validation.fve
+            );
+            Ok(m)
+        }
+        crate::train::Outcome::Trained(m) => Ok(m),
+        crate::train::Outcome::Stopped { step } => bail!("training stopped at step {step}"),
+    }
 }
 
 /// Writes `summary.json` of a method run (atomically).

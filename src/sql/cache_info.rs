@@ -1,4 +1,4 @@
-//! `cache_info()`: what a cache holds, one row per partition, read from the manifests.
+//! `cache_info()`: what a cache holds, one row per partition and per trained dictionary, read from the manifests.
 
 use std::sync::Arc;
 
@@ -49,28 +49,71 @@ impl TableFunctionImpl for CacheInfo {
                     .map_err(|e| DataFusionError::Plan(format!("cache_info(): {e:#}")))?,
             );
         }
+        // Dictionaries: one row each (rows = latents).
+        let dictionaries = crate::train::store::list(&self.layout)
+            .map_err(|e| DataFusionError::Plan(format!("cache_info(): {e:#}")))?;
+        let dict_dir = |m: &crate::train::store::DictionaryManifest| {
+            crate::train::store::dictionary_dir(&self.layout, &m.id)
+                .display()
+                .to_string()
+        };
         let batch = RecordBatch::try_new(
             Arc::clone(&schema),
             vec![
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|(k, _)| k.table.name()))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|(k, _)| k.model.clone()))),
-                Arc::new(StringArray::from_iter(rows.iter().map(|(k, _)| k.organism.clone()))),
-                Arc::new(Int32Array::from_iter(rows.iter().map(|(k, _)| k.layer))),
-                Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, m)| m.rows))),
-                Arc::new(UInt64Array::from_iter_values(
-                    rows.iter().map(|(_, m)| m.files.len() as u64),
-                )),
-                Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, m)| m.bytes()))),
-                Arc::new(StringArray::from_iter(rows.iter().map(|(_, m)| m.dtype.clone()))),
-                Arc::new(UInt64Array::from_iter(
-                    rows.iter().map(|(_, m)| m.d_model.map(|d| d as u64)),
-                )),
-                Arc::new(StringArray::from_iter(
-                    rows.iter().map(|(_, m)| m.token_fingerprint.clone()),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter()
+                        .map(|(k, _)| k.table.name().to_string())
+                        .chain(dictionaries.iter().map(|_| "dictionaries".to_string())),
                 )),
                 Arc::new(StringArray::from_iter_values(
                     rows.iter()
-                        .map(|(k, _)| self.layout.partition_dir(k).display().to_string()),
+                        .map(|(k, _)| k.model.clone())
+                        .chain(dictionaries.iter().map(|m| m.id.model.clone())),
+                )),
+                Arc::new(StringArray::from_iter(
+                    rows.iter()
+                        .map(|(k, _)| k.organism.clone())
+                        .chain(dictionaries.iter().map(|m| Some(m.id.organism.clone()))),
+                )),
+                Arc::new(Int32Array::from_iter(
+                    rows.iter()
+                        .map(|(k, _)| k.layer)
+                        .chain(dictionaries.iter().map(|m| Some(m.layer))),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    rows.iter()
+                        .map(|(_, m)| m.rows)
+                        .chain(dictionaries.iter().map(|m| m.latents as u64)),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    rows.iter()
+                        .map(|(_, m)| m.files.len() as u64)
+                        .chain(dictionaries.iter().map(|_| 1)),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    rows.iter()
+                        .map(|(_, m)| m.bytes())
+                        .chain(dictionaries.iter().map(|m| m.latents_bytes)),
+                )),
+                Arc::new(StringArray::from_iter(
+                    rows.iter()
+                        .map(|(_, m)| m.dtype.clone())
+                        .chain(dictionaries.iter().map(|_| Some("float32".to_string()))),
+                )),
+                Arc::new(UInt64Array::from_iter(
+                    rows.iter()
+                        .map(|(_, m)| m.d_model.map(|d| d as u64))
+                        .chain(dictionaries.iter().map(|m| Some(m.d_model as u64))),
+                )),
+                Arc::new(StringArray::from_iter(
+                    rows.iter()
+                        .map(|(_, m)| m.token_fingerprint.clone())
+                        .chain(dictionaries.iter().map(|m| Some(m.source_fingerprint.clone()))),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter()
+                        .map(|(k, _)| self.layout.partition_dir(k).display().to_string())
+                        .chain(dictionaries.iter().map(dict_dir)),
                 )),
             ],
         )?;

@@ -1,6 +1,7 @@
 //! SQL over a cache: the session with diffsql's tables and functions, output formats, the shell, saved queries.
 
 pub mod cache_info;
+pub mod dictionary;
 pub mod logit_lens;
 pub mod output;
 pub mod queries;

@@ -54,13 +54,16 @@ pub fn open_session_with(cache_dir: &Path, mut access: SqlAccess) -> Result<Sess
     access.protected.push(cache_dir.to_path_buf());
     access.protected = access.protected.iter().map(|p| absolute(p)).collect();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let layout = CacheLayout::new(cache_dir);
+    let dictionaries = Arc::new(super::dictionary::DictionaryRegistry::new(layout.clone()));
     let config = SessionConfig::new()
         .with_target_partitions(threads)
         .with_information_schema(true)
-        .with_extension(Arc::new(access));
+        .with_extension(Arc::new(access))
+        .with_extension(Arc::clone(&dictionaries));
     let ctx = SessionContext::new_with_config(config);
     diffsql_udfs::register_all(&ctx);
-    let layout = CacheLayout::new(cache_dir);
+    super::dictionary::register(&ctx, dictionaries);
     let open = |kind| {
         VectorTable::open(layout.clone(), kind)
             .with_context(|| format!("cannot open the cache at {}", cache_dir.display()))

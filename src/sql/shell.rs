@@ -219,6 +219,27 @@ impl Shell {
         for n in names {
             println!("{n}");
         }
+        let registry = self
+            .ctx
+            .state()
+            .config()
+            .get_extension::<super::dictionary::DictionaryRegistry>();
+        if let Some(registry) = registry {
+            let dictionaries = registry.list()?;
+            if !dictionaries.is_empty() {
+                println!("\ndictionaries (SELECT * FROM latents('NAME')):");
+                for m in dictionaries {
+                    println!(
+                        "{}  {} at layer {}, {} latents, held-out FVE {:.3}",
+                        m.id,
+                        m.kind.name(),
+                        m.layer,
+                        m.latents,
+                        m.validation.fve
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
@@ -286,6 +307,11 @@ fn list_functions() {
             println!("{:32} {}", doc.syntax_example, first_sentence(&doc.description));
         }
     }
+    for doc in super::dictionary::documentation() {
+        println!("{:32} {}", doc.syntax_example, first_sentence(&doc.description));
+    }
+    println!("{:32} A dictionary's latents table.", "latents(name)");
+    println!("{:32} A dictionary's training curve.", "training_curve(name)");
     println!("{:32} What the cache holds, one row per partition.", "cache_info()");
 }
 

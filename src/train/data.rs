@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use datafusion::arrow::array::{Array, AsArray, FixedSizeBinaryArray};
 use datafusion::arrow::datatypes::Int64Type;
-use diffsql_udfs::vector::{bf16_bits_to_f32, ElementType};
+use diffsql_udfs::vector::{decode_le_bytes, ElementType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use rand::rngs::StdRng;
@@ -328,29 +328,7 @@ fn read_vectors(path: &std::path::Path, row_group: usize, encoding: VectorEncodi
 /// Appends stored little-endian vectors as f32.
 fn decode_into(encoding: VectorEncoding, stored: &FixedSizeBinaryArray, out: &mut Vec<f32>) {
     let bytes = &stored.value_data()[..stored.len() * encoding.byte_width()];
-    match encoding.dtype {
-        ElementType::Float32 => {
-            out.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            );
-        }
-        ElementType::Float16 => {
-            out.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
-            );
-        }
-        ElementType::BFloat16 => {
-            out.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| bf16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]))),
-            );
-        }
-    }
+    decode_le_bytes(encoding.dtype, bytes, out);
 }
 
 /// How a stream is shuffled.

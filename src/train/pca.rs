@@ -18,7 +18,7 @@ pub struct Covariance {
 #[derive(Debug, Clone)]
 pub struct Components {
     pub mean: Vec<f64>,
-    /// components × d, row-major, unit norm; each oriented so that its largest-magnitude coordinate is positive.
+    /// components × d, row-major, unit norm; each oriented so that the mean projects positively on it.
     pub vectors: Vec<f32>,
     /// Variance along each component (divided by rows − 1, as numpy and sklearn).
     pub variance: Vec<f64>,
@@ -50,15 +50,9 @@ impl Covariance {
                 .map(|j| (values.iter().skip(j).step_by(d).map(|&v| v as f64).sum::<f64>() / n as f64) as f32)
                 .collect();
         }
-        let shifted: Vec<f32> = values
-            .chunks_exact(d)
-            .flat_map(|row| row.iter().zip(&self.shift).map(|(v, s)| v - s))
-            .collect();
-        for row in shifted.chunks_exact(d) {
-            for (acc, v) in self.sum.iter_mut().zip(row) {
-                *acc += *v as f64;
-            }
-        }
+        let mut shifted = values.to_vec();
+        diffsql_udfs::kernels::subtract_from_rows(&mut shifted, &self.shift);
+        diffsql_udfs::kernels::add_rows(&mut self.sum, &shifted);
         // Blocks of at most 4096 rows keep the float32 sums short.
         for block in shifted.chunks(4096 * d) {
             let rows = block.len() / d;
@@ -112,12 +106,21 @@ impl Covariance {
         let mut variance = Vec::with_capacity(keep);
         for &c in order.iter().take(keep) {
             let column = eigen.eigenvectors.column(c);
+            // Oriented the way the data moves on average (ft − base: the finetune's mean shift), or, when
+            // the mean is orthogonal to it, so that its largest-magnitude coordinate is positive.
+            let along_mean: f64 = column.iter().zip(&mean).map(|(v, m)| v * m).sum();
+            let mean_size: f64 = mean.iter().map(|m| m.abs()).sum();
             let largest = column
                 .iter()
                 .copied()
                 .max_by(|a, b| a.abs().total_cmp(&b.abs()))
                 .unwrap_or(1.0);
-            let sign = if largest < 0.0 { -1.0 } else { 1.0 };
+            let key = if along_mean.abs() > 1e-9 * mean_size {
+                along_mean
+            } else {
+                largest
+            };
+            let sign = if key < 0.0 { -1.0 } else { 1.0 };
             vectors.extend(column.iter().map(|v| (v * sign) as f32));
             variance.push(eigen.eigenvalues[c].max(0.0));
         }

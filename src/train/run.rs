@@ -342,12 +342,7 @@ fn progress_bar(len: u64, unit: &str) -> ProgressBar {
 
 /// Multiplies each side of every row by its scale.
 fn apply_scale(rows: &mut [f32], scale: &[f32], d: usize) {
-    let width = scale.len() * d;
-    for row in rows.chunks_exact_mut(width) {
-        for (side, s) in row.chunks_exact_mut(d).zip(scale) {
-            side.iter_mut().for_each(|v| *v *= s);
-        }
-    }
+    diffsql_udfs::kernels::scale_sides(rows, d, scale);
 }
 
 /// Per-side scales that make the mean squared norm of each side d_model, from the first training rows.
@@ -459,6 +454,9 @@ fn train_coder(
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_position(state.step);
+    // Off a terminal (a log, CI) the bar is hidden: print a line every tenth of the run instead.
+    let log_lines = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let log_every = (total_steps / 10).max(1);
     let run_started = Instant::now();
     let tokens_at_start = state.tokens;
     let seconds_before = state.seconds;
@@ -544,10 +542,18 @@ fn train_coder(
                 });
             }
             let rate = (state.tokens - tokens_at_start) as f64 / run_started.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!(
+            let message = format!(
                 "loss {:.4} fve {:.3} L0 {:.1} dead {dead_now} k {k} · {rate:.0} tok/s",
                 stats.loss, stats.fve, stats.l0
-            ));
+            );
+            if log_lines && request.progress && state.step % log_every == 0 {
+                let left = (total_steps - state.step) as f64 * config.batch_size as f64 / rate.max(1e-9);
+                eprintln!(
+                    "train {}: step {}/{total_steps} {message}, about {left:.0} s left",
+                    base.id, state.step
+                );
+            }
+            bar.set_message(message);
             bar.set_position(state.step);
             let stop = request.stop_after_steps.is_some_and(|s| state.step >= s);
             if state.step % config.checkpoint_every as u64 == 0 || stop {

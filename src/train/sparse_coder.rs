@@ -84,19 +84,24 @@ pub struct StepStats {
 }
 
 impl SparseCoder {
-    /// A new dictionary: random decoder directions (unit norm per row for an SAE; 1/√sides per side for a
-    /// crosscoder), the encoder their transpose, zero biases. (A decoder bias started at the data mean, as
+    /// A new dictionary: random decoder directions, the same on every side (unit norm per row for an SAE;
+    /// 1/√sides per side for a crosscoder), the encoder their transpose, zero biases. (A decoder bias started at the data mean, as
     /// some SAE trainers do, split planted features over several latents in our recovery tests.)
     pub fn new(spec: CoderSpec, seed: u64, device: &Device) -> Result<Self> {
         let (m, d, w) = (spec.latents, spec.d_model, spec.width());
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut dec = vec![0f32; m * w];
+        let target = 1.0 / (spec.sides as f32).sqrt();
+        let mut direction = vec![0f32; d];
         for row in dec.chunks_exact_mut(w) {
+            direction.iter_mut().for_each(|v| *v = rng.sample(StandardNormal));
+            let norm = direction.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            // Every side starts with the same direction: a latent starts shared, and becomes specific to
+            // one model only where the data makes it.
             for side in row.chunks_exact_mut(d) {
-                side.iter_mut().for_each(|v| *v = rng.sample(StandardNormal));
-                let norm = side.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-                let target = 1.0 / (spec.sides as f32).sqrt();
-                side.iter_mut().for_each(|v| *v *= target / norm);
+                side.iter_mut()
+                    .zip(&direction)
+                    .for_each(|(s, v)| *s = v * target / norm);
             }
         }
         let w_dec = Tensor::from_vec(dec, (m, w), device)?;
@@ -231,11 +236,8 @@ impl SparseCoder {
             device,
         )?;
         let f_dead = f.broadcast_mul(&dead_mask)?;
-        let rows = f_dead.detach().to_vec2::<f32>()?;
-        let cuts: Vec<f32> = rows
-            .into_iter()
-            .map(|mut r| *r.select_nth_unstable_by(k_aux - 1, |a, b| b.total_cmp(a)).1)
-            .collect();
+        let values = f_dead.detach().flatten_all()?.to_vec1::<f32>()?;
+        let cuts = diffsql_udfs::kernels::row_nth_largest(&values, dead.len(), k_aux);
         let n = cuts.len();
         let cuts = Tensor::from_vec(cuts, (n, 1), device)?;
         let keep = f_dead.detach().broadcast_ge(&cuts)?.to_dtype(DType::F32)?;
@@ -275,7 +277,7 @@ impl SparseCoder {
         }
         let w = self.w_dec.as_tensor();
         let norms = w.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-        self.w_dec.set(&w.broadcast_div(&norms)?)?;
+        self.w_dec.set(&w.broadcast_div(&norms)?.detach())?;
         Ok(())
     }
 
@@ -298,13 +300,8 @@ fn batch_top_k_cut(scaled: &Tensor, n: usize) -> Result<Option<f32>> {
     if n == 0 {
         bail!("BatchTopK: k must be at least 1");
     }
-    let mut positive: Vec<f32> = scaled.flatten_all()?.to_vec1::<f32>()?;
-    positive.retain(|v| *v > 0.0);
-    if positive.len() <= n {
-        return Ok(None);
-    }
-    let (_, nth, _) = positive.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a));
-    Ok(Some(*nth))
+    let values: Vec<f32> = scaled.flatten_all()?.to_vec1::<f32>()?;
+    Ok(diffsql_udfs::kernels::nth_largest_positive(&values, n))
 }
 
 /// Adam (no weight decay), with its moments as tensors so that checkpoints can hold them.
@@ -345,9 +342,10 @@ impl Adam {
             let v = ((&self.second[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let denom = ((&v / c2)?.sqrt()? + self.eps)?;
             let update = ((&m / c1)? / denom)?;
-            var.set(&(var.as_tensor() - (update * lr)?)?)?;
-            self.first[i] = m;
-            self.second[i] = v;
+            var.set(&(var.as_tensor() - (update * lr)?)?.detach())?;
+            // Detached: a moment that kept its op graph would keep every earlier step's graph alive.
+            self.first[i] = m.detach();
+            self.second[i] = v.detach();
         }
         Ok(())
     }

@@ -85,7 +85,10 @@ fn bad_overrides_name_the_thing_and_the_choices() {
             "unknown organism `nope`: choose one of antarctic_rebound, cake_bake, caps, roman_concrete",
         ),
         (vec!["model=gemma"], "unknown model `gemma`: choose one of"),
-        (vec!["diffing/method=pca"], "choose one of adl, kl, normdiff"),
+        (
+            vec!["diffing/method=nmf"],
+            "choose one of adl, crosscoder, kl, normdiff, pca, sae_difference",
+        ),
         (vec!["preprocessing.batchsize=1"], "`preprocessing` has batch_size"),
         (vec!["nothing.here=1"], "unknown config key `nothing`"),
         (

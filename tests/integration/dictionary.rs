@@ -427,3 +427,42 @@ fn bad_training_input_is_a_one_line_error() {
     );
     assert!(!err.contains('\n'));
 }
+
+/// The one-pass covariance PCA equals numpy (`np.cov`, `np.linalg.eigh` in float64) on correlated rows with a
+/// large offset: mean and covariance to 1e-6 relative, variances and components to 1e-5.
+#[test]
+fn pca_equals_numpy() {
+    use diffsql::train::pca::Covariance;
+    let text = std::fs::read_to_string("tests/fixtures/dictionary/pca_reference.json").unwrap();
+    let r: Value = serde_json::from_str(&text).unwrap();
+    let d = r["d"].as_u64().unwrap() as usize;
+    let x = floats(&r["x"]);
+    let mut cov = Covariance::new(d);
+    // In uneven pieces, as batches arrive.
+    for piece in x.chunks(37 * d) {
+        cov.add(piece).unwrap();
+    }
+    let (mean, c) = cov.finish().unwrap();
+    let f64s = |v: &Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
+    for (what, got, want) in [("mean", mean, f64s(&r["mean"])), ("covariance", c, f64s(&r["cov"]))] {
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{what}: {g} vs numpy {w}");
+        }
+    }
+    let p = cov.components(0).unwrap();
+    let variance: Vec<f32> = p.variance.iter().map(|v| *v as f32).collect();
+    let ratio: Vec<f32> = p.ratio.iter().map(|v| *v as f32).collect();
+    assert_close("variance", &variance, &floats(&r["variance"]), 1e-5);
+    assert_close("ratio", &ratio, &floats(&r["ratio"]), 1e-5);
+    // Eigenvectors are defined up to sign (diffsql orients them along the mean): compare each up to sign.
+    let want = floats(&r["components"]);
+    for (c, (got, want)) in p.vectors.chunks_exact(d).zip(want.chunks_exact(d)).enumerate() {
+        let sign = if got.iter().zip(want).map(|(a, b)| a * b).sum::<f32>() < 0.0 {
+            -1.0
+        } else {
+            1.0
+        };
+        let got: Vec<f32> = got.iter().map(|v| v * sign).collect();
+        assert_close(&format!("component {c}"), &got, want, 1e-5);
+    }
+}

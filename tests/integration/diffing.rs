@@ -372,3 +372,59 @@ fn logit_lens_from_sql_and_its_errors() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+/// Per examined latent or component of a dictionary method on caps: (unit, upper-case share of its top-20
+/// promoted lettered tokens, how many lettered tokens).
+fn dictionary_lens_upper(method: &str) -> Vec<(i64, f64, usize)> {
+    let (_, cache) = adl_cache();
+    let out = tempfile::tempdir().unwrap();
+    let mut s = settings(method, "shakespeare", cache, out.path());
+    s.diffing.method.params.insert("k".into(), toml::Value::Integer(20));
+    s.diffing
+        .method
+        .params
+        .insert("top_latents".into(), toml::Value::Integer(5));
+    run(&s);
+    let lens = read(&out.path().join(format!("shakespeare/caps/{method}/logit_lens.parquet")));
+    let latent = column_f64(&lens, "latent");
+    let (sign, token) = (column_str(&lens, "sign"), column_str(&lens, "token"));
+    let mut units: Vec<i64> = Vec::new();
+    for l in &latent {
+        if !units.contains(&(*l as i64)) {
+            units.push(*l as i64);
+        }
+    }
+    units
+        .iter()
+        .map(|u| {
+            let (share, n) = upper_fraction(
+                (0..latent.len())
+                    .filter(|&i| latent[i] as i64 == *u && sign[i] == "+")
+                    .map(|i| token[i].as_str()),
+            );
+            (*u, share, n)
+        })
+        .collect()
+}
+
+/// Ground truth 3: each dictionary method on caps finds a unit (among the 5 it examines: the most ft-specific
+/// crosscoder latents, the SAE latents carrying most of the difference, the largest PCA components) whose
+/// logit lens promotes upper-case tokens almost only, far above their share of the vocabulary.
+#[test]
+fn dictionaries_of_caps_find_upper_case_directions() {
+    let (_, cache) = adl_cache();
+    let vocab = super::preprocess::query(cache, "SELECT token FROM vocab");
+    let (base_rate, _) = upper_fraction(column_str(&vocab, "token").iter().map(String::as_str));
+    for method in ["pca", "sae_difference", "crosscoder"] {
+        let units = dictionary_lens_upper(method);
+        eprintln!(
+            "{method}: vocabulary upper-case share {base_rate:.3}; per unit (unit, share, lettered tokens) {units:?}"
+        );
+        assert_eq!(units.len(), 5, "{method}");
+        let best = units.iter().filter(|u| u.2 >= 5).map(|u| u.1).fold(0.0, f64::max);
+        assert!(
+            best >= 0.8 && best >= 2.0 * base_rate,
+            "{method}: best unit upper-case share {best} vs vocabulary {base_rate}"
+        );
+    }
+}

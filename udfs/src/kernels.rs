@@ -410,3 +410,67 @@ mod tests {
         assert!(top_k(&lp, 0).is_empty());
     }
 }
+
+/// The `n`-th largest positive value of `values` (1-based), or None when at most `n` values are positive:
+/// the cut of a batch-level top-k over activations (BatchTopK).
+pub fn nth_largest_positive(values: &[f32], n: usize) -> Option<f32> {
+    let mut positive: Vec<f32> = values.iter().copied().filter(|v| *v > 0.0).collect();
+    if n == 0 || positive.len() <= n {
+        return None;
+    }
+    let (_, nth, _) = positive.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a));
+    Some(*nth)
+}
+
+/// For each row of `width` values, its `n`-th largest value (1-based, `n <= width`).
+pub fn row_nth_largest(values: &[f32], width: usize, n: usize) -> Vec<f32> {
+    let mut row = Vec::with_capacity(width);
+    values
+        .chunks_exact(width)
+        .map(|r| {
+            row.clear();
+            row.extend_from_slice(r);
+            *row.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a)).1
+        })
+        .collect()
+}
+
+/// Adds every row of `rows` (rows of `out.len()` values) to `out` in f64. Not inlined, so that callers in
+/// unoptimised builds get this crate's optimised loop.
+#[inline(never)]
+pub fn add_rows(out: &mut [f64], rows: &[f32]) {
+    for r in rows.chunks_exact(out.len()) {
+        add(out, r);
+    }
+}
+
+/// Subtracts `row` from every row of `rows` (rows of `row.len()` values).
+pub fn subtract_from_rows(rows: &mut [f32], row: &[f32]) {
+    for r in rows.chunks_exact_mut(row.len()) {
+        r.iter_mut().zip(row).for_each(|(v, s)| *v -= s);
+    }
+}
+
+/// Multiplies each `d`-long side of every row (rows of `scale.len() × d` values) by that side's scale.
+pub fn scale_sides(rows: &mut [f32], d: usize, scale: &[f32]) {
+    for row in rows.chunks_exact_mut(d * scale.len()) {
+        for (side, s) in row.chunks_exact_mut(d).zip(scale) {
+            side.iter_mut().for_each(|v| *v *= s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod selection_tests {
+    use super::*;
+
+    #[test]
+    fn nth_largest_positive_ignores_zeros_and_small_sets() {
+        assert_eq!(nth_largest_positive(&[0.0, 3.0, 1.0, 2.0, -1.0], 2), Some(2.0));
+        assert_eq!(nth_largest_positive(&[0.0, 3.0, 1.0], 2), None);
+        assert_eq!(row_nth_largest(&[1.0, 5.0, 3.0, 9.0, 7.0, 8.0], 3, 2), vec![3.0, 8.0]);
+        let mut rows = vec![1.0, 1.0, 2.0, 2.0];
+        scale_sides(&mut rows, 1, &[2.0, 3.0]);
+        assert_eq!(rows, vec![2.0, 3.0, 4.0, 6.0]);
+    }
+}

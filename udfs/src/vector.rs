@@ -310,6 +310,23 @@ pub fn encode_le_bytes(dtype: ElementType, values: &[f32]) -> Vec<u8> {
     out
 }
 
+/// Appends little-endian stored values of `dtype` to `out` as f32 (the inverse of [`encode_le_bytes`]).
+pub fn decode_le_bytes(dtype: ElementType, bytes: &[u8], out: &mut Vec<f32>) {
+    match dtype {
+        ElementType::Float32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        ElementType::Float16 => out.extend(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
+        ElementType::BFloat16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| bf16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]))),
+        ),
+    }
+}
+
 /// Adds `amount` to coordinate `coord` of every row of a row-major matrix with rows of length `d`.
 pub fn add_to_coordinate(values: &mut [f32], d: usize, coord: usize, amount: f32) {
     for row in values.chunks_exact_mut(d) {

@@ -1,0 +1,8 @@
+-- Setup: the latents examined in detail: those that carry most of ft − base on held-out tokens (frequency ×
+-- mean activation; decoder vectors have unit norm). `ord` numbers them from 0 in that order.
+CREATE VIEW top_latents AS
+SELECT latent, CAST(row_number() OVER (ORDER BY frequency * mean_activation DESC, latent) - 1 AS BIGINT) AS ord
+FROM latents($dictionary)
+WHERE frequency > 0
+ORDER BY ord
+LIMIT $top_latents;
