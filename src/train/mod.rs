@@ -2,6 +2,7 @@
 //! of ft − base, saved under the cache as tables the SQL functions read.
 
 pub mod data;
+pub mod host;
 pub mod pca;
 pub mod run;
 pub mod sparse_coder;

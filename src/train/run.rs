@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::data::{RowKind, Shuffle, SourceSpec, Split, TrainingSource};
+use super::host::HostTrainer;
 use super::pca::Covariance;
 use super::sparse_coder::{host_values, Adam, CoderSpec, SparseCoder, Sparsity, StepSettings};
 use super::store::{self, CurvePoint, DictionaryId, DictionaryManifest, LatentColumns, Validation};
@@ -64,7 +65,7 @@ pub fn dictionary_name(config: &TrainConfig, layer: i32) -> String {
 }
 
 /// Rows of validation data the curve's periodic evaluations use.
-const CURVE_VALIDATION_ROWS: usize = 8192;
+const CURVE_VALIDATION_ROWS: usize = 1024;
 /// Training rows the normalisation is fitted on (the first ones in file order).
 const NORMALISATION_ROWS: usize = 65_536;
 
@@ -241,6 +242,14 @@ fn train_pca(layout: &CacheLayout, source: &TrainingSource, base: ManifestBase) 
         manifest.validation.fve
     );
     store::write(layout, manifest, &latents)
+}
+
+/// Seconds a training run spent per stage (this process).
+#[derive(Debug, Default)]
+struct TrainStages {
+    read: f64,
+    step: f64,
+    evaluate: f64,
 }
 
 /// The training state a checkpoint holds besides tensors.
@@ -448,7 +457,8 @@ fn train_coder(
         .stream(Split::Validation, kind, None)
         .next_batch(CURVE_VALIDATION_ROWS)?;
     apply_scale(&mut curve_sample, &scale, d);
-    let curve_every = (total_steps / 50).max(1);
+    // About 20 curve points, at least 10 steps apart (each evaluates the held-out sample).
+    let curve_every = (total_steps / 20).max(10);
     let bar = progress_bar(total_steps, "steps");
     if !request.progress {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -457,7 +467,14 @@ fn train_coder(
     // Off a terminal (a log, CI) the bar is hidden: print a line every tenth of the run instead.
     let log_lines = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let log_every = (total_steps / 10).max(1);
+    // BatchTopK on the CPU trains sparsely on host buffers (diffsql-kernels); otherwise candle's autograd.
+    let mut host = if HostTrainer::applies(&coder) {
+        Some(HostTrainer::new(&coder, &adam)?)
+    } else {
+        None
+    };
     let run_started = Instant::now();
+    let mut stages = TrainStages::default();
     let tokens_at_start = state.tokens;
     let seconds_before = state.seconds;
     while state.epoch < config.epochs as u64 {
@@ -474,13 +491,14 @@ fn train_coder(
             stream.next_batch(config.batch_size)?;
         }
         loop {
+            let read_started = Instant::now();
             let mut rows = stream.next_batch(config.batch_size)?;
+            stages.read += read_started.elapsed().as_secs_f64();
             if rows.is_empty() {
                 break;
             }
             apply_scale(&mut rows, &scale, d);
             let n = rows.len() / spec.width();
-            let x = Tensor::from_vec(rows, (n, spec.width()), device)?;
             let step = state.step as f64;
             let anneal = if config.k_anneal_steps == 0 {
                 1.0
@@ -501,7 +519,21 @@ fn train_coder(
                 auxk_alpha: config.auxk_alpha as f32,
                 l1: (config.l1 * l1_warmup) as f32,
             };
-            let (loss, stats) = coder.loss(&x, &settings)?;
+            let lr = config.lr * ((step + 1.0) / config.warmup_steps.max(1) as f64).min(1.0);
+            let step_started = Instant::now();
+            let stats = match host.as_mut() {
+                Some(h) => h.step(&coder, &adam, &rows, &settings, lr)?,
+                None => {
+                    let x = Tensor::from_vec(rows, (n, spec.width()), device)?;
+                    let (loss, stats) = coder.loss(&x, &settings)?;
+                    let mut grads = loss.backward()?;
+                    coder.project_decoder_gradient(&mut grads)?;
+                    adam.step(&coder.vars(), &grads, lr)?;
+                    coder.normalise_decoder()?;
+                    stats
+                }
+            };
+            stages.step += step_started.elapsed().as_secs_f64();
             if !stats.loss.is_finite() {
                 bail!(
                     "dictionary {}: the loss became {} at step {}: lower diffing.method.train.lr",
@@ -510,11 +542,6 @@ fn train_coder(
                     state.step
                 );
             }
-            let mut grads = loss.backward()?;
-            coder.project_decoder_gradient(&mut grads)?;
-            let lr = config.lr * ((step + 1.0) / config.warmup_steps.max(1) as f64).min(1.0);
-            adam.step(&coder.vars(), &grads, lr)?;
-            coder.normalise_decoder()?;
             if state.step >= config.warmup_steps as u64 {
                 coder.update_threshold(stats.min_selected, config.threshold_beta as f32);
             }
@@ -529,7 +556,14 @@ fn train_coder(
                 .iter()
                 .filter(|t| **t >= config.dead_tokens)
                 .count();
-            if state.step % curve_every == 0 || state.step == total_steps {
+            let stop = request.stop_after_steps.is_some_and(|s| state.step >= s);
+            let checkpoint = state.step % config.checkpoint_every as u64 == 0 || stop;
+            let curve_point = state.step % curve_every == 0 || state.step == total_steps;
+            let evaluate_started = Instant::now();
+            if let (Some(h), true) = (host.as_ref(), checkpoint || curve_point) {
+                h.store(&coder, &mut adam)?;
+            }
+            if curve_point {
                 let validation_fve = validation_fve(&coder, &curve_sample, spec.width(), device)?;
                 state.curve.push(CurvePoint {
                     step: state.step,
@@ -541,6 +575,7 @@ fn train_coder(
                     validation_fve,
                 });
             }
+            stages.evaluate += evaluate_started.elapsed().as_secs_f64();
             let rate = (state.tokens - tokens_at_start) as f64 / run_started.elapsed().as_secs_f64().max(1e-9);
             let message = format!(
                 "loss {:.4} fve {:.3} L0 {:.1} dead {dead_now} k {k} · {rate:.0} tok/s",
@@ -555,8 +590,7 @@ fn train_coder(
             }
             bar.set_message(message);
             bar.set_position(state.step);
-            let stop = request.stop_after_steps.is_some_and(|s| state.step >= s);
-            if state.step % config.checkpoint_every as u64 == 0 || stop {
+            if checkpoint {
                 state.threshold = coder.threshold;
                 state.adam_t = adam.t;
                 state.seconds = seconds_before + run_started.elapsed().as_secs_f64();
@@ -571,8 +605,13 @@ fn train_coder(
         state.batches_in_epoch = 0;
     }
     bar.finish_and_clear();
+    if let Some(h) = &host {
+        h.store(&coder, &mut adam)?;
+    }
     let seconds = seconds_before + run_started.elapsed().as_secs_f64();
+    let statistics_started = Instant::now();
     let (latents, validation) = latent_table(&coder, source, kind, &scale, config.max_validation_tokens)?;
+    let statistics = statistics_started.elapsed().as_secs_f64();
     let mut manifest = base.manifest(spec.latents, scale, host_values(coder.b_dec.as_tensor())?);
     manifest.threshold = (spec.sparsity == Sparsity::BatchTopK).then_some(coder.threshold);
     manifest.train_tokens = state.tokens;
@@ -592,6 +631,13 @@ fn train_coder(
         manifest.validation.fve,
         manifest.validation.l0,
         100.0 * manifest.validation.dead_fraction
+    );
+    eprintln!(
+        "  stages: {} {:.1} s, read and shuffle {:.1} s, curve and checkpoints {:.1} s, latent statistics {statistics:.1} s",
+        if host.is_some() { "sparse CPU steps" } else { "steps" },
+        stages.step,
+        stages.read,
+        stages.evaluate
     );
     let written = store::write(layout, manifest, &latents)?;
     fs::remove_dir_all(&dir).ok();

@@ -2,6 +2,7 @@
 //! directions, resuming a killed run, the SQL functions over a trained dictionary, and bad input.
 
 use candle_core::{Device, Tensor, Var};
+use diffsql::train::host::HostTrainer;
 use diffsql::train::sparse_coder::{Adam, CoderSpec, SparseCoder, Sparsity, StepSettings};
 use serde_json::Value;
 
@@ -78,6 +79,49 @@ fn forward_loss_and_one_adam_step_equal_pytorch() {
             l1: case["l1"].as_f64().unwrap() as f32,
         };
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        if sparsity == Sparsity::BatchTopK {
+            // The sparse CPU trainer (diffsql-kernels) computes the same step.
+            let fresh = SparseCoder {
+                spec,
+                w_enc: var("w_enc", &[w, m]),
+                b_enc: var("b_enc", &[m]),
+                w_dec: var("w_dec", &[m, w]),
+                b_dec: var("b_dec", &[w]),
+                threshold: -1.0,
+            };
+            let mut adam = Adam::new(&fresh.vars()).unwrap();
+            let mut host = HostTrainer::new(&fresh, &adam).unwrap();
+            let stats = host
+                .step(
+                    &fresh,
+                    &adam,
+                    &floats(&case["x"]),
+                    &settings,
+                    case["lr"].as_f64().unwrap(),
+                )
+                .unwrap();
+            host.store(&fresh, &mut adam).unwrap();
+            assert_close(
+                &format!("{name} sparse loss"),
+                &[stats.loss],
+                &[case["loss"].as_f64().unwrap() as f32],
+                1e-5,
+            );
+            assert_close(
+                &format!("{name} sparse auxk"),
+                &[stats.auxk],
+                &[case["auxk"].as_f64().unwrap() as f32],
+                1e-5,
+            );
+            for (key, var) in SparseCoder::VAR_NAMES.iter().zip(fresh.vars()) {
+                assert_close(
+                    &format!("{name} {key} after one sparse Adam step"),
+                    &flat(var.as_tensor()),
+                    &floats(&case["after_step"][key]),
+                    1e-5,
+                );
+            }
+        }
         assert_close(
             &format!("{name} activations"),
             &flat(&coder.activations(&x).unwrap()),

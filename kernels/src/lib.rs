@@ -1,0 +1,24 @@
+//! Numeric loops of dictionary training on the CPU, in their own crate so that dev builds compile them
+//! optimised (`[profile.dev.package.diffsql-kernels]`) while the rest of diffsql builds quickly.
+//!
+//! [`batch_top_k`] is one BatchTopK step (crosscoder or SAE) computed sparsely: the encoder product is the
+//! only dense one; the decoder, its gradient and the encoder's gradient touch only the active latents
+//! (about k of every row's latents), where a dense framework multiplies by every latent.
+
+pub mod adam;
+pub mod batch_top_k;
+
+pub use adam::adam_update;
+pub use batch_top_k::{batch_top_k, Step, StepOutput, Workspace};
+
+/// The transpose of a row-major `rows` × `cols` matrix.
+pub fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; rows * cols];
+    out.par_chunks_mut(rows).enumerate().for_each(|(c, row)| {
+        for (r, o) in row.iter_mut().enumerate() {
+            *o = src[r * cols + c];
+        }
+    });
+    out
+}
