@@ -14,6 +14,8 @@ use crate::data::token_text::quoted;
 
 /// The methods a report reads, in order.
 const METHODS: [&str; 3] = ["kl", "normdiff", "adl"];
+/// The dictionary methods a report reads when their results exist.
+const DICTIONARY_METHODS: [&str; 3] = ["crosscoder", "sae_difference", "pca"];
 
 fn method_dir(settings: &Settings, method: &str) -> PathBuf {
     settings
@@ -90,6 +92,25 @@ pub async fn report(settings: &Settings) -> Result<String> {
                 .collect();
             writeln!(out, "  charts: {}", names.join(", "))?;
         }
+    }
+    let mut missing = Vec::new();
+    for method in DICTIONARY_METHODS {
+        let dir = method_dir(settings, method);
+        if !dir.join("summary.json").exists() {
+            missing.push(method);
+            continue;
+        }
+        found += 1;
+        dictionary(&ctx, &dir, method, &mut out).await?;
+    }
+    if !missing.is_empty() {
+        writeln!(
+            out,
+            "\n[dictionaries] not trained yet: {} (`diffsql run pipeline.mode=diffing diffing/method={} organism={}`)",
+            missing.join(", "),
+            missing[0],
+            o.name
+        )?;
     }
     if found == 0 {
         anyhow::bail!(
@@ -203,6 +224,79 @@ async fn adl(ctx: &SessionContext, dir: &Path, out: &mut String) -> Result<()> {
                    WHERE sign = '+' AND regexp_like(regexp_replace(token, '<0x[0-9A-F]{2}>', '', 'g'), '[A-Za-z]') AND rank <= 12) GROUP BY pos ORDER BY pos";
         for r in rows(ctx, sql).await? {
             writeln!(out, "  position {}: {}", r[0], crate::data::token_text::readable(&r[1]))?;
+        }
+    }
+    Ok(())
+}
+
+/// A dictionary method's section: how well the dictionary reconstructs, what it holds, and the latents or
+/// components it examined, each with the tokens it promotes and where it fires most.
+async fn dictionary(ctx: &SessionContext, dir: &Path, method: &str, out: &mut String) -> Result<()> {
+    let title = match method {
+        "crosscoder" => {
+            "crosscoder on (base, ft): latents by relative decoder norm (0 ft-only, 0.5 shared, 1 base-only)"
+        }
+        "sae_difference" => "sparse autoencoder on ft − base: the latents carrying most of the difference",
+        _ => "PCA of ft − base: the directions the difference varies along",
+    };
+    writeln!(out, "\n[{method}] {title}")?;
+    if register(ctx, dir, "training_curve").await? {
+        let sql = format!(
+            "SELECT tokens, round(fve, 3) FROM {method}_training_curve WHERE split = 'validation' ORDER BY tokens DESC LIMIT 1"
+        );
+        if let Some(r) = rows(ctx, &sql).await?.first() {
+            writeln!(
+                out,
+                "  held-out fraction of variance explained {} after {} training tokens",
+                r[1], r[0]
+            )?;
+        }
+    }
+    if register(ctx, dir, "classes").await? {
+        let sql = format!("SELECT class, latents FROM {method}_classes ORDER BY class");
+        let classes: Vec<String> = rows(ctx, &sql)
+            .await?
+            .iter()
+            .map(|r| format!("{} {}", r[0], r[1]))
+            .collect();
+        writeln!(out, "  latents: {}", classes.join(", "))?;
+    }
+    if register(ctx, dir, "components").await? {
+        let sql = "SELECT latent, round(explained_variance_ratio, 3), round(cumulative_ratio, 3) FROM pca_components \
+                   ORDER BY latent LIMIT 5";
+        let parts: Vec<String> = rows(ctx, sql)
+            .await?
+            .iter()
+            .map(|r| format!("{} {}", r[0], r[1]))
+            .collect();
+        writeln!(out, "  share of variance, first components: {}", parts.join(", "))?;
+    }
+    let has_lens = register(ctx, dir, "logit_lens").await?;
+    let has_examples = register(ctx, dir, "max_activating").await?;
+    if !has_lens {
+        return Ok(());
+    }
+    let unit = if method == "pca" { "component" } else { "latent" };
+    let sql = format!(
+        "SELECT latent, string_agg(token, ' ' ORDER BY rank) FROM (SELECT * FROM {method}_logit_lens WHERE sign = '+' \
+         AND regexp_like(regexp_replace(token, '<0x[0-9A-F]{{2}}>', '', 'g'), '[A-Za-z]') AND rank <= 10) \
+         GROUP BY latent ORDER BY min(ord) LIMIT 5"
+    );
+    for r in rows(ctx, &sql).await? {
+        writeln!(
+            out,
+            "  {unit} {}: promotes {}",
+            r[0],
+            crate::data::token_text::readable(&r[1])
+        )?;
+        if has_examples {
+            let sql = format!(
+                "SELECT context FROM {method}_max_activating WHERE latent = {} ORDER BY rank LIMIT 1",
+                r[0]
+            );
+            if let Some(e) = rows(ctx, &sql).await?.first() {
+                writeln!(out, "    fires most on: {}", quoted(&e[0]))?;
+            }
         }
     }
     Ok(())

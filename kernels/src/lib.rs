@@ -22,3 +22,19 @@ pub fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     });
     out
 }
+
+/// Appends the kept rows of a (base, ft) pair of row-major matrices (rows of `d` values) to `out`: each as
+/// base followed by ft (`difference` false) or as ft − base (`difference` true).
+pub fn gather_rows(base: &[f32], ft: &[f32], keep: &[bool], d: usize, difference: bool, out: &mut Vec<f32>) {
+    let kept = keep.iter().filter(|k| **k).count();
+    out.reserve(kept * if difference { d } else { 2 * d });
+    for (i, _) in keep.iter().enumerate().filter(|(_, k)| **k) {
+        let (b, f) = (&base[i * d..(i + 1) * d], &ft[i * d..(i + 1) * d]);
+        if difference {
+            out.extend(f.iter().zip(b).map(|(f, b)| f - b));
+        } else {
+            out.extend_from_slice(b);
+            out.extend_from_slice(f);
+        }
+    }
+}

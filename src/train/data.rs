@@ -285,17 +285,7 @@ impl TrainingSource {
                 unit.row_group
             );
         }
-        for (i, _) in keep.iter().enumerate().filter(|(_, k)| **k) {
-            let b = &scratch_base[i * d..(i + 1) * d];
-            let f = &scratch_ft[i * d..(i + 1) * d];
-            match kind {
-                RowKind::Pair => {
-                    out.extend_from_slice(b);
-                    out.extend_from_slice(f);
-                }
-                RowKind::Difference => out.extend(f.iter().zip(b).map(|(f, b)| f - b)),
-            }
-        }
+        diffsql_kernels::gather_rows(scratch_base, scratch_ft, keep, d, kind == RowKind::Difference, out);
         Ok(())
     }
 }
@@ -363,10 +353,16 @@ impl RowStream<'_> {
 
     /// The next row in file order, copied into `out`; false when the split is exhausted.
     fn next_file_row(&mut self, out: &mut Vec<f32>) -> Result<bool> {
+        self.next_file_rows(out, 1).map(|n| n == 1)
+    }
+
+    /// Up to `rows` next rows in file order from the current unit (reading the next unit when it is used
+    /// up), copied into `out`; how many were copied (0: the split is exhausted).
+    fn next_file_rows(&mut self, out: &mut Vec<f32>, rows: usize) -> Result<usize> {
         let w = self.width();
         while self.pending_at >= self.pending.len() {
             let Some(u) = self.order.next() else {
-                return Ok(false);
+                return Ok(0);
             };
             self.pending.clear();
             self.pending_at = 0;
@@ -380,9 +376,10 @@ impl RowStream<'_> {
                 &mut self.scratch_ft,
             )?;
         }
-        out.extend_from_slice(&self.pending[self.pending_at..self.pending_at + w]);
-        self.pending_at += w;
-        Ok(true)
+        let n = rows.min((self.pending.len() - self.pending_at) / w);
+        out.extend_from_slice(&self.pending[self.pending_at..self.pending_at + n * w]);
+        self.pending_at += n * w;
+        Ok(n)
     }
 
     /// Up to `rows` rows (rows × width values, row-major); an empty vector when the split is exhausted.
@@ -390,9 +387,11 @@ impl RowStream<'_> {
         let w = self.width();
         let mut out = Vec::with_capacity(rows * w);
         if self.rng.is_none() {
-            for _ in 0..rows {
-                if !self.next_file_row(&mut out)? {
-                    break;
+            let mut got = 0;
+            while got < rows {
+                match self.next_file_rows(&mut out, rows - got)? {
+                    0 => break,
+                    n => got += n,
                 }
             }
             return Ok(out);

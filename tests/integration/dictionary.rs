@@ -510,3 +510,34 @@ fn pca_equals_numpy() {
         assert_close(&format!("component {c}"), &got, want, 1e-5);
     }
 }
+
+/// The L1 crosscoder (the paper's other variant, trained with candle's autograd) also finds the planted ft-only
+/// directions and classes them ft-only.
+#[test]
+fn l1_crosscoder_finds_the_planted_ft_only_directions() {
+    use diffsql::config::{DictionaryKind, SparsityKind};
+    let dir = tempfile::tempdir().unwrap();
+    let (layout, truth) = planted::cache(dir.path());
+    let mut config = planted::config(DictionaryKind::Crosscoder);
+    config.sparsity = SparsityKind::L1;
+    // The L1 weight scales with the normalisation (inputs at mean squared norm d_model): 1.0 gives L0 ≈ 5 here.
+    config.l1 = 1.0;
+    config.epochs = 6;
+    let manifest = planted::train(&layout, config);
+    assert_eq!(manifest.threshold, None, "an L1 crosscoder has no BatchTopK threshold");
+    let latents = diffsql::train::store::read_latents(&layout, &manifest).unwrap();
+    let rel = diffsql::train::store::scalar_values(&latents, "rel_norm").unwrap();
+    eprintln!("L1 validation {:?}", manifest.validation);
+    for (j, v) in truth.ft_only.iter().enumerate() {
+        let (latent, cos) = planted::best_latent(&latents, "dec_ft", 32, v);
+        eprintln!(
+            "L1 ft-only {j}: latent {latent} cosine {cos:.3} rel_norm {:.3}",
+            rel[latent]
+        );
+        assert!(
+            cos >= 0.9 && rel[latent] < 0.1,
+            "ft-only direction {j}: cosine {cos}, relative norm {}",
+            rel[latent]
+        );
+    }
+}

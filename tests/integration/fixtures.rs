@@ -61,6 +61,7 @@ pub fn caches() -> &'static Caches {
             path
         };
         let f32 = make("f32", ElementType::Float32);
+        train_dictionaries(&CacheLayout::new(&f32));
         let bf16 = make("bf16", ElementType::BFloat16);
         let f16 = make("f16", ElementType::Float16);
         let mismatch = dir.path().join("mismatch");
@@ -73,6 +74,27 @@ pub fn caches() -> &'static Caches {
             mismatch,
         }
     })
+}
+
+/// Trains a PCA (2 components), an SAE on ft − base and a crosscoder (16 latents each) on caps at layer 1 of
+/// the float32 cache, for `tests/slt/dictionaries.slt`. ft − base is there the constant 2·e₁ (synth).
+fn train_dictionaries(layout: &CacheLayout) {
+    for kind in ["pca", "sae_difference", "crosscoder"] {
+        let config: diffsql::config::TrainConfig = toml::from_str(&format!(
+            "kind = \"{kind}\"\nlayer = 1\nexpansion = 2\nk = 2\nbatch_size = 64\nepochs = 2\nwarmup_steps = 2\nlr = 1e-3\ncomponents = 2\nvalidation_fraction = 0.1"
+        ))
+        .unwrap();
+        let request = diffsql::train::TrainRequest {
+            model: "m".into(),
+            organism: "caps".into(),
+            layer: 1,
+            config,
+            device: candle_core::Device::Cpu,
+            progress: false,
+            stop_after_steps: None,
+        };
+        diffsql::train::ensure(layout, &request).unwrap();
+    }
 }
 
 /// A cache whose organism `bad` holds other tokens than its base at layer 0.

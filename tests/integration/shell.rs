@@ -197,6 +197,16 @@ fn meta_commands_work_in_c_and_f_as_in_the_shell() {
     for table in ["activations", "acts", "sequences", "tokens", "vocab"] {
         assert!(stdout.lines().any(|l| l == table), "\\d lacks {table}: {stdout}");
     }
+    // The fixture cache's trained dictionaries are listed too, with what they are.
+    for dictionary in [
+        "m/caps/crosscoder_L1  crosscoder at layer 1, 16 latents",
+        "m/caps/pca_L1  pca at layer 1, 2 latents",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(dictionary)),
+            "\\d lacks {dictionary}: {stdout}"
+        );
+    }
     let out = diffsql(&caches().f32)
         .args(["sql", "-c", "\\d acts", "-c", "\\format csv\nSELECT 1 AS one;"])
         .output()
