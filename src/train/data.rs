@@ -5,12 +5,13 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use datafusion::arrow::array::{Array, AsArray, FixedSizeBinaryArray};
 use datafusion::arrow::datatypes::Int64Type;
 use diffsql_udfs::vector::{decode_le_bytes, ElementType};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -63,13 +64,37 @@ pub struct SourceSpec {
 /// One row group of an organism file beside the same row group of its base file.
 #[derive(Debug, Clone)]
 struct RowGroupUnit {
-    ft_file: PathBuf,
-    base_file: PathBuf,
+    ft_file: Arc<CacheFile>,
+    base_file: Arc<CacheFile>,
     row_group: usize,
     /// Which rows of the row group are in the train split (after the dataset filter).
     train: Vec<bool>,
     /// Which are in the validation split.
     validation: Vec<bool>,
+}
+
+/// A cache file with its Parquet metadata, parsed once (every row group read reuses it).
+#[derive(Debug)]
+struct CacheFile {
+    path: PathBuf,
+    metadata: ArrowReaderMetadata,
+}
+
+impl CacheFile {
+    fn open(path: PathBuf) -> Result<Arc<Self>> {
+        let f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let metadata = ArrowReaderMetadata::load(&f, ArrowReaderOptions::default())
+            .with_context(|| format!("cache file {} is unreadable", path.display()))?;
+        Ok(Arc::new(Self { path, metadata }))
+    }
+
+    fn reader(&self) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+        let f = File::open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?;
+        Ok(ParquetRecordBatchReaderBuilder::new_with_metadata(
+            f,
+            self.metadata.clone(),
+        ))
+    }
 }
 
 /// The cached rows of one layer of a model pair, ready to be streamed.
@@ -140,11 +165,9 @@ impl TrainingSource {
         let mut seen = std::collections::BTreeSet::new();
         let (mut train_rows, mut validation_rows) = (0usize, 0usize);
         for (entry, base_entry) in manifest.files.iter().zip(&base_manifest.files) {
-            let ft_file = dir.join(&entry.name);
-            let base_file = base_dir.join(&base_entry.name);
-            let f = File::open(&ft_file).with_context(|| format!("cannot open {}", ft_file.display()))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(f)
-                .with_context(|| format!("cache file {} is unreadable", ft_file.display()))?;
+            let ft_file = CacheFile::open(dir.join(&entry.name))?;
+            let base_file = CacheFile::open(base_dir.join(&base_entry.name))?;
+            let builder = ft_file.reader()?;
             let groups = builder.metadata().num_row_groups();
             // dataset and seq_id: columns 0 and 2 of an activations file.
             let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 2]);
@@ -167,8 +190,7 @@ impl TrainingSource {
                     split.push((!held, held));
                 }
             }
-            let f = File::open(&ft_file)?;
-            let meta = ParquetRecordBatchReaderBuilder::try_new(f)?.metadata().clone();
+            let meta = ft_file.metadata.metadata().clone();
             let mut offset = 0usize;
             for row_group in 0..groups {
                 let n = meta.row_group(row_group).num_rows() as usize;
@@ -188,8 +210,8 @@ impl TrainingSource {
                 }
                 validation_rows += validation.iter().filter(|v| **v).count();
                 units.push(RowGroupUnit {
-                    ft_file: ft_file.clone(),
-                    base_file: base_file.clone(),
+                    ft_file: Arc::clone(&ft_file),
+                    base_file: Arc::clone(&base_file),
                     row_group,
                     train,
                     validation,
@@ -280,8 +302,8 @@ impl TrainingSource {
         if scratch_ft.len() != keep.len() * d || scratch_base.len() != scratch_ft.len() {
             bail!(
                 "{} and {} disagree on row group {}: rerun preprocessing for this organism",
-                unit.ft_file.display(),
-                unit.base_file.display(),
+                unit.ft_file.path.display(),
+                unit.base_file.path.display(),
                 unit.row_group
             );
         }
@@ -291,11 +313,10 @@ impl TrainingSource {
 }
 
 /// Reads the vector column of one row group as f32 values.
-fn read_vectors(path: &std::path::Path, row_group: usize, encoding: VectorEncoding, out: &mut Vec<f32>) -> Result<()> {
+fn read_vectors(file: &CacheFile, row_group: usize, encoding: VectorEncoding, out: &mut Vec<f32>) -> Result<()> {
     out.clear();
-    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(f)
-        .with_context(|| format!("cache file {} is unreadable", path.display()))?;
+    let path = &file.path;
+    let builder = file.reader()?;
     let column = builder.parquet_schema().num_columns() - 1;
     let mask = ProjectionMask::roots(builder.parquet_schema(), [column]);
     let reader = builder

@@ -186,15 +186,29 @@ fn train_pca(layout: &CacheLayout, source: &TrainingSource, base: ManifestBase) 
     }
     let bar = progress_bar(source.train_rows as u64, "rows");
     let mut cov = Covariance::new(d);
-    let mut stream = source.stream(Split::Train, RowKind::Difference, None);
-    loop {
-        let rows = stream.next_batch(16_384)?;
-        if rows.is_empty() {
-            break;
+    // Reading and decoding on one thread, the covariance products on this one.
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<f32>>>(2);
+        scope.spawn(move || {
+            let mut stream = source.stream(Split::Train, RowKind::Difference, None);
+            loop {
+                let rows = stream.next_batch(16_384);
+                let done = rows.as_ref().map_or(true, |r| r.is_empty());
+                if tx.send(rows).is_err() || done {
+                    break;
+                }
+            }
+        });
+        for rows in rx {
+            let rows = rows?;
+            if rows.is_empty() {
+                break;
+            }
+            cov.add(&rows)?;
+            bar.set_position(cov.rows());
         }
-        cov.add(&rows)?;
-        bar.set_position(cov.rows());
-    }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     let pass_seconds = started.elapsed().as_secs_f64();
     let components = cov.components(base.config.components)?;

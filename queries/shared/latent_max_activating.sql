@@ -1,19 +1,10 @@
--- For each examined latent, the $max_examples tokens where it fires most, with the text before them and both
+-- (Shared by the dictionary methods: each links it.) For each examined latent or component, the
+-- $max_examples tokens of the method's `examples` view where it is largest, with the text before them and both
 -- models' most likely next token there.
-WITH codes AS (
-    SELECT dataset, seq_id, pos, unnest(crosscoder_encode(base, ft, $dictionary)) AS code
-    FROM acts
-    WHERE model = $model AND organism = $organism AND layer = $layer
-),
-picked AS (
-    SELECT code['latent'] AS latent, code['value'] AS activation, dataset, seq_id, pos
-    FROM codes
-    WHERE code['latent'] IN (SELECT latent FROM top_latents)
-),
-hits AS (
+WITH hits AS (
     SELECT * FROM (
         SELECT *, row_number() OVER (PARTITION BY latent ORDER BY activation DESC, dataset, seq_id, pos) AS rank
-        FROM picked
+        FROM examples
     )
     WHERE rank <= $max_examples
 ),

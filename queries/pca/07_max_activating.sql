@@ -1,0 +1,1 @@
+../shared/latent_max_activating.sql

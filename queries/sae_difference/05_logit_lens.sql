@@ -1,0 +1,1 @@
+../shared/latent_logit_lens.sql
