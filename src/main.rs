@@ -239,23 +239,34 @@ fn check_cache(cache: &Path, repair: bool) -> Result<ExitCode> {
         );
     }
     let started = std::time::Instant::now();
-    let report = diffsql::cache::verify::check(&CacheLayout::new(cache), repair)?;
+    let layout = CacheLayout::new(cache);
+    let report = diffsql::cache::verify::check(&layout, repair)?;
+    let (dictionaries, damaged_dictionaries) = diffsql::train::store::check(&layout, repair)?;
     for d in &report.damaged {
         println!("damaged  {}  {}", d.key, d.problem);
+    }
+    for d in &damaged_dictionaries {
+        println!("damaged  {}  {}", d.dir.display(), d.problem);
     }
     if repair {
         for d in &report.damaged {
             println!("removed  {}  ({})", d.key, d.dir.display());
         }
+        for d in &damaged_dictionaries {
+            println!(
+                "removed  {}  (a dictionary: its method trains it again)",
+                d.dir.display()
+            );
+        }
     }
+    let damaged = report.damaged.len() + damaged_dictionaries.len();
     eprintln!(
-        "checked {} partitions, {} files, {} in {:.1} s: {} damaged{}",
+        "checked {} partitions, {} files, {} and {dictionaries} dictionaries in {:.1} s: {damaged} damaged{}",
         report.partitions,
         report.files,
         diffsql::pipeline::bytes(report.bytes),
         started.elapsed().as_secs_f64(),
-        report.damaged.len(),
-        match (report.damaged.is_empty(), repair) {
+        match (damaged == 0, repair) {
             (true, _) => String::new(),
             (false, true) => format!(
                 ", {} removed: rerun `diffsql preprocess` to rebuild them",
@@ -264,7 +275,7 @@ fn check_cache(cache: &Path, repair: bool) -> Result<ExitCode> {
             (false, false) => ": run `diffsql check --repair` to remove them, then rerun `diffsql preprocess`".into(),
         }
     );
-    Ok(if report.damaged.is_empty() || repair {
+    Ok(if damaged == 0 || repair {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

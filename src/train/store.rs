@@ -313,10 +313,10 @@ pub fn write(
     Ok(manifest)
 }
 
-/// Reads a dictionary's latents, checked against its manifest (size and xxh3).
-pub fn read_latents(layout: &CacheLayout, manifest: &DictionaryManifest) -> Result<RecordBatch> {
+/// The bytes of a dictionary's latents file, checked against its manifest (size and xxh3).
+fn verified_latents_bytes(layout: &CacheLayout, manifest: &DictionaryManifest) -> Result<Vec<u8>> {
     let path = dictionary_dir(layout, &manifest.id).join(LATENTS_FILE);
-    let fix = "delete its directory and train it again";
+    let fix = "delete its directory (or run diffsql check --repair) and train it again";
     let bytes = fs::read(&path)
         .with_context(|| format!("dictionary {}: cannot read {}; {fix}", manifest.id, path.display()))?;
     let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
@@ -327,6 +327,56 @@ pub fn read_latents(layout: &CacheLayout, manifest: &DictionaryManifest) -> Resu
             path.display()
         );
     }
+    Ok(bytes)
+}
+
+/// A damaged dictionary found by [`check`]: its directory and what is wrong.
+#[derive(Debug, Clone)]
+pub struct DamagedDictionary {
+    pub dir: PathBuf,
+    pub problem: String,
+}
+
+/// Verifies every dictionary of the cache (manifest readable, latents file matching it); with `repair`,
+/// removes the damaged ones (manifest first). Returns how many were checked and the damaged ones.
+pub fn check(layout: &CacheLayout, repair: bool) -> Result<(usize, Vec<DamagedDictionary>)> {
+    let root = layout.root().join(DICTIONARIES_DIR);
+    let (mut checked, mut damaged) = (0, Vec::new());
+    if !root.exists() {
+        return Ok((0, damaged));
+    }
+    for model in read_dirs(&root)? {
+        for organism in read_dirs(&model)? {
+            for dir in read_dirs(&organism)? {
+                let path = dir.join(DICTIONARY_MANIFEST);
+                if !path.exists() {
+                    continue;
+                }
+                checked += 1;
+                let result = read_manifest_file(&path).and_then(|m| verified_latents_bytes(layout, &m).map(|_| ()));
+                if let Err(e) = result {
+                    damaged.push(DamagedDictionary {
+                        dir: dir.clone(),
+                        problem: format!("{e:#}"),
+                    });
+                }
+            }
+        }
+    }
+    if repair {
+        for d in &damaged {
+            fs::remove_file(d.dir.join(DICTIONARY_MANIFEST)).ok();
+            fs::remove_dir_all(&d.dir).with_context(|| format!("cannot remove {}", d.dir.display()))?;
+        }
+    }
+    Ok((checked, damaged))
+}
+
+/// Reads a dictionary's latents, checked against its manifest (size and xxh3).
+pub fn read_latents(layout: &CacheLayout, manifest: &DictionaryManifest) -> Result<RecordBatch> {
+    let path = dictionary_dir(layout, &manifest.id).join(LATENTS_FILE);
+    let fix = "delete its directory and train it again";
+    let bytes = verified_latents_bytes(layout, manifest)?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
         .and_then(|b| b.with_batch_size(usize::MAX >> 1).build())
         .with_context(|| format!("dictionary {}: {} is unreadable; {fix}", manifest.id, path.display()))?;

@@ -458,12 +458,24 @@ fn bad_training_input_is_a_one_line_error() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xFF;
     std::fs::write(&path, bytes).unwrap();
+    // `diffsql check` finds it, and --repair removes it (the method then trains it again).
+    let (checked, damaged) = diffsql::train::store::check(&layout, false).unwrap();
+    assert_eq!((checked, damaged.len()), (1, 1));
+    assert!(
+        damaged[0].problem.contains("does not match its manifest"),
+        "{}",
+        damaged[0].problem
+    );
     let err = format!("{:#}", diffsql::train::store::read_latents(&layout, &m).unwrap_err());
     assert!(
         err.contains("does not match its manifest") && err.contains("train it again"),
         "{err}"
     );
 
+    diffsql::train::store::check(&layout, true).unwrap();
+    assert!(diffsql::train::store::list(&layout).unwrap().is_empty());
+    assert!(!diffsql::train::store::dictionary_dir(&layout, &m.id).exists());
+    planted::train(&layout, planted::config(DictionaryKind::Pca));
     let err = format!("{:#}", diffsql::train::store::resolve(&layout, "nope").unwrap_err());
     assert!(
         err.contains("unknown dictionary \"nope\"") && err.contains("planted/caps/pca_L1"),
