@@ -38,3 +38,25 @@ pub fn gather_rows(base: &[f32], ft: &[f32], keep: &[bool], d: usize, difference
         }
     }
 }
+
+/// Sparse codes from pre-activations (rows × latents, bias not yet added): for every row the latents whose
+/// ReLU activation `a` is positive and whose `a × norm` exceeds `threshold`, as (latent, a), largest first.
+pub fn active_codes(pre: &[f32], bias: &[f32], norms: &[f32], threshold: f32) -> Vec<Vec<(u32, f32)>> {
+    use rayon::prelude::*;
+    pre.par_chunks(bias.len())
+        .map(|row| {
+            let mut active: Vec<(u32, f32)> = row
+                .iter()
+                .zip(bias)
+                .zip(norms)
+                .enumerate()
+                .filter_map(|(j, ((p, b), n))| {
+                    let a = (p + b).max(0.0);
+                    (a > 0.0 && a * n > threshold).then_some((j as u32, a))
+                })
+                .collect();
+            active.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+            active
+        })
+        .collect()
+}

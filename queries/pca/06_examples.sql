@@ -1,10 +1,11 @@
 -- Setup: the projection of ft − base of every organism token at the dictionary's layer on each examined
--- component.
+-- component (the two unnests run side by side: component i beside coordinate i).
 CREATE VIEW examples AS
-SELECT CAST(u.i - 1 AS INT) AS latent, p[u.i] AS activation, dataset, seq_id, pos
+SELECT CAST(latent AS INT) AS latent, activation, dataset, seq_id, pos
 FROM (
-    SELECT dataset, seq_id, pos, pca_project(vec_sub(ft, base), $dictionary, $top_latents) AS p
+    SELECT dataset, seq_id, pos,
+           unnest(pca_project(vec_sub(ft, base), $dictionary, $top_latents)) AS activation,
+           unnest(range(0, $top_latents)) AS latent
     FROM acts
     WHERE model = $model AND organism = $organism AND layer = $layer
-)
-CROSS JOIN unnest(generate_series(1, $top_latents)) AS u(i);
+);

@@ -113,6 +113,9 @@ impl LoadedDictionary {
         let (d, latents) = (m.d_model, m.latents);
         let width = m.scale.len() * d;
         let n = rows.len() / width;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let mut x: Vec<f32> = rows.to_vec();
         for row in x.chunks_exact_mut(width) {
             for (side, s) in row.chunks_exact_mut(d).zip(&m.scale) {
@@ -125,46 +128,31 @@ impl LoadedDictionary {
         let device = candle_core::Device::Cpu;
         let xt = candle_core::Tensor::from_vec(x, (n, width), &device)?;
         let enc = candle_core::Tensor::from_slice(&self.encoder, (width, latents), &device)?;
-        let pre = xt.matmul(&enc)?.to_vec2::<f32>()?;
+        let pre = xt.matmul(&enc)?.flatten_all()?.to_vec1::<f32>()?;
         let threshold = m.threshold.unwrap_or(0.0).max(0.0);
-        Ok(pre
-            .into_iter()
-            .map(|row| {
-                let mut active: Vec<(i32, f32)> = row
-                    .iter()
-                    .zip(&self.b_enc)
-                    .zip(&self.decoder_norms)
-                    .enumerate()
-                    .filter_map(|(j, ((p, b), norm))| {
-                        let f = (p + b).max(0.0);
-                        (f > 0.0 && f * norm > threshold).then_some((j as i32, f))
-                    })
-                    .collect();
-                active.sort_by(|a, b| b.1.total_cmp(&a.1));
-                active
-            })
-            .collect())
+        Ok(
+            diffsql_kernels::active_codes(&pre, &self.b_enc, &self.decoder_norms, threshold)
+                .into_iter()
+                .map(|row| row.into_iter().map(|(l, a)| (l as i32, a)).collect())
+                .collect(),
+        )
     }
 
     /// Coordinates of `rows` (n × d) along the first `n_components` principal components, after removing
     /// the mean.
-    pub fn project(&self, rows: &[f32], n_components: usize) -> Vec<Vec<f32>> {
+    pub fn project(&self, rows: &[f32], n_components: usize) -> anyhow::Result<Vec<f32>> {
         let d = self.manifest.d_model;
-        rows.chunks_exact(d)
-            .map(|row| {
-                self.encoder
-                    .chunks_exact(d)
-                    .take(n_components)
-                    .map(|c| {
-                        c.iter()
-                            .zip(row)
-                            .zip(&self.manifest.bias)
-                            .map(|((c, v), m)| c * (v - m))
-                            .sum()
-                    })
-                    .collect()
-            })
-            .collect()
+        let n = rows.len() / d;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mean: Vec<f32> = self.manifest.bias.clone();
+        let mut centred = rows.to_vec();
+        diffsql_udfs::kernels::subtract_from_rows(&mut centred, &mean);
+        let device = candle_core::Device::Cpu;
+        let y = candle_core::Tensor::from_vec(centred, (n, d), &device)?;
+        let c = candle_core::Tensor::from_slice(&self.encoder[..n_components * d], (n_components, d), &device)?;
+        Ok(y.matmul(&c.t()?)?.flatten_all()?.to_vec1::<f32>()?)
     }
 }
 
@@ -499,18 +487,10 @@ impl ScalarUDFImpl for EncodeFunction {
                 },
                 ColumnarValue::Array(_) => return exec_err!("{function}: n must be a constant"),
             };
-            let projected = dict.project(&flat, n);
-            let mut values = Vec::with_capacity(rows * n);
-            let mut lengths = Vec::with_capacity(rows);
-            let mut it = projected.into_iter();
-            for ok in &valid {
-                if *ok {
-                    values.extend(it.next().expect("one per valid row"));
-                    lengths.push(n);
-                } else {
-                    lengths.push(0);
-                }
-            }
+            let values = dict
+                .project(&flat, n)
+                .map_err(|e| DataFusionError::Execution(format!("{function}: {e:#}")))?;
+            let lengths: Vec<usize> = valid.iter().map(|ok| if *ok { n } else { 0 }).collect();
             Arc::new(datafusion::arrow::array::ListArray::try_new(
                 float32_item(),
                 OffsetBuffer::from_lengths(lengths),
