@@ -55,7 +55,14 @@ pub(super) fn latent_table(
     let mut ft_recon: Vec<Option<Tensor>> = vec![None; spec.sides];
     let mut ft_error: Vec<Option<Tensor>> = vec![None; spec.sides];
     let mut f_sq = vec![0f64; m];
-    let mut stream = source.stream(Split::Validation, kind, None);
+    // Held-out rows; with none held out (validation_fraction = 0), the training rows, so that the statistics
+    // still describe the dictionary (the manifest's validation figures then say how many tokens they cover).
+    let split = if source.rows(Split::Validation) > 0 {
+        Split::Validation
+    } else {
+        Split::Train
+    };
+    let mut stream = source.stream(split, kind, None);
     let add = |acc: &mut Option<Tensor>, t: Tensor| -> Result<()> {
         *acc = Some(match acc.take() {
             None => t,
