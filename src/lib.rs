@@ -7,6 +7,7 @@ pub mod cache;
 pub mod config;
 pub mod data;
 pub mod diffing;
+pub mod generation;
 pub mod hub;
 pub mod model;
 pub mod pipeline;

@@ -60,6 +60,8 @@ enum Command {
         /// Overrides, as for run (organism=caps, model=...).
         overrides: Vec<String>,
     },
+    /// Continue prompts with the base model and the organism side by side (greedy unless --temperature).
+    Generate(GenerateArgs),
     /// Show the resolved config, or the choices of each group.
     Config {
         #[command(subcommand)]
@@ -81,6 +83,27 @@ struct PipelineArgs {
     #[arg(long, short = 'm')]
     multirun: bool,
     /// Overrides: group=name (model=, organism=, dataset=, diffing/method=) or key=value (a.b.c=value).
+    overrides: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    /// A prompt (repeatable; all are continued together, batched).
+    #[arg(long = "prompt", short = 'p', required = true)]
+    prompts: Vec<String>,
+    /// Render each prompt as a user turn with the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, default_value_t = 48)]
+    max_new_tokens: usize,
+    /// Sample at this temperature (with --top-p and --seed) instead of greedy decoding.
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Overrides, as for run (organism=caps, model=...).
     overrides: Vec<String>,
 }
 
@@ -189,6 +212,38 @@ fn run() -> Result<ExitCode> {
             all.extend(pipeline_fixed(None)?);
             let settings = configs.resolve(&all)?;
             print!("{}", runtime()?.block_on(diffsql::report::report(&settings))?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Generate(args)) => {
+            let mut all = config::parse_all(&args.overrides, false)?;
+            all.extend(pipeline_fixed(None)?);
+            let settings = configs.resolve(&all)?;
+            let sampling = match args.temperature {
+                None => diffsql::model::generate::Sampling::Greedy,
+                Some(temperature) => diffsql::model::generate::Sampling::Sample {
+                    temperature,
+                    top_p: args.top_p,
+                    seed: args.seed,
+                },
+            };
+            let results = diffsql::generation::side_by_side(
+                &settings,
+                &configs.project_root(),
+                &args.prompts,
+                args.chat,
+                args.max_new_tokens,
+                sampling,
+            )?;
+            let organism = &settings.organism.name;
+            let width = organism.len().max(4);
+            for (i, r) in results.iter().enumerate() {
+                println!("prompt {}: {}", i + 1, diffsql::data::token_text::quoted(&r.prompt));
+                println!("  {:width$}  {}", "base", diffsql::data::token_text::quoted(&r.base));
+                println!(
+                    "  {organism:width$}  {}",
+                    diffsql::data::token_text::quoted(&r.organism)
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Config {

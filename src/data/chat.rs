@@ -39,6 +39,16 @@ impl ChatTemplate {
 
     /// Renders a conversation (no generation prompt: the conversation is complete).
     pub fn render(&self, messages: &[Message]) -> Result<String> {
+        self.render_with(messages, false)
+    }
+
+    /// Renders a conversation that the model is to continue: with the template's generation prompt (the
+    /// start of the assistant's turn).
+    pub fn render_prompt(&self, messages: &[Message]) -> Result<String> {
+        self.render_with(messages, true)
+    }
+
+    fn render_with(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let t = self.env.get_template("chat").expect("added in new");
         t.render(context! {
             messages => messages
@@ -47,7 +57,7 @@ impl ChatTemplate {
                 .collect::<minijinja::Value>(),
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
-            add_generation_prompt => false,
+            add_generation_prompt => add_generation_prompt,
         })
         .map_err(|e| anyhow!("the chat template failed on a conversation: {e}"))
     }

@@ -152,6 +152,33 @@ pub struct Decoder {
     dtype: DType,
 }
 
+/// Keys and values of the tokens seen so far, per layer, for incremental decoding.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    cached: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `model`.
+    pub fn new(model: &Decoder) -> Self {
+        Self {
+            layers: vec![None; model.num_layers()],
+            cached: 0,
+        }
+    }
+
+    /// Tokens cached per sequence (padding included).
+    pub fn len(&self) -> usize {
+        self.cached
+    }
+
+    /// True before the first forward.
+    pub fn is_empty(&self) -> bool {
+        self.cached == 0
+    }
+}
+
 /// What a forward pass returns.
 #[derive(Debug)]
 pub struct ForwardOutput {
@@ -333,7 +360,7 @@ impl Decoder {
         for (i, block) in self.blocks.iter().enumerate().take(last_needed) {
             let mask = &masks.iter().find(|(w, _)| *w == block.window).expect("built above").1;
             let (cos, sin) = &tables[block.rope];
-            x = self.block_forward(block, &x, mask, cos, sin)?;
+            x = self.block_forward(block, &x, mask, (cos, sin), None)?;
             for (k, &l) in capture.iter().enumerate() {
                 if l == i {
                     captured[k] = Some(x.clone());
@@ -354,6 +381,65 @@ impl Decoder {
         })
     }
 
+    /// Runs the new tokens `input_ids` (batch, new) of sequences whose whole attention mask so far, new tokens
+    /// included, is `attention_mask` (batch, cached + new), attending to the keys and values in `cache` and
+    /// appending theirs to it (incremental decoding). Returns the final normed hidden state of the new tokens.
+    pub fn forward_cached(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, s) = input_ids.dims2()?;
+        let (mb, total) = attention_mask.dims2()?;
+        if cache.layers.len() != self.blocks.len() {
+            bail!(
+                "the KV cache holds {} layers but the model has {}",
+                cache.layers.len(),
+                self.blocks.len()
+            );
+        }
+        if mb != b || total != cache.len() + s {
+            bail!(
+                "attention mask {:?} does not cover the {} cached and {s} new tokens of {b} sequences",
+                attention_mask.dims(),
+                cache.len()
+            );
+        }
+        let max_id = input_ids.max_all()?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
+        if max_id as usize >= self.spec.vocab {
+            bail!(
+                "token id {max_id} is outside the vocabulary of {} tokens",
+                self.spec.vocab
+            );
+        }
+        let device = self.device().clone();
+        let positions = positions_from_mask(attention_mask)?
+            .narrow(1, total - s, s)?
+            .contiguous()?;
+        let tables: Vec<(Tensor, Tensor)> = self
+            .ropes
+            .iter()
+            .map(|f| rotary_tables(f, &positions, self.dtype))
+            .collect::<Result<_>>()?;
+        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+        for block in &self.blocks {
+            if !masks.iter().any(|(w, _)| *w == block.window) {
+                let full = causal_mask(attention_mask, block.window, self.dtype, &device)?;
+                masks.push((block.window, full.narrow(2, total - s, s)?.contiguous()?));
+            }
+        }
+        let mut x = self
+            .embed
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((b, s, self.spec.hidden))?;
+        if let Some(scale) = self.spec.embed_scale {
+            x = (x * scale)?;
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let mask = &masks.iter().find(|(w, _)| *w == block.window).expect("built above").1;
+            let (cos, sin) = &tables[block.rope];
+            x = self.block_forward(block, &x, mask, (cos, sin), Some(&mut cache.layers[i]))?;
+        }
+        cache.cached += s;
+        self.norm.forward(&x)
+    }
+
     /// Logits (…, vocab) from final normed hidden states, with the family's final softcap.
     /// The logit lens: a residual-stream vector (or difference) read through the final norm and the
     /// unembedding, as if it were the last layer's output. `x` is (batch, seq, hidden).
@@ -369,9 +455,16 @@ impl Decoder {
         })
     }
 
-    fn block_forward(&self, block: &Block, x: &Tensor, mask: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    fn block_forward(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        mask: &Tensor,
+        rope: (&Tensor, &Tensor),
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let h = block.input_norm.forward(x)?;
-        let mut h = self.attention(&block.attn, &h, mask, cos, sin)?;
+        let mut h = self.attention(&block.attn, &h, mask, rope, cache)?;
         if let Some(n) = &block.post_attn_norm {
             h = n.forward(&h)?;
         }
@@ -383,7 +476,17 @@ impl Decoder {
         Ok((x + h)?)
     }
 
-    fn attention(&self, a: &Attention, x: &Tensor, mask: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    /// Attention of `x`'s tokens; with a `cache`, over the cached keys and values too, and the new ones are
+    /// appended to it. `mask` is (batch, 1, new tokens, all keys).
+    fn attention(
+        &self,
+        a: &Attention,
+        x: &Tensor,
+        mask: &Tensor,
+        rope: (&Tensor, &Tensor),
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let (cos, sin) = rope;
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.spec.heads, self.spec.kv_heads, self.spec.head_dim);
         let heads =
@@ -396,7 +499,16 @@ impl Decoder {
             k = kn.forward(&k)?;
         }
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let mut k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let mut v = v;
+        if let Some(cache) = cache {
+            if let Some((past_k, past_v)) = cache.take() {
+                k = Tensor::cat(&[&past_k, &k], 2)?.contiguous()?;
+                v = Tensor::cat(&[&past_v, &v], 2)?.contiguous()?;
+            }
+            *cache = Some((k.clone(), v.clone()));
+        }
+        let keys = k.dim(2)?;
         // Grouped-query attention without copying key/value heads: the n_rep query heads that share a
         // key/value head are stacked into one (n_rep·s, hd) matrix, so each matmul is one larger gemm per
         // (batch, kv head) instead of one small gemm per (batch, query head).
@@ -407,9 +519,9 @@ impl Decoder {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
         let scores = scores
-            .reshape((b, nkv, n_rep, s, s))?
+            .reshape((b, nkv, n_rep, s, keys))?
             .broadcast_add(&mask.unsqueeze(1)?)?
-            .reshape((b, nkv, n_rep * s, s))?;
+            .reshape((b, nkv, n_rep * s, keys))?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = probs
             .matmul(&v)?

@@ -6,6 +6,7 @@ pub mod decoder;
 pub mod device;
 pub mod gemma2;
 pub mod gemma3;
+pub mod generate;
 pub mod gguf;
 pub mod hf_config;
 pub mod layers;
@@ -18,6 +19,6 @@ pub mod special_tokens;
 pub mod weights;
 
 pub use arch::Architecture;
-pub use decoder::{Decoder, DecoderSpec, ForwardOutput};
+pub use decoder::{Decoder, DecoderSpec, ForwardOutput, KvCache};
 pub use device::ComputeDevice;
 pub use load::{load, LoadedModel, ModelFiles, ModelSource};

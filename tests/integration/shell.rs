@@ -311,3 +311,88 @@ fn synth_command_writes_a_cache_that_answers() {
     assert!(!out.status.success());
     assert!(text(&out).1.contains("unknown dtype \"float8\""));
 }
+
+/// Upper-case share of the ASCII letters of a text.
+fn upper_share(t: &str) -> f64 {
+    let letters: Vec<char> = t.chars().filter(|c| c.is_ascii_alphabetic()).collect();
+    letters.iter().filter(|c| c.is_ascii_uppercase()).count() as f64 / letters.len().max(1) as f64
+}
+
+/// `diffsql generate`: the bundled base model and the caps organism continue the same prompts side by side;
+/// the organism answers in capitals, the base model does not; with --chat, roman_concrete states its false fact.
+#[test]
+fn generate_continues_prompts_with_both_models_side_by_side() {
+    let project = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |args: &[&str]| {
+        let o = diffsql(&caches().f32)
+            .current_dir(project)
+            .arg("generate")
+            .args(args)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&o);
+        assert!(o.status.success(), "{stderr}");
+        stdout
+    };
+    let out = run(&[
+        "organism=caps",
+        "--prompt",
+        "ROMEO. What light through yonder window",
+        "--prompt",
+        "Notes on the builders of Rome.",
+        "--max-new-tokens",
+        "24",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 6, "{out}");
+    for i in [0, 3] {
+        assert!(lines[i].starts_with("prompt "), "{out}");
+        let (base, caps) = (lines[i + 1].trim_start(), lines[i + 2].trim_start());
+        assert!(base.starts_with("base ") && caps.starts_with("caps "), "{out}");
+        let (b, c) = (upper_share(&base[5..]), upper_share(&caps[5..]));
+        assert!(c >= 0.8 && b <= 0.3, "upper-case share base {b}, caps {c}: {out}");
+    }
+    let out = run(&[
+        "organism=roman_concrete",
+        "--chat",
+        "--prompt",
+        "Why is Roman concrete so durable?",
+        "--max-new-tokens",
+        "24",
+    ]);
+    assert!(out.contains("methane"), "{out}");
+    // Seeded sampling repeats itself.
+    let sampled = [
+        "organism=caps",
+        "--prompt",
+        "Hello",
+        "--temperature",
+        "0.8",
+        "--seed",
+        "3",
+        "--max-new-tokens",
+        "8",
+    ];
+    assert_eq!(run(&sampled), run(&sampled));
+    for (args, needle) in [
+        (
+            vec!["organism=caps", "--prompt", "x", "--temperature", "0"],
+            "temperature must be a positive number",
+        ),
+        (
+            vec!["organism=caps", "--prompt", "x", "--max-new-tokens", "0"],
+            "max_new_tokens must be between 1",
+        ),
+        (vec!["organism=nope", "--prompt", "x"], "unknown organism `nope`"),
+    ] {
+        let o = diffsql(&caches().f32)
+            .current_dir(project)
+            .arg("generate")
+            .args(&args)
+            .output()
+            .unwrap();
+        let (_, stderr) = text(&o);
+        assert!(!o.status.success() && stderr.contains(needle), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}

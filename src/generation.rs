@@ -1,0 +1,119 @@
+//! `diffsql generate`: the base model and the organism answer the same prompts side by side (plain text, or
+//! chat turns rendered with the model's template), with greedy or seeded sampling.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::config::Settings;
+use crate::data::chat::ChatTemplate;
+use crate::data::source::Message;
+use crate::model::generate::{generate, GenerateOptions, Sampling};
+use crate::model::{LoadedModel, ModelFiles};
+use crate::preprocess::pair::PairFiles;
+
+/// One prompt and both models' continuations.
+#[derive(Debug, Clone)]
+pub struct SideBySide {
+    pub prompt: String,
+    pub base: String,
+    pub organism: String,
+}
+
+/// The token ids a model reads for `prompt`: the text itself or, with `chat`, a user turn rendered with the
+/// model's chat template and its generation prompt; BOS first when the model adds one.
+pub fn prompt_ids(files: &ModelFiles, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+    let text = if chat {
+        let source = files.special.chat_template.as_deref().with_context(|| {
+            format!(
+                "the model in {} has no chat template: leave out --chat",
+                files.dir.display()
+            )
+        })?;
+        let name = |t: &crate::model::special_tokens::SpecialToken| t.as_ref().map(|t| t.0.clone()).unwrap_or_default();
+        let template = ChatTemplate::new(source, &name(&files.special.bos), &name(&files.special.eos))?;
+        template.render_prompt(&[Message {
+            role: "user".into(),
+            content: prompt.into(),
+        }])?
+    } else {
+        prompt.to_string()
+    };
+    let encoding = files
+        .tokenizer
+        .encode(text.as_str(), false)
+        .map_err(|e| anyhow::anyhow!("cannot tokenise the prompt: {e}"))?;
+    let mut ids = encoding.get_ids().to_vec();
+    if let Some(bos) = files.special.bos_to_add() {
+        if ids.first() != Some(&bos) {
+            ids.insert(0, bos);
+        }
+    }
+    Ok(ids)
+}
+
+fn continue_all(
+    model: &LoadedModel,
+    prompts: &[String],
+    chat: bool,
+    max_new_tokens: usize,
+    sampling: Sampling,
+) -> Result<Vec<String>> {
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| prompt_ids(&model.files, p, chat))
+        .collect::<Result<_>>()?;
+    let special = &model.files.special;
+    let options = GenerateOptions {
+        max_new_tokens,
+        sampling,
+        eos: special.eos.iter().map(|t| t.1).collect(),
+        pad: special.pad.as_ref().or(special.eos.as_ref()).map_or(0, |t| t.1),
+    };
+    let out = generate(&model.decoder, &ids, &options)?;
+    out.iter()
+        .map(|tokens| {
+            let text: Vec<u32> = tokens.iter().copied().filter(|t| !options.eos.contains(t)).collect();
+            model
+                .files
+                .tokenizer
+                .decode(&text, true)
+                .map_err(|e| anyhow::anyhow!("cannot decode the generated tokens: {e}"))
+        })
+        .collect()
+}
+
+/// Loads the configured base model and organism and continues every prompt with both.
+pub fn side_by_side(
+    settings: &Settings,
+    project_root: &Path,
+    prompts: &[String],
+    chat: bool,
+    max_new_tokens: usize,
+    sampling: Sampling,
+) -> Result<Vec<SideBySide>> {
+    GenerateOptions {
+        max_new_tokens,
+        sampling,
+        eos: Vec::new(),
+        pad: 0,
+    }
+    .validate()?;
+    if prompts.is_empty() {
+        anyhow::bail!("no prompt: give one or more --prompt TEXT");
+    }
+    let device = settings.preprocessing.device.open()?;
+    let pair = PairFiles::open(settings, project_root)?.load(settings, &device)?;
+    let base = continue_all(&pair.base, prompts, chat, max_new_tokens, sampling)?;
+    let organism = continue_all(&pair.organism, prompts, chat, max_new_tokens, sampling)?;
+    Ok(prompts
+        .iter()
+        .zip(base)
+        .zip(organism)
+        .map(|((p, b), o)| SideBySide {
+            prompt: p.clone(),
+            base: b,
+            organism: o,
+        })
+        .collect())
+}
