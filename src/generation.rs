@@ -69,6 +69,7 @@ fn continue_all(
         sampling,
         eos: special.eos.iter().map(|t| t.1).collect(),
         pad: special.pad.as_ref().or(special.eos.as_ref()).map_or(0, |t| t.1),
+        interventions: Vec::new(),
     };
     let out = generate(&model.decoder, &ids, &options)?;
     out.iter()
@@ -97,6 +98,7 @@ pub fn side_by_side(
         sampling,
         eos: Vec::new(),
         pad: 0,
+        interventions: Vec::new(),
     }
     .validate()?;
     if prompts.is_empty() {

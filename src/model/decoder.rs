@@ -152,6 +152,35 @@ pub struct Decoder {
     dtype: DType,
 }
 
+/// How an intervention changes the residual stream at the positions it touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit {
+    /// x + scale · vector (steering).
+    Add,
+    /// scale · vector in place of x (patching, as patchscope does).
+    Replace,
+}
+
+/// Which tokens an intervention touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Positions {
+    /// Every token, prompt and generated.
+    All,
+    /// These positions, counted from each sequence's first token (0).
+    At(Vec<usize>),
+}
+
+/// A change to the residual stream after one decoder layer, applied as the tokens pass through it.
+#[derive(Debug, Clone)]
+pub struct Intervention {
+    pub layer: usize,
+    /// A vector of d_model values.
+    pub vector: Vec<f32>,
+    pub scale: f32,
+    pub edit: Edit,
+    pub positions: Positions,
+}
+
 /// Keys and values of the tokens seen so far, per layer, for incremental decoding.
 #[derive(Debug, Clone)]
 pub struct KvCache {
@@ -385,6 +414,33 @@ impl Decoder {
     /// included, is `attention_mask` (batch, cached + new), attending to the keys and values in `cache` and
     /// appending theirs to it (incremental decoding). Returns the final normed hidden state of the new tokens.
     pub fn forward_cached(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_intervened(input_ids, attention_mask, cache, &[])
+    }
+
+    /// [`Self::forward_cached`] with `interventions` applied to the residual stream of the new tokens.
+    pub fn forward_intervened(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: &mut KvCache,
+        interventions: &[Intervention],
+    ) -> Result<Tensor> {
+        for iv in interventions {
+            if iv.layer >= self.blocks.len() {
+                bail!(
+                    "layer {} does not exist: the model has layers 0..{}",
+                    iv.layer,
+                    self.blocks.len() - 1
+                );
+            }
+            if iv.vector.len() != self.spec.hidden {
+                bail!(
+                    "the intervention vector has {} values but the model's residual stream has {}",
+                    iv.vector.len(),
+                    self.spec.hidden
+                );
+            }
+        }
         let (b, s) = input_ids.dims2()?;
         let (mb, total) = attention_mask.dims2()?;
         if cache.layers.len() != self.blocks.len() {
@@ -435,9 +491,49 @@ impl Decoder {
             let mask = &masks.iter().find(|(w, _)| *w == block.window).expect("built above").1;
             let (cos, sin) = &tables[block.rope];
             x = self.block_forward(block, &x, mask, (cos, sin), Some(&mut cache.layers[i]))?;
+            for iv in interventions.iter().filter(|iv| iv.layer == i) {
+                x = self.intervene(&x, attention_mask, total - s, iv)?;
+            }
         }
         cache.cached += s;
         self.norm.forward(&x)
+    }
+
+    /// Applies one intervention to `x` (batch, new tokens, hidden), the columns `first..` of `attention_mask`.
+    fn intervene(&self, x: &Tensor, attention_mask: &Tensor, first: usize, iv: &Intervention) -> Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let mask: Vec<Vec<u32>> = attention_mask.to_dtype(DType::U32)?.to_vec2()?;
+        let mut touch = vec![0f32; b * s];
+        for (r, row) in mask.iter().enumerate() {
+            let mut position = row[..first].iter().filter(|m| **m != 0).count();
+            for (c, m) in row[first..].iter().enumerate() {
+                if *m == 0 {
+                    continue;
+                }
+                let hit = match &iv.positions {
+                    Positions::All => true,
+                    Positions::At(ps) => ps.contains(&position),
+                };
+                if hit {
+                    touch[r * s + c] = 1.0;
+                }
+                position += 1;
+            }
+        }
+        if touch.iter().all(|t| *t == 0.0) {
+            return Ok(x.clone());
+        }
+        let device = x.device();
+        let touch = Tensor::from_vec(touch, (b, s, 1), device)?.to_dtype(x.dtype())?;
+        let v = Tensor::from_slice(&iv.vector, (1, 1, h), device)?.to_dtype(x.dtype())?;
+        let v = (v * iv.scale as f64)?;
+        Ok(match iv.edit {
+            Edit::Add => (x + touch.broadcast_mul(&v)?)?,
+            Edit::Replace => {
+                let keep = touch.affine(-1.0, 1.0)?;
+                (x.broadcast_mul(&keep)? + touch.broadcast_mul(&v)?)?
+            }
+        })
     }
 
     /// Logits (…, vocab) from final normed hidden states, with the family's final softcap.

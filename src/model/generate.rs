@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 
-use super::decoder::{Decoder, KvCache};
+use super::decoder::{Decoder, Intervention, KvCache};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,6 +27,8 @@ pub struct GenerateOptions {
     pub eos: Vec<u32>,
     /// Fed to rows that have ended, and used to left-pad prompts.
     pub pad: u32,
+    /// Changes to the residual stream, applied to prompt and generated tokens as they pass (steering).
+    pub interventions: Vec<Intervention>,
 }
 
 /// Most new tokens one call may ask for.
@@ -128,7 +130,7 @@ pub fn generate(model: &Decoder, prompts: &[Vec<u32>], options: &GenerateOptions
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut done = vec![false; b];
     for _ in 0..options.max_new_tokens {
-        let hidden = model.forward_cached(&input, &attention, &mut cache)?;
+        let hidden = model.forward_intervened(&input, &attention, &mut cache, &options.interventions)?;
         let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;
         let logits = model
             .logits(&last)?

@@ -19,6 +19,6 @@ pub mod special_tokens;
 pub mod weights;
 
 pub use arch::Architecture;
-pub use decoder::{Decoder, DecoderSpec, ForwardOutput, KvCache};
+pub use decoder::{Decoder, DecoderSpec, Edit, ForwardOutput, Intervention, KvCache, Positions};
 pub use device::ComputeDevice;
 pub use load::{load, LoadedModel, ModelFiles, ModelSource};

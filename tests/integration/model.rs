@@ -510,6 +510,7 @@ mod generation {
             sampling: Sampling::Greedy,
             eos: vec![2],
             pad: 0,
+            interventions: Vec::new(),
         }
     }
 
@@ -645,5 +646,145 @@ mod generation {
         }
         let e = generate(&model.decoder, &[vec![]], &greedy(3)).unwrap_err().to_string();
         assert!(e.contains("prompt 0 has no tokens"), "{e}");
+    }
+}
+
+mod interventions {
+    use super::*;
+    use diffsql::model::{Edit, Intervention, KvCache, Positions};
+
+    fn logits_of(model: &LoadedModel, ids: &[u32], interventions: &[Intervention]) -> Tensor {
+        let d = &model.decoder;
+        let n = ids.len();
+        let input = Tensor::from_vec(ids.to_vec(), (1, n), &Device::Cpu).unwrap();
+        let mask = Tensor::ones((1, n), DType::U32, &Device::Cpu).unwrap();
+        let hidden = d
+            .forward_intervened(&input, &mask, &mut KvCache::new(d), interventions)
+            .unwrap();
+        d.logits(&hidden).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Closed forms on the llama fixture: adding α·v after the last layer gives the logit lens of x_L + α·v;
+    /// replacing one position after the last layer gives the lens of the vector there and leaves the others;
+    /// replacing a position after layer 0 changes that position and later ones (attention), never earlier ones.
+    #[test]
+    fn interventions_change_the_residual_stream_as_specified() {
+        let model = load_fixture("llama");
+        let d = &model.decoder;
+        let h = d.spec().hidden;
+        let last = d.num_layers() - 1;
+        let ids: Vec<u32> = vec![5, 17, 42, 8, 99, 3];
+        let n = ids.len();
+        let v: Vec<f32> = (0..h).map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0).collect();
+        let vt = Tensor::from_vec(v.clone(), (1, 1, h), &Device::Cpu).unwrap();
+        let plain = logits_of(&model, &ids, &[]);
+        let input = Tensor::from_vec(ids.clone(), (1, n), &Device::Cpu).unwrap();
+        let mask = Tensor::ones((1, n), DType::U32, &Device::Cpu).unwrap();
+        let x_last = d.forward(&input, &mask, &[last], false).unwrap().layers.remove(0);
+        let iv = |edit, scale, positions| Intervention {
+            layer: last,
+            vector: v.clone(),
+            scale,
+            edit,
+            positions,
+        };
+        let steered = logits_of(&model, &ids, &[iv(Edit::Add, 3.0, Positions::All)]);
+        let expected = d
+            .logit_lens(&x_last.broadcast_add(&(&vt * 3.0).unwrap()).unwrap())
+            .unwrap();
+        assert!(max_diff(&steered, &expected) <= 1e-4);
+        let patched = logits_of(&model, &ids, &[iv(Edit::Replace, 2.0, Positions::At(vec![2]))]);
+        let lens = d.logit_lens(&(&vt * 2.0).unwrap()).unwrap();
+        assert!(max_diff(&patched.narrow(1, 2, 1).unwrap(), &lens) <= 1e-4);
+        for p in [0, 1, 3, 4, 5] {
+            assert!(
+                max_diff(&patched.narrow(1, p, 1).unwrap(), &plain.narrow(1, p, 1).unwrap()) <= 1e-5,
+                "position {p}"
+            );
+        }
+        let early = Intervention {
+            layer: 0,
+            ..iv(Edit::Replace, 2.0, Positions::At(vec![2]))
+        };
+        let patched = logits_of(&model, &ids, &[early]);
+        for p in 0..n {
+            let diff = max_diff(&patched.narrow(1, p, 1).unwrap(), &plain.narrow(1, p, 1).unwrap());
+            if p < 2 {
+                assert!(diff <= 1e-5, "position {p} is before the patch: {diff}");
+            } else {
+                assert!(diff > 1e-3, "position {p} is at or after the patch: {diff}");
+            }
+        }
+        // Bad interventions are errors naming what is wrong.
+        let e = format!(
+            "{:#}",
+            d.forward_intervened(
+                &input,
+                &mask,
+                &mut KvCache::new(d),
+                &[Intervention {
+                    vector: vec![1.0; 3],
+                    ..iv(Edit::Add, 1.0, Positions::All)
+                }]
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("has 3 values") && e.contains(&h.to_string()), "{e}");
+        let e = format!(
+            "{:#}",
+            d.forward_intervened(
+                &input,
+                &mask,
+                &mut KvCache::new(d),
+                &[Intervention {
+                    layer: 9,
+                    ..iv(Edit::Add, 1.0, Positions::All)
+                }]
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("layer 9 does not exist"), "{e}");
+    }
+
+    /// Steering during generation: α = 0 generates what no intervention does; a large α changes the text.
+    #[test]
+    fn steering_applies_during_generation() {
+        use diffsql::model::generate::{generate, GenerateOptions, Sampling};
+        let model = load_fixture("llama");
+        let h = model.decoder.spec().hidden;
+        let prompts = vec![vec![5u32, 17, 42], vec![7, 21]];
+        let options = |alpha: f32| GenerateOptions {
+            max_new_tokens: 8,
+            sampling: Sampling::Greedy,
+            eos: vec![2],
+            pad: 0,
+            interventions: vec![Intervention {
+                layer: 0,
+                vector: (0..h).map(|i| if i % 2 == 0 { 1.0 } else { -1.0 }).collect(),
+                scale: alpha,
+                edit: Edit::Add,
+                positions: Positions::All,
+            }],
+        };
+        let plain = GenerateOptions {
+            interventions: Vec::new(),
+            ..options(0.0)
+        };
+        let base = generate(&model.decoder, &prompts, &plain).unwrap();
+        assert_eq!(generate(&model.decoder, &prompts, &options(0.0)).unwrap(), base);
+        assert_ne!(generate(&model.decoder, &prompts, &options(50.0)).unwrap(), base);
     }
 }
