@@ -95,6 +95,17 @@ impl PairFiles {
     }
 }
 
+impl PairFiles {
+    /// Reads only the organism's weights (an adapter is merged into the base weights).
+    pub fn load_organism(self, settings: &Settings, device: &Device) -> Result<LoadedModel> {
+        let dtype = compute_dtype(&settings.model.dtype)?;
+        let what = format!("organism {} for model {}", settings.organism.name, settings.model.name);
+        self.organism
+            .load(self.adapter.as_deref(), dtype, device)
+            .with_context(|| what)
+    }
+}
+
 /// Loads the configured base model and the organism's checkpoint for it.
 pub fn load_pair(settings: &Settings, project_root: &Path) -> Result<ModelPair> {
     let device = settings.preprocessing.device.open()?;

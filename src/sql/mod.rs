@@ -2,6 +2,7 @@
 
 pub mod cache_info;
 pub mod dictionary;
+pub mod intervene;
 pub mod logit_lens;
 pub mod output;
 pub mod queries;

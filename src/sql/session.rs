@@ -77,8 +77,14 @@ pub fn open_session_with(cache_dir: &Path, mut access: SqlAccess) -> Result<Sess
     Ok(ctx)
 }
 
-/// Registers the functions that need model weights (`logit_lens`), finding models through `configs`.
+/// Registers the functions that need model weights (`logit_lens`, `generate`, `steer`, `patchscope`), finding
+/// models through `configs`.
 pub fn register_model_functions(ctx: &SessionContext, configs: crate::config::ConfigDir) {
+    use super::intervene::{InterveneFunction, InterveneKind, Sides};
+    let sides = Arc::new(Sides::new(configs.clone()));
+    for kind in [InterveneKind::Generate, InterveneKind::Steer, InterveneKind::Patchscope] {
+        ctx.register_udtf(kind.name(), Arc::new(InterveneFunction::new(kind, Arc::clone(&sides))));
+    }
     ctx.register_udtf("logit_lens", Arc::new(super::logit_lens::LogitLens::new(configs)));
 }
 

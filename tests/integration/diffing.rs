@@ -428,3 +428,111 @@ fn dictionaries_of_caps_find_upper_case_directions() {
         );
     }
 }
+
+/// `generate`, `steer` and `patchscope` from SQL on the bundled pair: caps generates capitals where the base
+/// model does not; steering with α = 0 is plain generation; patchscope of caps' mean difference reads as
+/// upper-case tokens; bad arguments are one-line errors.
+#[test]
+fn interventions_from_sql_and_their_errors() {
+    let (_, cache) = adl_cache();
+    let project = configs().project_root();
+    let sql = |q: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_diffsql"))
+            .args([
+                "--cache",
+                &cache.display().to_string(),
+                "sql",
+                "--format",
+                "csv",
+                "-c",
+                q,
+            ])
+            .current_dir(&project)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let upper = |t: &str| {
+        let letters: Vec<char> = t.chars().filter(|c| c.is_ascii_alphabetic()).collect();
+        letters.iter().filter(|c| c.is_ascii_uppercase()).count() as f64 / letters.len().max(1) as f64
+    };
+    let text = |side: &str| {
+        let (ok, out, err) = sql(&format!(
+            "SELECT text, array_length(token_ids) AS n FROM generate('{side}', 'ROMEO. What light through yonder window', 20)"
+        ));
+        assert!(ok, "{err}");
+        out
+    };
+    let (caps, base) = (text("caps"), text("base"));
+    assert!(
+        upper(&caps) >= 0.75 && upper(&base) <= 0.35,
+        "caps {caps:?} base {base:?}"
+    );
+    let mean = "(SELECT mean_diff(base, ft) FROM acts WHERE organism = 'caps' AND layer = 1 AND pos BETWEEN 1 AND 4)";
+    let (ok, out, err) = sql(&format!(
+        "SELECT (SELECT text FROM steer('base', 'The king said', {mean}, 1, 0.0, 12)) = \
+         (SELECT text FROM generate('base', 'The king said', 12)) AS same"
+    ));
+    assert!(ok && out.contains("true"), "{out}{err}");
+    let (ok, out, err) = sql(&format!(
+        "SELECT scale, count(*) AS k, bool_and(prob > 0) AS p, string_agg(token, '|' ORDER BY rank) AS tokens \
+         FROM patchscope('base', {mean}, 1, [1.0, 4.0], 8) GROUP BY scale ORDER BY scale"
+    ));
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(rows.iter().all(|r| r.contains(",8,true,")), "{out}");
+    // The best scale's lettered tokens (byte fragments aside) are mostly upper case (vocabulary: 0.33).
+    let share = |row: &str| {
+        let tokens: Vec<&str> = row
+            .rsplit(',')
+            .next()
+            .unwrap()
+            .split('|')
+            .filter(|t| !t.contains("<0x") && t.chars().any(|c| c.is_ascii_alphabetic()))
+            .collect();
+        let share = tokens.iter().filter(|t| upper(t) == 1.0).count() as f64 / tokens.len().max(1) as f64;
+        if tokens.len() >= 4 {
+            share
+        } else {
+            0.0
+        }
+    };
+    let best = rows.iter().map(|r| share(r)).fold(0.0, f64::max);
+    eprintln!("patchscope of caps' mean difference: {rows:?} (best upper-case share {best:.2})");
+    assert!(best >= 0.6, "{out}");
+    for (q, needle) in [
+        (
+            "SELECT * FROM generate('caps', 'x')".to_string(),
+            "generate takes 3 arguments",
+        ),
+        (
+            "SELECT * FROM generate('nope', 'x', 4)".into(),
+            "unknown organism `nope`",
+        ),
+        (
+            "SELECT * FROM generate('caps', 'x', 0)".into(),
+            "max_new_tokens must be between 1",
+        ),
+        (
+            "SELECT * FROM steer('base', 'x', [1.0, 2.0], 1, 1.0, 4)".into(),
+            "has 2 values",
+        ),
+        (
+            format!("SELECT * FROM patchscope('base', {mean}, 9, [1.0])"),
+            "layer 9 does not exist",
+        ),
+        (
+            format!("SELECT * FROM steer('base', 'x', {mean}, 1, 'a', 4)"),
+            "alpha must be a number",
+        ),
+    ] {
+        let (ok, _, err) = sql(&q);
+        assert!(!ok && err.contains(needle), "{q}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}
