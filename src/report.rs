@@ -219,6 +219,18 @@ async fn adl(ctx: &SessionContext, dir: &Path, out: &mut String) -> Result<()> {
         let tokens: Vec<String> = rows(ctx, sql).await?.into_iter().map(|r| quoted(&r[0])).collect();
         writeln!(out, "  suppressed: {}", tokens.join(" "))?;
     }
+    if register(ctx, dir, "patchscope_tokens").await? {
+        let sql = "SELECT string_agg(token, ' ' ORDER BY scales DESC, best_rank), min(best_scale) FROM \
+                   (SELECT * FROM adl_patchscope_tokens LIMIT 12)";
+        if let Some(r) = rows(ctx, sql).await?.first().filter(|r| !r[0].is_empty()) {
+            writeln!(
+                out,
+                "  patchscope (tokens stable across scales; most consistent scale {}): {}",
+                r[1],
+                crate::data::token_text::readable(&r[0])
+            )?;
+        }
+    }
     if register(ctx, dir, "logit_lens").await? {
         let sql = "SELECT pos, string_agg(token, ' ' ORDER BY rank) FROM (SELECT * FROM adl_logit_lens \
                    WHERE sign = '+' AND regexp_like(regexp_replace(token, '<0x[0-9A-F]{2}>', '', 'g'), '[A-Za-z]') AND rank <= 12) GROUP BY pos ORDER BY pos";

@@ -1,6 +1,6 @@
 //! Diffing methods as saved SQL: `diffing/method=NAME` runs the `.sql` files in `queries/NAME/` against the
 //! cache and writes each result as Parquet and CSV under `results/<model>/<organism>/<method>/`, with a
-//! `summary.json`. Parameters from the method config (`$top_n`, `$model`, `$organism`) are bound as typed
+//! `summary.json`. Parameters from the method config (`$top_n`, `$model`, `$organism`, `$side`) are bound as typed
 //! literal nodes of the parsed statement, never by pasting text into the query.
 
 use std::fs;
@@ -87,6 +87,11 @@ pub fn params(settings: &Settings) -> Result<Vec<(String, SqlValue)>> {
     let mut out = vec![
         ("model".to_string(), text(&settings.model.name)),
         ("organism".to_string(), text(&settings.organism.name)),
+        // The organism as the intervention functions name a side: `model/organism`.
+        (
+            "side".to_string(),
+            text(&format!("{}/{}", settings.model.name, settings.organism.name)),
+        ),
     ];
     for (k, v) in &settings.diffing.method.params {
         let value = match v {

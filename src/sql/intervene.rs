@@ -322,7 +322,9 @@ async fn first_vector(f: &str, state: &dyn Session, plan: &LogicalPlan) -> Resul
         let mut scratch = Vec::new();
         return match vectors.row(0, &mut scratch) {
             Some(v) => Ok(v.to_vec()),
-            None => Err(DataFusionError::Execution(format!("{f}: the vector is NULL"))),
+            None => Err(DataFusionError::Execution(format!(
+                "{f}: the vector is NULL (an aggregate over no rows? check the subquery's filters)"
+            ))),
         };
     }
     Err(DataFusionError::Execution(format!(

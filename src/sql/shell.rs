@@ -313,10 +313,22 @@ fn list_functions() {
     println!("{:32} A dictionary's latents table.", "latents(name)");
     println!("{:32} A dictionary's training curve.", "training_curve(name)");
     println!("{:32} What the cache holds, one row per partition.", "cache_info()");
-    println!("{:32} A vector through the model's final norm and unembedding.", "logit_lens(vector, model, k)");
-    println!("{:32} Greedy continuation by the base model or an organism.", "generate(side, prompt, n)");
-    println!("{:32} Generation with alpha · vector added after a layer.", "steer(side, prompt, v, layer, alpha, n)");
-    println!("{:32} A vector read by patching it into an identity prompt.", "patchscope(side, v, layer, scales)");
+    println!(
+        "{:32} A vector through the model's final norm and unembedding.",
+        "logit_lens(vector, model, k)"
+    );
+    println!(
+        "{:32} Greedy continuation by the base model or an organism.",
+        "generate(side, prompt, n)"
+    );
+    println!(
+        "{:32} Generation with alpha · vector added after a layer.",
+        "steer(side, prompt, v, layer, alpha, n)"
+    );
+    println!(
+        "{:32} A vector read by patching it into an identity prompt.",
+        "patchscope(side, v, layer, scales)"
+    );
 }
 
 fn first_sentence(s: &str) -> &str {

@@ -536,3 +536,25 @@ fn interventions_from_sql_and_their_errors() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// Ground truth 4: auto-patchscope of caps' mean difference (on the organism, over a grid of scales): the tokens
+/// that stay in the top k across scales are upper case, far above the vocabulary's share (0.33).
+#[test]
+fn adl_auto_patchscope_of_caps_reads_upper_case_tokens() {
+    let (_, cache) = adl_cache();
+    let out = tempfile::tempdir().unwrap();
+    let s = settings("adl", "shakespeare", cache, out.path());
+    let r = run(&s);
+    assert!(r.tables.iter().any(|t| t.name == "patchscope_tokens"), "{:?}", r.tables);
+    let stable = read(&out.path().join("shakespeare/caps/adl/patchscope_tokens.parquet"));
+    let tokens = column_str(&stable, "token");
+    let (share, n) = upper_fraction(tokens.iter().map(String::as_str));
+    let best = column_f64(&stable, "best_scale");
+    eprintln!(
+        "auto-patchscope of caps: {tokens:?} at scale {:?}: upper-case share {share:.2} of {n}",
+        best.first()
+    );
+    assert!(n >= 5, "{tokens:?}");
+    assert!(share >= 0.8, "{tokens:?}");
+    assert!(best.iter().all(|b| *b == best[0]), "one best scale");
+}
