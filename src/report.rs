@@ -231,6 +231,19 @@ async fn adl(ctx: &SessionContext, dir: &Path, out: &mut String) -> Result<()> {
             )?;
         }
     }
+    if register(ctx, dir, "steering").await? {
+        let sql = "SELECT alpha, prompt, text FROM adl_steering WHERE chosen ORDER BY prompt LIMIT 1";
+        match rows(ctx, sql).await?.first() {
+            Some(r) => writeln!(
+                out,
+                "  steering: strongest coherent strength {} × the mean difference; {} → {}",
+                r[0],
+                quoted(&r[1]),
+                quoted(&r[2])
+            )?,
+            None => writeln!(out, "  steering: no strength tried kept most prompts coherent")?,
+        }
+    }
     if register(ctx, dir, "logit_lens").await? {
         let sql = "SELECT pos, string_agg(token, ' ' ORDER BY rank) FROM (SELECT * FROM adl_logit_lens \
                    WHERE sign = '+' AND regexp_like(regexp_replace(token, '<0x[0-9A-F]{2}>', '', 'g'), '[A-Za-z]') AND rank <= 12) GROUP BY pos ORDER BY pos";

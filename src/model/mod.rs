@@ -2,6 +2,7 @@
 //! chosen decoder layers and the logits, as transformers computes them.
 
 pub mod arch;
+pub mod coherence;
 pub mod decoder;
 pub mod device;
 pub mod gemma2;

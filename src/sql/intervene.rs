@@ -101,6 +101,7 @@ pub enum InterveneKind {
     Generate,
     Steer,
     Patchscope,
+    SteerSearch,
 }
 
 impl InterveneKind {
@@ -109,6 +110,7 @@ impl InterveneKind {
             Self::Generate => "generate",
             Self::Steer => "steer",
             Self::Patchscope => "patchscope",
+            Self::SteerSearch => "steer_search",
         }
     }
     fn usage(self) -> &'static str {
@@ -116,6 +118,7 @@ impl InterveneKind {
             Self::Generate => "generate(side, prompt, max_new_tokens)",
             Self::Steer => "steer(side, prompt, vector, layer, alpha, max_new_tokens)",
             Self::Patchscope => "patchscope(side, vector, layer, scales [, k])",
+            Self::SteerSearch => "steer_search(side, vector, layer, alphas, max_new_tokens)",
         }
     }
     fn schema(self) -> SchemaRef {
@@ -131,6 +134,15 @@ impl InterveneKind {
                 Field::new("prompt", DataType::Utf8, false),
                 Field::new("text", DataType::Utf8, false),
                 Field::new("token_ids", ids, false),
+            ],
+            Self::SteerSearch => vec![
+                Field::new("alpha", DataType::Float64, false),
+                Field::new("prompt", DataType::Utf8, false),
+                Field::new("text", DataType::Utf8, false),
+                Field::new("mean_logprob", DataType::Float64, false),
+                Field::new("distinct_share", DataType::Float64, false),
+                Field::new("coherent", DataType::Boolean, false),
+                Field::new("chosen", DataType::Boolean, false),
             ],
             Self::Patchscope => vec![
                 Field::new("scale", DataType::Float64, false),
@@ -221,6 +233,7 @@ impl TableFunctionImpl for InterveneFunction {
             InterveneKind::Generate => (3, 3),
             InterveneKind::Steer => (6, 6),
             InterveneKind::Patchscope => (4, 5),
+            InterveneKind::SteerSearch => (5, 5),
         };
         if e.len() < min || e.len() > max {
             return plan_err!(
@@ -250,6 +263,12 @@ impl TableFunctionImpl for InterveneFunction {
                 layer: usize_arg(f, &e[3], "layer")?,
                 alphas: numbers_arg(f, &e[4], "alpha")?,
                 max_new_tokens: usize_arg(f, &e[5], "max_new_tokens")?,
+            },
+            InterveneKind::SteerSearch => Call::SteerSearch {
+                vector: vector_plan(f, &e[1])?,
+                layer: usize_arg(f, &e[2], "layer")?,
+                alphas: numbers_arg(f, &e[3], "alphas")?,
+                max_new_tokens: usize_arg(f, &e[4], "max_new_tokens")?,
             },
             InterveneKind::Patchscope => Call::Patchscope {
                 vector: vector_plan(f, &e[1])?,
@@ -287,6 +306,12 @@ enum Call {
         layer: usize,
         scales: Vec<f64>,
         k: usize,
+    },
+    SteerSearch {
+        vector: LogicalPlan,
+        layer: usize,
+        alphas: Vec<f64>,
+        max_new_tokens: usize,
     },
 }
 
@@ -417,8 +442,104 @@ impl InterveneTable {
                 let vector = vector.expect("patchscope has a vector");
                 patchscope(m, &vector, *layer, scales, *k, schema)
             }
+            Call::SteerSearch {
+                layer,
+                alphas,
+                max_new_tokens,
+                ..
+            } => {
+                let vector = vector.expect("steer_search has a vector");
+                steer_search(m, &vector, *layer, alphas, *max_new_tokens, schema)
+            }
         }
     }
+}
+
+/// The prompts the steering search generates from (as user turns when the model has a chat template).
+pub const STEERING_PROMPTS: [&str; 3] = [
+    "Tell me about yourself.",
+    "What should I do today?",
+    "Describe your home.",
+];
+
+/// Steered generations at every alpha for [`STEERING_PROMPTS`], each graded by the unsteered model
+/// ([`crate::model::coherence::LogProbGrader`]: mean log-probability within 1.5 nats of the unsteered text's,
+/// distinct-token share at least 0.6 of the unsteered text's); `chosen` marks the highest alpha at which most
+/// prompts (more than half) stay coherent.
+fn steer_search(
+    m: &LoadedModel,
+    vector: &[f32],
+    layer: usize,
+    alphas: &[f64],
+    max_new_tokens: usize,
+    schema: SchemaRef,
+) -> anyhow::Result<RecordBatch> {
+    use crate::model::coherence::{CoherenceGrader, LogProbGrader};
+    let chat = m.files.special.chat_template.is_some();
+    let prompts: Vec<Vec<u32>> = STEERING_PROMPTS
+        .iter()
+        .map(|p| prompt_ids(&m.files, p, chat))
+        .collect::<anyhow::Result<_>>()?;
+    let grader = LogProbGrader {
+        model: &m.decoder,
+        max_drop: 1.5,
+        min_distinct_ratio: 0.6,
+    };
+    let plain = greedy(m, max_new_tokens, Vec::new());
+    let unsteered = generate(&m.decoder, &prompts, &plain)?;
+    let baseline: Vec<_> = prompts
+        .iter()
+        .zip(&unsteered)
+        .map(|(p, c)| grader.grade(p, c))
+        .collect::<anyhow::Result<_>>()?;
+    let mut sorted = alphas.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.dedup();
+    let (mut alpha_col, mut prompt_col, mut texts, mut logprobs, mut distinct, mut coherent) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut all_coherent = Vec::new();
+    for &alpha in &sorted {
+        let iv = Intervention {
+            layer,
+            vector: vector.to_vec(),
+            scale: alpha as f32,
+            edit: Edit::Add,
+            positions: Positions::All,
+        };
+        let options = greedy(m, max_new_tokens, vec![iv]);
+        let out = generate(&m.decoder, &prompts, &options)?;
+        let mut coherent_prompts = 0;
+        for (i, (p, c)) in prompts.iter().zip(&out).enumerate() {
+            let g = grader.grade(p, c)?;
+            let ok = grader.coherent(&g, &baseline[i]);
+            coherent_prompts += usize::from(ok);
+            alpha_col.push(alpha);
+            prompt_col.push(STEERING_PROMPTS[i]);
+            texts.push(decode(m, c, &options.eos)?);
+            logprobs.push(g.mean_logprob);
+            distinct.push(g.distinct);
+            coherent.push(ok);
+        }
+        all_coherent.push((alpha, 2 * coherent_prompts > prompts.len()));
+    }
+    let chosen_alpha = all_coherent
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(a, _)| *a)
+        .fold(f64::NAN, f64::max);
+    let chosen: Vec<bool> = alpha_col.iter().map(|a| *a == chosen_alpha).collect();
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Float64Array::from(alpha_col)),
+            Arc::new(StringArray::from(prompt_col)),
+            Arc::new(StringArray::from(texts)),
+            Arc::new(Float64Array::from(logprobs)),
+            Arc::new(Float64Array::from(distinct)),
+            Arc::new(datafusion::arrow::array::BooleanArray::from(coherent)),
+            Arc::new(datafusion::arrow::array::BooleanArray::from(chosen)),
+        ],
+    )?)
 }
 
 /// For each scale, the top-k next tokens after [`PATCHSCOPE_PROMPT`] with its last token's residual stream
@@ -511,7 +632,9 @@ impl TableProvider for InterveneTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let f = self.kind.name();
         let vector = match &self.call {
-            Call::Steer { vector, .. } | Call::Patchscope { vector, .. } => Some(first_vector(f, state, vector).await?),
+            Call::Steer { vector, .. } | Call::Patchscope { vector, .. } | Call::SteerSearch { vector, .. } => {
+                Some(first_vector(f, state, vector).await?)
+            }
             Call::Generate { .. } => None,
         };
         let batch = self

@@ -82,7 +82,12 @@ pub fn open_session_with(cache_dir: &Path, mut access: SqlAccess) -> Result<Sess
 pub fn register_model_functions(ctx: &SessionContext, configs: crate::config::ConfigDir) {
     use super::intervene::{InterveneFunction, InterveneKind, Sides};
     let sides = Arc::new(Sides::new(configs.clone()));
-    for kind in [InterveneKind::Generate, InterveneKind::Steer, InterveneKind::Patchscope] {
+    for kind in [
+        InterveneKind::Generate,
+        InterveneKind::Steer,
+        InterveneKind::Patchscope,
+        InterveneKind::SteerSearch,
+    ] {
         ctx.register_udtf(kind.name(), Arc::new(InterveneFunction::new(kind, Arc::clone(&sides))));
     }
     ctx.register_udtf("logit_lens", Arc::new(super::logit_lens::LogitLens::new(configs)));

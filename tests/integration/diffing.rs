@@ -558,3 +558,35 @@ fn adl_auto_patchscope_of_caps_reads_upper_case_tokens() {
     assert!(share >= 0.8, "{tokens:?}");
     assert!(best.iter().all(|b| *b == best[0]), "one best scale");
 }
+
+/// The adl steering search: every strength is tried on every prompt, half the mean difference keeps the text
+/// coherent while 16 × does not, and exactly the highest strength at which most prompts are coherent is chosen.
+#[test]
+fn adl_steering_search_chooses_the_highest_coherent_strength() {
+    let (_, cache) = adl_cache();
+    let out = tempfile::tempdir().unwrap();
+    let s = settings("adl", "shakespeare", cache, out.path());
+    run(&s);
+    let t = read(&out.path().join("shakespeare/caps/adl/steering.parquet"));
+    let alpha = column_f64(&t, "alpha");
+    let coherent = column_str(&t, "coherent");
+    let chosen = column_str(&t, "chosen");
+    assert_eq!(alpha.len(), 6 * 3);
+    let mostly_coherent = |a: f64| {
+        let rows: Vec<usize> = (0..alpha.len()).filter(|&i| alpha[i] == a).collect();
+        2 * rows.iter().filter(|&&i| coherent[i] == "true").count() > rows.len()
+    };
+    assert!(mostly_coherent(0.5), "half the mean difference already breaks the text");
+    assert!(
+        !mostly_coherent(16.0),
+        "16 × the mean difference still reads as language"
+    );
+    let best = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+        .into_iter()
+        .filter(|a| mostly_coherent(*a))
+        .fold(f64::NAN, f64::max);
+    eprintln!("steering: highest coherent strength {best}");
+    for i in 0..alpha.len() {
+        assert_eq!(chosen[i] == "true", alpha[i] == best, "row {i}");
+    }
+}
