@@ -110,6 +110,21 @@ fn real_models_match_transformers_and_decode_the_same_text() {
             tokens, expected,
             "{name}: greedy continuation differs from transformers"
         );
+        // The KV-cached generation engine gives the same continuation.
+        let options = diffsql::model::generate::GenerateOptions {
+            max_new_tokens: expected.len() - prompt_len,
+            sampling: diffsql::model::generate::Sampling::Greedy,
+            eos: Vec::new(),
+            pad: 0,
+            interventions: Vec::new(),
+        };
+        let generated =
+            diffsql::model::generate::generate(&model.decoder, &[tokens[..prompt_len].to_vec()], &options).unwrap();
+        assert_eq!(
+            generated[0],
+            expected[prompt_len..],
+            "{name}: KV-cached generation differs from transformers"
+        );
     }
 }
 
