@@ -208,6 +208,13 @@ impl KvCache {
     }
 }
 
+/// Embeddings, rotary tables and attention masks for one forward ([`Decoder::prepare`]).
+struct Prepared {
+    x: Tensor,
+    tables: Vec<(Tensor, Tensor)>,
+    masks: Vec<(Option<usize>, Tensor)>,
+}
+
 /// What a forward pass returns.
 #[derive(Debug)]
 pub struct ForwardOutput {
@@ -351,35 +358,7 @@ impl Decoder {
                 self.device().location()
             );
         }
-        let max_id = input_ids.max_all()?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
-        if max_id as usize >= self.spec.vocab {
-            bail!(
-                "token id {max_id} is outside the vocabulary of {} tokens",
-                self.spec.vocab
-            );
-        }
-        let positions = positions_from_mask(attention_mask)?;
-        let tables: Vec<(Tensor, Tensor)> = self
-            .ropes
-            .iter()
-            .map(|f| rotary_tables(f, &positions, self.dtype))
-            .collect::<Result<_>>()?;
-        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
-        for block in &self.blocks {
-            if !masks.iter().any(|(w, _)| *w == block.window) {
-                masks.push((
-                    block.window,
-                    causal_mask(attention_mask, block.window, self.dtype, device)?,
-                ));
-            }
-        }
-        let mut x = self
-            .embed
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, s, self.spec.hidden))?;
-        if let Some(scale) = self.spec.embed_scale {
-            x = (x * scale)?;
-        }
+        let Prepared { mut x, tables, masks } = self.prepare(input_ids, attention_mask, s)?;
         let last_needed = if final_hidden {
             self.blocks.len()
         } else {
@@ -457,36 +436,7 @@ impl Decoder {
                 cache.len()
             );
         }
-        let max_id = input_ids.max_all()?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
-        if max_id as usize >= self.spec.vocab {
-            bail!(
-                "token id {max_id} is outside the vocabulary of {} tokens",
-                self.spec.vocab
-            );
-        }
-        let device = self.device().clone();
-        let positions = positions_from_mask(attention_mask)?
-            .narrow(1, total - s, s)?
-            .contiguous()?;
-        let tables: Vec<(Tensor, Tensor)> = self
-            .ropes
-            .iter()
-            .map(|f| rotary_tables(f, &positions, self.dtype))
-            .collect::<Result<_>>()?;
-        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
-        for block in &self.blocks {
-            if !masks.iter().any(|(w, _)| *w == block.window) {
-                let full = causal_mask(attention_mask, block.window, self.dtype, &device)?;
-                masks.push((block.window, full.narrow(2, total - s, s)?.contiguous()?));
-            }
-        }
-        let mut x = self
-            .embed
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, s, self.spec.hidden))?;
-        if let Some(scale) = self.spec.embed_scale {
-            x = (x * scale)?;
-        }
+        let Prepared { mut x, tables, masks } = self.prepare(input_ids, attention_mask, s)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let mask = &masks.iter().find(|(w, _)| *w == block.window).expect("built above").1;
             let (cos, sin) = &tables[block.rope];
@@ -497,6 +447,50 @@ impl Decoder {
         }
         cache.cached += s;
         self.norm.forward(&x)
+    }
+
+    /// What the blocks need for the last `new` tokens of sequences with this attention mask: their
+    /// embeddings, rotary tables (positions counted from each sequence's first token), and the additive
+    /// masks of their queries over every key, per attention window.
+    fn prepare(&self, input_ids: &Tensor, attention_mask: &Tensor, new: usize) -> Result<Prepared> {
+        let (b, s) = input_ids.dims2()?;
+        let total = attention_mask.dim(1)?;
+        let max_id = input_ids.max_all()?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
+        if max_id as usize >= self.spec.vocab {
+            bail!(
+                "token id {max_id} is outside the vocabulary of {} tokens",
+                self.spec.vocab
+            );
+        }
+        let device = self.device().clone();
+        let positions = positions_from_mask(attention_mask)?
+            .narrow(1, total - new, new)?
+            .contiguous()?;
+        let tables: Vec<(Tensor, Tensor)> = self
+            .ropes
+            .iter()
+            .map(|f| rotary_tables(f, &positions, self.dtype))
+            .collect::<Result<_>>()?;
+        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+        for block in &self.blocks {
+            if !masks.iter().any(|(w, _)| *w == block.window) {
+                let full = causal_mask(attention_mask, block.window, self.dtype, &device)?;
+                let rows = if new == total {
+                    full
+                } else {
+                    full.narrow(2, total - new, new)?.contiguous()?
+                };
+                masks.push((block.window, rows));
+            }
+        }
+        let mut x = self
+            .embed
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((b, s, self.spec.hidden))?;
+        if let Some(scale) = self.spec.embed_scale {
+            x = (x * scale)?;
+        }
+        Ok(Prepared { x, tables, masks })
     }
 
     /// Applies one intervention to `x` (batch, new tokens, hidden), the columns `first..` of `attention_mask`.

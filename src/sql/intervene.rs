@@ -57,7 +57,8 @@ impl Sides {
         }
     }
 
-    fn get(&self, side: &str) -> anyhow::Result<Arc<LoadedModel>> {
+    /// The model of `side` (`base`, an organism, `MODEL/base` or `MODEL/ORGANISM`), loaded on first use.
+    pub fn get(&self, side: &str) -> anyhow::Result<Arc<LoadedModel>> {
         if let Some(m) = self.models.lock().expect("not poisoned").get(side) {
             return Ok(Arc::clone(m));
         }

@@ -11,9 +11,8 @@
 //! −vector: item, sign ('+' or '-'), rank (1 = highest logit), token_id, token, logit, prob (softmax over the
 //! whole vocabulary). `model` names a model config (`configs/model/NAME.toml`); models load once per session.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
@@ -28,43 +27,31 @@ use datafusion::physical_plan::ExecutionPlan;
 use diffsql_udfs::kernels::{log_softmax, top_k};
 use diffsql_udfs::vector::Vectors;
 
-use crate::config::{parse_all, ConfigDir};
-use crate::model::load::{load, LoadedModel};
-use crate::preprocess::model_source;
+use crate::config::ConfigDir;
+use crate::model::load::LoadedModel;
+use crate::sql::intervene::Sides;
 use crate::sql::shell::one_line;
 
-/// The table function, holding the models it has loaded.
+/// The table function; models load through the session's [`Sides`] (once per session).
+#[derive(Debug)]
 pub struct LogitLens {
-    configs: ConfigDir,
-    models: Mutex<HashMap<String, Arc<LoadedModel>>>,
-}
-
-impl fmt::Debug for LogitLens {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LogitLens").field("configs", &self.configs).finish()
-    }
+    sides: Arc<Sides>,
 }
 
 impl LogitLens {
     pub fn new(configs: ConfigDir) -> Self {
-        Self {
-            configs,
-            models: Mutex::new(HashMap::new()),
-        }
+        Self::with_sides(Arc::new(Sides::new(configs)))
+    }
+
+    /// A `logit_lens` that shares loaded models with the intervention functions.
+    pub fn with_sides(sides: Arc<Sides>) -> Self {
+        Self { sides }
     }
 
     fn model(&self, name: &str) -> Result<Arc<LoadedModel>> {
-        let mut models = self.models.lock().expect("not poisoned");
-        if let Some(m) = models.get(name) {
-            return Ok(Arc::clone(m));
-        }
-        let err = |e: anyhow::Error| DataFusionError::Plan(format!("logit_lens: {}", one_line(&e)));
-        let args = parse_all(&[format!("model={name}")], false).map_err(err)?;
-        let settings = self.configs.resolve(&args).map_err(err)?;
-        let source = model_source(&settings.model, &self.configs.project_root()).map_err(err)?;
-        let model = Arc::new(load(&source, None, DType::F32, &Device::Cpu).map_err(err)?);
-        models.insert(name.to_string(), Arc::clone(&model));
-        Ok(model)
+        self.sides
+            .get(&format!("{name}/base"))
+            .map_err(|e| DataFusionError::Plan(format!("logit_lens: {}", one_line(&e))))
     }
 }
 

@@ -81,7 +81,7 @@ pub fn open_session_with(cache_dir: &Path, mut access: SqlAccess) -> Result<Sess
 /// models through `configs`.
 pub fn register_model_functions(ctx: &SessionContext, configs: crate::config::ConfigDir) {
     use super::intervene::{InterveneFunction, InterveneKind, Sides};
-    let sides = Arc::new(Sides::new(configs.clone()));
+    let sides = Arc::new(Sides::new(configs));
     for kind in [
         InterveneKind::Generate,
         InterveneKind::Steer,
@@ -90,7 +90,7 @@ pub fn register_model_functions(ctx: &SessionContext, configs: crate::config::Co
     ] {
         ctx.register_udtf(kind.name(), Arc::new(InterveneFunction::new(kind, Arc::clone(&sides))));
     }
-    ctx.register_udtf("logit_lens", Arc::new(super::logit_lens::LogitLens::new(configs)));
+    ctx.register_udtf("logit_lens", Arc::new(super::logit_lens::LogitLens::with_sides(sides)));
 }
 
 /// The result of one statement.
