@@ -146,6 +146,7 @@ impl InterveneKind {
                 Field::new("chosen", DataType::Boolean, false),
             ],
             Self::Patchscope => vec![
+                Field::new("item", DataType::Int64, false),
                 Field::new("scale", DataType::Float64, false),
                 Field::new("rank", DataType::Int32, false),
                 Field::new("token_id", DataType::Int32, false),
@@ -328,14 +329,12 @@ impl fmt::Debug for InterveneTable {
     }
 }
 
-/// The first vector of a one-column plan, executed now.
-async fn first_vector(f: &str, state: &dyn Session, plan: &LogicalPlan) -> Result<Vec<f32>> {
+/// Every vector of a one-column plan, executed now, in its order.
+async fn all_vectors(f: &str, state: &dyn Session, plan: &LogicalPlan) -> Result<Vec<Vec<f32>>> {
     let physical = state.create_physical_plan(plan).await?;
     let batches = datafusion::physical_plan::collect(physical, state.task_ctx()).await?;
+    let mut out = Vec::new();
     for b in &batches {
-        if b.num_rows() == 0 {
-            continue;
-        }
         let col = b.column(0);
         let col = match Vectors::try_new(f, col.as_ref()) {
             Ok(_) => Arc::clone(col),
@@ -346,16 +345,23 @@ async fn first_vector(f: &str, state: &dyn Session, plan: &LogicalPlan) -> Resul
         };
         let vectors = Vectors::try_new(f, col.as_ref())?;
         let mut scratch = Vec::new();
-        return match vectors.row(0, &mut scratch) {
-            Some(v) => Ok(v.to_vec()),
-            None => Err(DataFusionError::Execution(format!(
-                "{f}: the vector is NULL (an aggregate over no rows? check the subquery's filters)"
-            ))),
-        };
+        for i in 0..b.num_rows() {
+            match vectors.row(i, &mut scratch) {
+                Some(v) => out.push(v.to_vec()),
+                None => {
+                    return Err(DataFusionError::Execution(format!(
+                        "{f}: the vector is NULL (an aggregate over no rows? check the subquery's filters)"
+                    )))
+                }
+            }
+        }
     }
-    Err(DataFusionError::Execution(format!(
-        "{f}: the vector subquery returned no rows"
-    )))
+    if out.is_empty() {
+        return Err(DataFusionError::Execution(format!(
+            "{f}: the vector subquery returned no rows"
+        )));
+    }
+    Ok(out)
 }
 
 fn ids_column(rows: &[Vec<u32>]) -> ArrayRef {
@@ -389,7 +395,9 @@ fn decode(model: &LoadedModel, tokens: &[u32], eos: &[u32]) -> anyhow::Result<St
 }
 
 impl InterveneTable {
-    fn run(&self, vector: Option<Vec<f32>>) -> anyhow::Result<RecordBatch> {
+    /// Runs the call; `vectors` are the vector argument's rows (steering reads the first).
+    fn run(&self, vectors: Vec<Vec<f32>>) -> anyhow::Result<RecordBatch> {
+        let vector = vectors.first().cloned();
         let m = &self.model;
         let schema = self.kind.schema();
         match &self.call {
@@ -440,8 +448,12 @@ impl InterveneTable {
                 )?)
             }
             Call::Patchscope { layer, scales, k, .. } => {
-                let vector = vector.expect("patchscope has a vector");
-                patchscope(m, &vector, *layer, scales, *k, schema)
+                let batches = vectors
+                    .iter()
+                    .enumerate()
+                    .map(|(item, v)| patchscope(m, item as i64, v, *layer, scales, *k, Arc::clone(&schema)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                Ok(datafusion::arrow::compute::concat_batches(&schema, &batches)?)
             }
             Call::SteerSearch {
                 layer,
@@ -543,10 +555,12 @@ fn steer_search(
     )?)
 }
 
-/// For each scale, the top-k next tokens after [`PATCHSCOPE_PROMPT`] with its last token's residual stream
+/// For each scale, the top-k next tokens (as `item`'s rows) after [`PATCHSCOPE_PROMPT`] with its last token's residual stream
 /// after `layer` replaced by the unit vector × scale × the prompt's mean residual norm there (BOS excluded).
+#[allow(clippy::too_many_arguments)]
 fn patchscope(
     m: &LoadedModel,
+    item: i64,
     vector: &[f32],
     layer: usize,
     scales: &[f64],
@@ -605,6 +619,7 @@ fn patchscope(
     Ok(RecordBatch::try_new(
         schema,
         vec![
+            Arc::new(datafusion::arrow::array::Int64Array::from(vec![item; scale_col.len()])),
             Arc::new(Float64Array::from(scale_col)),
             Arc::new(Int32Array::from(rank)),
             Arc::new(Int32Array::from(token_ids)),
@@ -634,9 +649,9 @@ impl TableProvider for InterveneTable {
         let f = self.kind.name();
         let vector = match &self.call {
             Call::Steer { vector, .. } | Call::Patchscope { vector, .. } | Call::SteerSearch { vector, .. } => {
-                Some(first_vector(f, state, vector).await?)
+                all_vectors(f, state, vector).await?
             }
-            Call::Generate { .. } => None,
+            Call::Generate { .. } => Vec::new(),
         };
         let batch = self
             .run(vector)

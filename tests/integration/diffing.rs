@@ -557,6 +557,22 @@ fn adl_auto_patchscope_of_caps_reads_upper_case_tokens() {
     assert!(n >= 5, "{tokens:?}");
     assert!(share >= 0.8, "{tokens:?}");
     assert!(best.iter().all(|b| *b == best[0]), "one best scale");
+    // Per position (items of one patchscope call): every position reads as capitals too.
+    let per = read(&out.path().join("shakespeare/caps/adl/patchscope_positions.parquet"));
+    let (pos, scale, token) = (
+        column_f64(&per, "pos"),
+        column_f64(&per, "scale"),
+        column_str(&per, "token"),
+    );
+    assert_eq!(pos.len(), 4 * 6 * 20, "4 positions × 6 scales × k 20");
+    for p in 1..=4 {
+        let at: Vec<&str> = (0..pos.len())
+            .filter(|&i| pos[i] as i32 == p && scale[i] == best[0])
+            .map(|i| token[i].as_str())
+            .collect();
+        let (share, n) = upper_fraction(at.iter().copied());
+        assert!(n >= 5 && share >= 0.8, "position {p} at scale {}: {at:?}", best[0]);
+    }
 }
 
 /// The adl steering search: every strength is tried on every prompt, half the mean difference keeps the text
