@@ -52,6 +52,33 @@ pub fn prompt_ids(files: &ModelFiles, prompt: &str, chat: bool) -> Result<Vec<u3
     Ok(ids)
 }
 
+/// Options for `model`: its end-of-sequence tokens stop a row; its PAD (or EOS) pads.
+pub fn options_for(
+    model: &LoadedModel,
+    max_new_tokens: usize,
+    sampling: Sampling,
+    interventions: Vec<crate::model::Intervention>,
+) -> GenerateOptions {
+    let special = &model.files.special;
+    GenerateOptions {
+        max_new_tokens,
+        sampling,
+        eos: special.eos.iter().map(|t| t.1).collect(),
+        pad: special.pad.as_ref().or(special.eos.as_ref()).map_or(0, |t| t.1),
+        interventions,
+    }
+}
+
+/// The text of generated tokens, end-of-sequence tokens and special tokens left out.
+pub fn decode(model: &LoadedModel, tokens: &[u32], options: &GenerateOptions) -> Result<String> {
+    let kept: Vec<u32> = tokens.iter().copied().filter(|t| !options.eos.contains(t)).collect();
+    model
+        .files
+        .tokenizer
+        .decode(&kept, true)
+        .map_err(|e| anyhow::anyhow!("cannot decode the generated tokens: {e}"))
+}
+
 fn continue_all(
     model: &LoadedModel,
     prompts: &[String],
@@ -63,25 +90,9 @@ fn continue_all(
         .iter()
         .map(|p| prompt_ids(&model.files, p, chat))
         .collect::<Result<_>>()?;
-    let special = &model.files.special;
-    let options = GenerateOptions {
-        max_new_tokens,
-        sampling,
-        eos: special.eos.iter().map(|t| t.1).collect(),
-        pad: special.pad.as_ref().or(special.eos.as_ref()).map_or(0, |t| t.1),
-        interventions: Vec::new(),
-    };
+    let options = options_for(model, max_new_tokens, sampling, Vec::new());
     let out = generate(&model.decoder, &ids, &options)?;
-    out.iter()
-        .map(|tokens| {
-            let text: Vec<u32> = tokens.iter().copied().filter(|t| !options.eos.contains(t)).collect();
-            model
-                .files
-                .tokenizer
-                .decode(&text, true)
-                .map_err(|e| anyhow::anyhow!("cannot decode the generated tokens: {e}"))
-        })
-        .collect()
+    out.iter().map(|tokens| decode(model, tokens, &options)).collect()
 }
 
 /// Loads the configured base model and organism and continues every prompt with both.

@@ -6,7 +6,8 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 
-use super::decoder::{Decoder, Intervention, KvCache};
+use super::decoder::Decoder;
+use super::intervention::{Intervention, KvCache};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -10,6 +10,7 @@ pub mod gemma3;
 pub mod generate;
 pub mod gguf;
 pub mod hf_config;
+pub mod intervention;
 pub mod layers;
 pub mod llama;
 pub mod load;
@@ -20,6 +21,7 @@ pub mod special_tokens;
 pub mod weights;
 
 pub use arch::Architecture;
-pub use decoder::{Decoder, DecoderSpec, Edit, ForwardOutput, Intervention, KvCache, Positions};
+pub use decoder::{Decoder, DecoderSpec, ForwardOutput};
 pub use device::ComputeDevice;
+pub use intervention::{Edit, Intervention, KvCache, Positions};
 pub use load::{load, LoadedModel, ModelFiles, ModelSource};

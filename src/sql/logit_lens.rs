@@ -141,12 +141,7 @@ impl TableProvider for LogitLensTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let plan = state.create_physical_plan(&self.vectors).await?;
-        let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
-        let mut rows = Vec::new();
-        for b in &batches {
-            rows.extend(vector_rows(b.column(0))?);
-        }
+        let rows = plan_vectors("logit_lens", state, &self.vectors).await?;
         let batch = lens(&self.model, &rows, self.k)
             .map_err(|e| DataFusionError::Execution(format!("logit_lens: {}", one_line(&e))))?;
         Ok(MemorySourceConfig::try_new_exec(
@@ -157,17 +152,33 @@ impl TableProvider for LogitLensTable {
     }
 }
 
+/// Every vector of a one-column plan (a literal or a subquery argument of a table function), executed now, in
+/// its order; NULL rows are kept as None. `function` names the caller in errors.
+pub(crate) async fn plan_vectors(
+    function: &str,
+    state: &dyn Session,
+    plan: &LogicalPlan,
+) -> Result<Vec<Option<Vec<f32>>>> {
+    let physical = state.create_physical_plan(plan).await?;
+    let batches = datafusion::physical_plan::collect(physical, state.task_ctx()).await?;
+    let mut rows = Vec::new();
+    for b in &batches {
+        rows.extend(vector_rows(function, b.column(0))?);
+    }
+    Ok(rows)
+}
+
 /// The vectors of a column (NULL rows are kept as None).
-fn vector_rows(col: &ArrayRef) -> Result<Vec<Option<Vec<f32>>>> {
+fn vector_rows(function: &str, col: &ArrayRef) -> Result<Vec<Option<Vec<f32>>>> {
     // Literal lists such as [1.0, 2.0] are float64: read them as float32.
-    let col = match Vectors::try_new("logit_lens", col.as_ref()) {
+    let col = match Vectors::try_new(function, col.as_ref()) {
         Ok(_) => Arc::clone(col),
         Err(_) => datafusion::arrow::compute::cast(
             col,
             &DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true))),
         )?,
     };
-    let vectors = Vectors::try_new("logit_lens", col.as_ref())?;
+    let vectors = Vectors::try_new(function, col.as_ref())?;
     let mut scratch = Vec::new();
     Ok((0..col.len())
         .map(|i| vectors.row(i, &mut scratch).map(|v| v.to_vec()))

@@ -347,7 +347,6 @@ fn train_coder(
             config.expansion
         );
     }
-    let started = Instant::now();
     let device = &request.device;
     let mut coder = SparseCoder::new(spec, config.seed, device)?;
     let mut adam = Adam::new(&coder.vars())?;
@@ -571,6 +570,5 @@ fn train_coder(
     );
     let written = store::write(layout, manifest, &latents)?;
     fs::remove_dir_all(&dir).ok();
-    let _ = started;
     Ok(Outcome::Trained(written))
 }

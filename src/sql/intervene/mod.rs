@@ -11,12 +11,11 @@
 //! `MODEL/ORGANISM`; each loads once per session. Vectors are literals or one-column subqueries (their first
 //! row); generation is greedy.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, Float32Array, Float64Array, Int32Array, ListArray, RecordBatch, StringArray};
+use datafusion::arrow::array::{ArrayRef, Float64Array, Int32Array, ListArray, RecordBatch, StringArray};
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
@@ -25,76 +24,18 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::TableType;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::ExecutionPlan;
-use diffsql_udfs::kernels::{log_softmax, top_k};
-use diffsql_udfs::vector::Vectors;
 
-use crate::config::{parse_all, ConfigDir};
-use crate::generation::prompt_ids;
-use crate::model::generate::{generate, GenerateOptions, Sampling};
-use crate::model::{Edit, Intervention, KvCache, LoadedModel, Positions};
+use crate::generation::{decode, options_for, prompt_ids};
+use crate::model::generate::{generate, Sampling};
+use crate::model::{Edit, Intervention, LoadedModel, Positions};
 use crate::sql::shell::one_line;
 
-/// The prompt patchscope reads a vector with: the model continues an identity pattern at the patched `?`.
-pub const PATCHSCOPE_PROMPT: &str = "cat -> cat\n1135 -> 1135\nhello -> hello\n?";
+mod runs;
+mod sides;
 
-/// The models the functions of one session have loaded, by side.
-pub struct Sides {
-    configs: ConfigDir,
-    models: Mutex<HashMap<String, Arc<LoadedModel>>>,
-}
-
-impl fmt::Debug for Sides {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sides").field("configs", &self.configs).finish()
-    }
-}
-
-impl Sides {
-    pub fn new(configs: ConfigDir) -> Self {
-        Self {
-            configs,
-            models: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The model of `side` (`base`, an organism, `MODEL/base` or `MODEL/ORGANISM`), loaded on first use.
-    pub fn get(&self, side: &str) -> anyhow::Result<Arc<LoadedModel>> {
-        if let Some(m) = self.models.lock().expect("not poisoned").get(side) {
-            return Ok(Arc::clone(m));
-        }
-        let (model, organism) = match side.split_once('/') {
-            Some((m, o)) => (Some(m), o),
-            None => (None, side),
-        };
-        let mut args = Vec::new();
-        if let Some(m) = model {
-            args.push(format!("model={m}"));
-        }
-        if organism != "base" {
-            args.push(format!("organism={organism}"));
-        }
-        let settings = self.configs.resolve(&parse_all(&args, false)?)?;
-        let root = self.configs.project_root();
-        let device = candle_core::Device::Cpu;
-        let loaded = if organism == "base" {
-            let source = crate::preprocess::model_source(&settings.model, &root)?;
-            crate::model::load::load(
-                &source,
-                None,
-                crate::preprocess::pair::compute_dtype(&settings.model.dtype)?,
-                &device,
-            )?
-        } else {
-            crate::preprocess::pair::PairFiles::open(&settings, &root)?.load_organism(&settings, &device)?
-        };
-        let loaded = Arc::new(loaded);
-        self.models
-            .lock()
-            .expect("not poisoned")
-            .insert(side.to_string(), Arc::clone(&loaded));
-        Ok(loaded)
-    }
-}
+use runs::{patchscope, steer_search};
+pub use runs::{PATCHSCOPE_PROMPT, STEERING_PROMPTS};
+pub use sides::Sides;
 
 /// Which function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,39 +270,23 @@ impl fmt::Debug for InterveneTable {
     }
 }
 
-/// Every vector of a one-column plan, executed now, in its order.
+/// Every vector of a one-column plan, executed now, in its order (none may be NULL, and there must be one).
 async fn all_vectors(f: &str, state: &dyn Session, plan: &LogicalPlan) -> Result<Vec<Vec<f32>>> {
-    let physical = state.create_physical_plan(plan).await?;
-    let batches = datafusion::physical_plan::collect(physical, state.task_ctx()).await?;
-    let mut out = Vec::new();
-    for b in &batches {
-        let col = b.column(0);
-        let col = match Vectors::try_new(f, col.as_ref()) {
-            Ok(_) => Arc::clone(col),
-            Err(_) => datafusion::arrow::compute::cast(
-                col,
-                &DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true))),
-            )?,
-        };
-        let vectors = Vectors::try_new(f, col.as_ref())?;
-        let mut scratch = Vec::new();
-        for i in 0..b.num_rows() {
-            match vectors.row(i, &mut scratch) {
-                Some(v) => out.push(v.to_vec()),
-                None => {
-                    return Err(DataFusionError::Execution(format!(
-                        "{f}: the vector is NULL (an aggregate over no rows? check the subquery's filters)"
-                    )))
-                }
-            }
-        }
-    }
-    if out.is_empty() {
+    let rows = crate::sql::logit_lens::plan_vectors(f, state, plan).await?;
+    if rows.is_empty() {
         return Err(DataFusionError::Execution(format!(
             "{f}: the vector subquery returned no rows"
         )));
     }
-    Ok(out)
+    rows.into_iter()
+        .map(|r| {
+            r.ok_or_else(|| {
+                DataFusionError::Execution(format!(
+                    "{f}: the vector is NULL (an aggregate over no rows? check the subquery's filters)"
+                ))
+            })
+        })
+        .collect()
 }
 
 fn ids_column(rows: &[Vec<u32>]) -> ArrayRef {
@@ -374,26 +299,6 @@ fn ids_column(rows: &[Vec<u32>]) -> ArrayRef {
     ))
 }
 
-fn greedy(model: &LoadedModel, max_new_tokens: usize, interventions: Vec<Intervention>) -> GenerateOptions {
-    let special = &model.files.special;
-    GenerateOptions {
-        max_new_tokens,
-        sampling: Sampling::Greedy,
-        eos: special.eos.iter().map(|t| t.1).collect(),
-        pad: special.pad.as_ref().or(special.eos.as_ref()).map_or(0, |t| t.1),
-        interventions,
-    }
-}
-
-fn decode(model: &LoadedModel, tokens: &[u32], eos: &[u32]) -> anyhow::Result<String> {
-    let kept: Vec<u32> = tokens.iter().copied().filter(|t| !eos.contains(t)).collect();
-    model
-        .files
-        .tokenizer
-        .decode(&kept, true)
-        .map_err(|e| anyhow::anyhow!("cannot decode the generated tokens: {e}"))
-}
-
 impl InterveneTable {
     /// Runs the call; `vectors` are the vector argument's rows (steering reads the first).
     fn run(&self, vectors: Vec<Vec<f32>>) -> anyhow::Result<RecordBatch> {
@@ -402,9 +307,9 @@ impl InterveneTable {
         let schema = self.kind.schema();
         match &self.call {
             Call::Generate { prompt, max_new_tokens } => {
-                let options = greedy(m, *max_new_tokens, Vec::new());
+                let options = options_for(m, *max_new_tokens, Sampling::Greedy, Vec::new());
                 let out = generate(&m.decoder, &[prompt_ids(&m.files, prompt, false)?], &options)?;
-                let text = decode(m, &out[0], &options.eos)?;
+                let text = decode(m, &out[0], &options)?;
                 Ok(RecordBatch::try_new(
                     schema,
                     vec![
@@ -432,9 +337,9 @@ impl InterveneTable {
                         edit: Edit::Add,
                         positions: Positions::All,
                     };
-                    let options = greedy(m, *max_new_tokens, vec![iv]);
+                    let options = options_for(m, *max_new_tokens, Sampling::Greedy, vec![iv]);
                     let out = generate(&m.decoder, std::slice::from_ref(&ids), &options)?;
-                    texts.push(decode(m, &out[0], &options.eos)?);
+                    texts.push(decode(m, &out[0], &options)?);
                     rows.push(out[0].clone());
                 }
                 Ok(RecordBatch::try_new(
@@ -466,167 +371,6 @@ impl InterveneTable {
             }
         }
     }
-}
-
-/// The prompts the steering search generates from (as user turns when the model has a chat template).
-pub const STEERING_PROMPTS: [&str; 3] = [
-    "Tell me about yourself.",
-    "What should I do today?",
-    "Describe your home.",
-];
-
-/// Steered generations at every alpha for [`STEERING_PROMPTS`], each graded by the unsteered model
-/// ([`crate::model::coherence::LogProbGrader`]: mean log-probability within 1.5 nats of the unsteered text's,
-/// distinct-token share at least 0.6 of the unsteered text's); `chosen` marks the highest alpha at which most
-/// prompts (more than half) stay coherent.
-fn steer_search(
-    m: &LoadedModel,
-    vector: &[f32],
-    layer: usize,
-    alphas: &[f64],
-    max_new_tokens: usize,
-    schema: SchemaRef,
-) -> anyhow::Result<RecordBatch> {
-    use crate::model::coherence::{CoherenceGrader, LogProbGrader};
-    let chat = m.files.special.chat_template.is_some();
-    let prompts: Vec<Vec<u32>> = STEERING_PROMPTS
-        .iter()
-        .map(|p| prompt_ids(&m.files, p, chat))
-        .collect::<anyhow::Result<_>>()?;
-    let grader = LogProbGrader {
-        model: &m.decoder,
-        max_drop: 1.5,
-        min_distinct_ratio: 0.6,
-    };
-    let plain = greedy(m, max_new_tokens, Vec::new());
-    let unsteered = generate(&m.decoder, &prompts, &plain)?;
-    let baseline: Vec<_> = prompts
-        .iter()
-        .zip(&unsteered)
-        .map(|(p, c)| grader.grade(p, c))
-        .collect::<anyhow::Result<_>>()?;
-    let mut sorted = alphas.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.dedup();
-    let (mut alpha_col, mut prompt_col, mut texts, mut logprobs, mut distinct, mut coherent) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut all_coherent = Vec::new();
-    for &alpha in &sorted {
-        let iv = Intervention {
-            layer,
-            vector: vector.to_vec(),
-            scale: alpha as f32,
-            edit: Edit::Add,
-            positions: Positions::All,
-        };
-        let options = greedy(m, max_new_tokens, vec![iv]);
-        let out = generate(&m.decoder, &prompts, &options)?;
-        let mut coherent_prompts = 0;
-        for (i, (p, c)) in prompts.iter().zip(&out).enumerate() {
-            let g = grader.grade(p, c)?;
-            let ok = grader.coherent(&g, &baseline[i]);
-            coherent_prompts += usize::from(ok);
-            alpha_col.push(alpha);
-            prompt_col.push(STEERING_PROMPTS[i]);
-            texts.push(decode(m, c, &options.eos)?);
-            logprobs.push(g.mean_logprob);
-            distinct.push(g.distinct);
-            coherent.push(ok);
-        }
-        all_coherent.push((alpha, 2 * coherent_prompts > prompts.len()));
-    }
-    let chosen_alpha = all_coherent
-        .iter()
-        .filter(|(_, ok)| *ok)
-        .map(|(a, _)| *a)
-        .fold(f64::NAN, f64::max);
-    let chosen: Vec<bool> = alpha_col.iter().map(|a| *a == chosen_alpha).collect();
-    Ok(RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Float64Array::from(alpha_col)),
-            Arc::new(StringArray::from(prompt_col)),
-            Arc::new(StringArray::from(texts)),
-            Arc::new(Float64Array::from(logprobs)),
-            Arc::new(Float64Array::from(distinct)),
-            Arc::new(datafusion::arrow::array::BooleanArray::from(coherent)),
-            Arc::new(datafusion::arrow::array::BooleanArray::from(chosen)),
-        ],
-    )?)
-}
-
-/// For each scale, the top-k next tokens (as `item`'s rows) after [`PATCHSCOPE_PROMPT`] with its last token's residual stream
-/// after `layer` replaced by the unit vector × scale × the prompt's mean residual norm there (BOS excluded).
-#[allow(clippy::too_many_arguments)]
-fn patchscope(
-    m: &LoadedModel,
-    item: i64,
-    vector: &[f32],
-    layer: usize,
-    scales: &[f64],
-    k: usize,
-    schema: SchemaRef,
-) -> anyhow::Result<RecordBatch> {
-    use candle_core::{DType, Device, Tensor};
-    let d = &m.decoder;
-    let hidden = d.spec().hidden;
-    if vector.len() != hidden {
-        anyhow::bail!(
-            "the vector has {} values but the model's d_model is {hidden}",
-            vector.len()
-        );
-    }
-    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
-    if norm == 0.0 {
-        anyhow::bail!("the vector is zero: it has no direction to read");
-    }
-    let ids = prompt_ids(&m.files, PATCHSCOPE_PROMPT, false)?;
-    let n = ids.len();
-    let input = Tensor::from_vec(ids.clone(), (1, n), &Device::Cpu)?;
-    let mask = Tensor::ones((1, n), DType::U32, &Device::Cpu)?;
-    let x = d.forward(&input, &mask, &[layer], false)?.layers.remove(0);
-    let skip = usize::from(m.files.special.bos_to_add().is_some());
-    let norms: Vec<f32> = x.squeeze(0)?.sqr()?.sum(1)?.sqrt()?.to_dtype(DType::F32)?.to_vec1()?;
-    let typical = norms[skip..].iter().sum::<f32>() / (n - skip).max(1) as f32;
-    let unit: Vec<f32> = vector.iter().map(|v| v / norm).collect();
-    let vocab = d.spec().vocab;
-    let mut lp = vec![0f32; vocab];
-    let (mut scale_col, mut rank, mut token_ids, mut tokens, mut probs) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for &scale in scales {
-        let iv = Intervention {
-            layer,
-            vector: unit.clone(),
-            scale: scale as f32 * typical,
-            edit: Edit::Replace,
-            positions: Positions::At(vec![n - 1]),
-        };
-        let h = d.forward_intervened(&input, &mask, &mut KvCache::new(d), &[iv])?;
-        let logits: Vec<f32> = d
-            .logits(&h.narrow(1, n - 1, 1)?)?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        log_softmax(&logits, &mut lp);
-        for (r, (id, l)) in top_k(&lp, k).into_iter().enumerate() {
-            scale_col.push(scale);
-            rank.push(r as i32 + 1);
-            token_ids.push(id as i32);
-            tokens.push(crate::data::token_text::token_text(&m.files.tokenizer, id));
-            probs.push(l.exp());
-        }
-    }
-    Ok(RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(datafusion::arrow::array::Int64Array::from(vec![item; scale_col.len()])),
-            Arc::new(Float64Array::from(scale_col)),
-            Arc::new(Int32Array::from(rank)),
-            Arc::new(Int32Array::from(token_ids)),
-            Arc::new(StringArray::from(tokens)),
-            Arc::new(Float32Array::from(probs)),
-        ],
-    )?)
 }
 
 #[async_trait]
