@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::data::token_text::quoted;
 
 /// The methods a report reads, in order.
-const METHODS: [&str; 3] = ["kl", "normdiff", "adl"];
+const METHODS: [&str; 4] = ["kl", "normdiff", "adl", "diff_mining"];
 /// The dictionary methods a report reads when their results exist.
 const DICTIONARY_METHODS: [&str; 3] = ["crosscoder", "sae_difference", "pca"];
 
@@ -81,7 +81,8 @@ pub async fn report(settings: &Settings) -> Result<String> {
         match method {
             "kl" => kl(&ctx, &dir, &mut out).await?,
             "normdiff" => normdiff(&ctx, &dir, &mut out).await?,
-            _ => adl(&ctx, &dir, &mut out).await?,
+            "adl" => adl(&ctx, &dir, &mut out).await?,
+            _ => diff_mining(&ctx, &dir, &mut out).await?,
         }
         let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
         if let Some(plots) = summary["plots"].as_array().filter(|p| !p.is_empty()) {
@@ -249,6 +250,42 @@ async fn adl(ctx: &SessionContext, dir: &Path, out: &mut String) -> Result<()> {
                    WHERE sign = '+' AND regexp_like(regexp_replace(token, '<0x[0-9A-F]{2}>', '', 'g'), '[A-Za-z]') AND rank <= 12) GROUP BY pos ORDER BY pos";
         for r in rows(ctx, sql).await? {
             writeln!(out, "  position {}: {}", r[0], crate::data::token_text::readable(&r[1]))?;
+        }
+    }
+    Ok(())
+}
+
+async fn diff_mining(ctx: &SessionContext, dir: &Path, out: &mut String) -> Result<()> {
+    writeln!(
+        out,
+        "\n[diff_mining] tokens whose logit the finetune raises most often (among a token's largest ft − base differences)"
+    )?;
+    if register(ctx, dir, "overall").await? {
+        let sql = "SELECT token, occurrence_pct FROM diff_mining_overall ORDER BY rank LIMIT 15";
+        let tokens: Vec<String> = rows(ctx, sql)
+            .await?
+            .into_iter()
+            .map(|r| format!("{} {:.0}%", quoted(&r[0]), r[1].parse::<f64>().unwrap_or(0.0)))
+            .collect();
+        writeln!(out, "  most often promoted: {}", tokens.join(", "))?;
+    }
+    if register(ctx, dir, "topics").await? {
+        let sql = "SELECT topic, min(prevalence), string_agg(token, ' ' ORDER BY rank) FROM \
+                   (SELECT * FROM diff_mining_topics WHERE rank <= 10) GROUP BY topic ORDER BY topic";
+        for r in rows(ctx, sql).await? {
+            let prevalence = r[1].parse::<f64>().unwrap_or(0.0) * 100.0;
+            writeln!(
+                out,
+                "  topic {} ({prevalence:.0}% of positions): {}",
+                r[0],
+                crate::data::token_text::readable(&r[2])
+            )?;
+        }
+    }
+    if register(ctx, dir, "examples").await? {
+        let sql = "SELECT promoted, logit_diff, context FROM diff_mining_examples WHERE example = 1 ORDER BY token_rank LIMIT 3";
+        for r in rows(ctx, sql).await? {
+            writeln!(out, "  {} raised by {} after {}", quoted(&r[0]), r[1], quoted(&r[2]))?;
         }
     }
     Ok(())

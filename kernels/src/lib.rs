@@ -7,6 +7,7 @@
 
 pub mod adam;
 pub mod batch_top_k;
+pub mod nmf;
 
 pub use adam::adam_update;
 pub use batch_top_k::{batch_top_k, Step, StepOutput, Workspace};

@@ -6,6 +6,8 @@
 //! <root>/sequences/model=M/part-00000.parquet, _manifest.json
 //! <root>/final_hidden/model=M/organism=O/...   the last normed hidden state (input of the unembedding)
 //! <root>/vocab/model=M/...                       every token id of the tokenizer with its text
+//! <root>/logit_diff/model=M/organism=O/...       per token, the k largest ft − base logit differences
+//! <root>/logit_diff_totals/model=M/organism=O/... per dataset and vocabulary token, sums over every token
 //! <root>/.staging/...   partitions being written; renamed into place when complete
 //! ```
 //! The base model's own activations are the partition `organism=base`.
@@ -36,16 +38,24 @@ pub enum Table {
     FinalHidden,
     /// Every token id with its text, so top-k ids can be shown as text.
     Vocab,
+    /// Per token of an organism, the vocabulary tokens whose logit the finetune raised most (ft − base
+    /// logits): what `diff_mining` counts and factorises.
+    LogitDiff,
+    /// Per dataset and vocabulary token of an organism, totals of the logit difference over every cached
+    /// token: positions, sum, how often positive, how often in the top-k and the bottom-k.
+    LogitDiffTotals,
 }
 
 impl Table {
     /// Every table, in display order.
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 7] = [
         Table::Activations,
         Table::Tokens,
         Table::Sequences,
         Table::FinalHidden,
         Table::Vocab,
+        Table::LogitDiff,
+        Table::LogitDiffTotals,
     ];
 
     /// Directory name and SQL table name.
@@ -56,6 +66,8 @@ impl Table {
             Table::Sequences => "sequences",
             Table::FinalHidden => "final_hidden",
             Table::Vocab => "vocab",
+            Table::LogitDiff => "logit_diff",
+            Table::LogitDiffTotals => "logit_diff_totals",
         }
     }
 
@@ -63,7 +75,7 @@ impl Table {
     pub fn partition_columns(self) -> &'static [&'static str] {
         match self {
             Table::Activations => &["model", "organism", "layer"],
-            Table::Tokens | Table::FinalHidden => &["model", "organism"],
+            Table::Tokens | Table::FinalHidden | Table::LogitDiff | Table::LogitDiffTotals => &["model", "organism"],
             Table::Sequences | Table::Vocab => &["model"],
         }
     }
@@ -128,6 +140,22 @@ impl PartitionKey {
     pub fn final_hidden(model: &str, organism: &str) -> Self {
         Self {
             table: Table::FinalHidden,
+            ..Self::tokens(model, organism)
+        }
+    }
+
+    /// A partition of `logit_diff`.
+    pub fn logit_diff(model: &str, organism: &str) -> Self {
+        Self {
+            table: Table::LogitDiff,
+            ..Self::tokens(model, organism)
+        }
+    }
+
+    /// A partition of `logit_diff_totals`.
+    pub fn logit_diff_totals(model: &str, organism: &str) -> Self {
+        Self {
+            table: Table::LogitDiffTotals,
             ..Self::tokens(model, organism)
         }
     }
@@ -355,6 +383,37 @@ pub fn sequences_file_schema() -> SchemaRef {
         Field::new("seq_id", DataType::Int64, false),
         Field::new("text", DataType::Utf8, true),
         Field::new("n_tokens", DataType::Int32, false),
+    ]))
+}
+
+/// Schema of a `logit_diff` file (without the partition columns): the token's keys, then the ids and values
+/// of the largest ft − base logit differences at that token, largest first.
+pub fn logit_diff_file_schema() -> SchemaRef {
+    let mut fields = token_key_fields();
+    let item = |t: DataType| Arc::new(Field::new_list_field(t, true));
+    fields.extend([
+        Field::new("top_ids", DataType::List(item(DataType::Int32)), false),
+        Field::new("top_values", DataType::List(item(DataType::Float32)), false),
+    ]);
+    Arc::new(Schema::new(fields))
+}
+
+/// Schema of a `logit_diff_totals` file (without the partition columns): per dataset, split and vocabulary
+/// token, over every cached token of the dataset.
+pub fn logit_diff_totals_file_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("dataset", DataType::Utf8, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("token_id", DataType::Int32, false),
+        // Tokens of the dataset (the same in every row of it).
+        Field::new("positions", DataType::Int64, false),
+        // Σ (ft − base logit) of this vocabulary token over the positions.
+        Field::new("sum_diff", DataType::Float64, false),
+        // Positions where its difference is > 0.
+        Field::new("positive_count", DataType::Int64, false),
+        // Positions where it is among the k largest differences / the k smallest.
+        Field::new("top_count", DataType::Int64, false),
+        Field::new("bottom_count", DataType::Int64, false),
     ]))
 }
 

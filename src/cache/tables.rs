@@ -345,8 +345,13 @@ fn vector_batch_rows(vector_type: &DataType, session_batch_size: usize) -> usize
 
 /// The error for a query of a table the cache holds nothing of.
 fn empty_table(layout: &CacheLayout, table: &str) -> anyhow::Error {
+    let how = if table.starts_with("logit_diff") {
+        "run `diffsql preprocess` with preprocessing.diff_top_k above 0 (the default is 100)"
+    } else {
+        "run `diffsql preprocess` to fill it"
+    };
     anyhow::anyhow!(
-        "the cache {} holds no {table} partitions: run `diffsql preprocess` to fill it, or pass --cache DIR",
+        "the cache {} holds no {table} partitions: {how}, or pass --cache DIR",
         layout.root().display()
     )
 }
@@ -369,6 +374,8 @@ impl RowTable {
             Table::Tokens => tokens_file_schema(),
             Table::Sequences => sequences_file_schema(),
             Table::Vocab => crate::cache::layout::vocab_file_schema(),
+            Table::LogitDiff => crate::cache::layout::logit_diff_file_schema(),
+            Table::LogitDiffTotals => crate::cache::layout::logit_diff_totals_file_schema(),
             Table::Activations | Table::FinalHidden => anyhow::bail!("{table} is not a row table"),
         };
         let mut fields: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();

@@ -183,6 +183,8 @@ pub struct PartitionWriter {
     files: Vec<FileEntry>,
     rows: u64,
     fingerprint: Option<TokenFingerprint>,
+    /// The fingerprint of the tokens a partition without token keys was computed from.
+    declared_fingerprint: Option<String>,
     encoding: Option<VectorEncoding>,
     _lock: WriteLock,
 }
@@ -232,9 +234,16 @@ impl PartitionWriter {
             files: Vec::new(),
             rows: 0,
             fingerprint: has_keys.then(TokenFingerprint::default),
+            declared_fingerprint: None,
             encoding,
             _lock: lock,
         })
+    }
+
+    /// Records the fingerprint of the tokens this partition summarises (for files without token keys,
+    /// such as per-dataset totals), so a later run over other tokens finds it stale.
+    pub fn declare_token_fingerprint(&mut self, fingerprint: String) {
+        self.declared_fingerprint = Some(fingerprint);
     }
 
     /// The partition being written.
@@ -339,7 +348,11 @@ impl PartitionWriter {
             format: FORMAT_VERSION,
             partition: self.key.clone(),
             rows: self.rows,
-            token_fingerprint: self.fingerprint.as_ref().map(TokenFingerprint::hex),
+            token_fingerprint: self
+                .fingerprint
+                .as_ref()
+                .map(TokenFingerprint::hex)
+                .or_else(|| self.declared_fingerprint.clone()),
             dtype: self.encoding.map(|e| e.dtype.name().to_string()),
             d_model: self.encoding.map(|e| e.d_model),
             files: self.files.clone(),

@@ -129,6 +129,10 @@ pub struct MethodConfig {
     /// A dictionary trained (or found in the cache) before the queries run; they see it as `$dictionary`.
     #[serde(default)]
     pub train: Option<super::train::TrainConfig>,
+    /// Cache tables the queries read for this model and organism beyond `activations` and `tokens`
+    /// (`logit_diff`, `logit_diff_totals`): checked before any query runs, with how to write them.
+    #[serde(default)]
+    pub requires: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +183,10 @@ pub struct Preprocessing {
     pub max_tokens: usize,
     /// Next-token candidates kept per token and model in `tokens`.
     pub top_k: usize,
+    /// Vocabulary tokens kept per token in `logit_diff` (the largest ft − base logit differences, what
+    /// `diff_mining` counts); 0 writes no `logit_diff` tables.
+    #[serde(default)]
+    pub diff_top_k: usize,
     /// Compression of the cached vectors: none, snappy, zstd or zstd(N).
     pub compression: String,
     /// Where the models run: cpu, cuda or cuda:N (checked when the config is read).

@@ -207,6 +207,7 @@ pub async fn run(settings: &Settings, queries_dir: &Path, configs: &ConfigDir) -
         read_only: true,
         protected: vec![settings.results_dir.clone()],
     };
+    check_required_tables(settings)?;
     let mut params = params(settings)?;
     if let Some(train) = &method.train {
         let dictionary = train_dictionary(settings, train)?;
@@ -264,6 +265,38 @@ pub async fn run(settings: &Settings, queries_dir: &Path, configs: &ConfigDir) -
     };
     write_summary(&result)?;
     Ok(result)
+}
+
+/// Every table the method `requires` holds a complete partition of this model and organism.
+fn check_required_tables(settings: &Settings) -> Result<()> {
+    use crate::cache::layout::Table;
+    let layout = crate::cache::CacheLayout::new(&settings.cache_dir);
+    let (model, organism) = (&settings.model.name, &settings.organism.name);
+    for name in &settings.diffing.method.requires {
+        let key = match name.as_str() {
+            "logit_diff" => crate::cache::PartitionKey::logit_diff(model, organism),
+            "logit_diff_totals" => crate::cache::PartitionKey::logit_diff_totals(model, organism),
+            other => bail!(
+                "method {}: requires = [{other:?}] is not a table it can check: use logit_diff or logit_diff_totals",
+                settings.diffing.method.name
+            ),
+        };
+        if layout.manifest(&key)?.is_none() {
+            let how = match key.table {
+                Table::LogitDiff | Table::LogitDiffTotals => format!(
+                    "run `diffsql preprocess model={model} organism={organism}` with preprocessing.diff_top_k above 0 (the default is 100)"
+                ),
+                _ => format!("run `diffsql preprocess model={model} organism={organism}`"),
+            };
+            bail!(
+                "method {} reads {} but the cache {} holds none for {model} / {organism}: {how}",
+                settings.diffing.method.name,
+                key.table,
+                settings.cache_dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Trains the method's dictionary on the cache, or finds it there already trained with the same settings.

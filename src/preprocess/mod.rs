@@ -1,6 +1,7 @@
 //! Preprocessing: run the base model and an organism over datasets and fill the cache.
 
 pub mod final_hidden;
+pub mod logit_diff;
 pub mod next_token;
 pub mod pair;
 pub mod plan;

@@ -10,8 +10,10 @@ use candle_core::{DType, Tensor, D};
 use datafusion::arrow::array::{ArrayRef, Float32Array, Int32Array, ListArray};
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field};
-use diffsql_udfs::kernels::{kl_with_probs, log_softmax, log_softmax_probs, top_k};
+use diffsql_udfs::kernels::{diff_extremes, kl_with_probs, log_softmax, log_softmax_probs, top_k};
 use rayon::prelude::*;
+
+use super::logit_diff::{add_sums_cpu, extremes_device, DiffExtremes, DiffTotals};
 
 /// One model's next-token statistics at one token.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,30 +24,60 @@ pub struct NextToken {
     pub top: Vec<(u32, f32)>,
 }
 
-/// Both models' statistics at one token, with KL(ft‖base) when the organism ran.
+/// Both models' statistics at one token, with KL(ft‖base) when the organism ran, and the extremes of the
+/// logit difference when asked for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowStats {
     pub base: NextToken,
     pub organism: Option<(NextToken, f32)>,
+    pub diff: Option<DiffExtremes>,
 }
 
 /// Statistics of every row of `base` (rows × vocab logits) and, when given, `organism` (same shape), on the
-/// logits' device. `next[r]` is row r's actual next token.
-pub fn row_stats(base: &Tensor, organism: Option<&Tensor>, next: &[Option<u32>], k: usize) -> Result<Vec<RowStats>> {
+/// logits' device. `next[r]` is row r's actual next token. With `diff` (k, totals) and an organism, also the
+/// k largest and smallest ft − base logit differences per row, and the differences added to `totals`.
+pub fn row_stats(
+    base: &Tensor,
+    organism: Option<&Tensor>,
+    next: &[Option<u32>],
+    k: usize,
+    diff: Option<(usize, &mut DiffTotals)>,
+) -> Result<Vec<RowStats>> {
+    let diff = diff.filter(|_| organism.is_some());
     if base.device().is_cpu() {
         let (rows, vocab) = base.dims2()?;
         let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
         let lb = flat(base)?;
         let lf = organism.map(flat).transpose()?;
-        Ok(on_cpu(&lb, lf.as_deref(), &next[..rows], vocab, k))
+        let diff_k = match (diff, lf.as_deref()) {
+            (Some((diff_k, totals)), Some(lf)) => {
+                add_sums_cpu(&lb, lf, vocab, totals);
+                Some(diff_k)
+            }
+            _ => None,
+        };
+        Ok(on_cpu(&lb, lf.as_deref(), &next[..rows], vocab, k, diff_k))
     } else {
-        on_device(base, organism, next, k)
+        let mut stats = on_device(base, organism, next, k)?;
+        if let (Some((diff_k, totals)), Some(ft)) = (diff, organism) {
+            for (row, extremes) in stats.iter_mut().zip(extremes_device(base, ft, diff_k, totals)?) {
+                row.diff = Some(extremes);
+            }
+        }
+        Ok(stats)
     }
 }
 
 /// Row-parallel on rayon's pool — the pool candle's matmuls use, so the two share the cores instead of
-/// spinning against each other.
-fn on_cpu(lb: &[f32], lf: Option<&[f32]>, next: &[Option<u32>], vocab: usize, k: usize) -> Vec<RowStats> {
+/// spinning against each other. The logit difference's extremes are taken while a row is in cache.
+fn on_cpu(
+    lb: &[f32],
+    lf: Option<&[f32]>,
+    next: &[Option<u32>],
+    vocab: usize,
+    k: usize,
+    diff_k: Option<usize>,
+) -> Vec<RowStats> {
     (0..next.len())
         .into_par_iter()
         .map_init(
@@ -59,11 +91,16 @@ fn on_cpu(lb: &[f32], lf: Option<&[f32]>, next: &[Option<u32>], vocab: usize, k:
                 };
                 let base = of(lp_base);
                 let organism = lf.map(|lf| {
-                    log_softmax_probs(&lf[row], lp_ft, Some(p_ft));
+                    log_softmax_probs(&lf[row.clone()], lp_ft, Some(p_ft));
                     let kl = kl_with_probs(p_ft, lp_ft, lp_base).max(0.0) as f32;
                     (of(lp_ft), kl)
                 });
-                RowStats { base, organism }
+                // p_ft is free again: the working space of the difference.
+                let diff = lf.zip(diff_k).map(|(lf, diff_k)| {
+                    let (top, bottom) = diff_extremes(&lb[row.clone()], &lf[row], p_ft, diff_k);
+                    DiffExtremes { top, bottom }
+                });
+                RowStats { base, organism, diff }
             },
         )
         .collect()
@@ -95,7 +132,7 @@ fn top_k_by_rounds(x: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
 /// vocabulary: the k blocks of [`BLOCK`] columns with the largest maxima hold the k largest values (a block
 /// holding one of them has a maximum at least the k-th largest value, and at most k blocks can), so the
 /// rounds run over k·BLOCK candidates instead of the whole vocabulary.
-fn top_k_on_device(lp: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
+pub(super) fn top_k_on_device(lp: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
     let (rows, vocab) = lp.dims2()?;
     let blocks = vocab.div_ceil(BLOCK);
     if blocks <= k {
@@ -158,6 +195,7 @@ fn on_device(base: &Tensor, organism: Option<&Tensor>, next: &[Option<u32>], k: 
         .map(|base| RowStats {
             base,
             organism: organism_rows.as_mut().and_then(Iterator::next),
+            diff: None,
         })
         .collect())
 }
@@ -232,7 +270,7 @@ mod tests {
             .collect();
         let lb: Vec<f32> = base.flatten_all().unwrap().to_vec1().unwrap();
         let lf: Vec<f32> = ft.flatten_all().unwrap().to_vec1().unwrap();
-        let cpu = on_cpu(&lb, Some(&lf), &next, vocab, k);
+        let cpu = on_cpu(&lb, Some(&lf), &next, vocab, k, None);
         let tensor = on_device(&base, Some(&ft), &next, k).unwrap();
         assert_eq!(cpu.len(), rows);
         for (c, t) in cpu.iter().zip(&tensor) {

@@ -35,6 +35,8 @@ pub struct Plan {
     /// The base model's final hidden state (the only one read back, by later organism runs).
     pub final_hidden: Option<PartitionKey>,
     pub tokens: Vec<(Side, PartitionKey)>,
+    /// The organism's `logit_diff` and `logit_diff_totals` (when `preprocessing.diff_top_k` > 0).
+    pub logit_diff: Option<(PartitionKey, PartitionKey)>,
     pub sequences: Option<PartitionKey>,
     pub vocab: Option<PartitionKey>,
 }
@@ -48,11 +50,13 @@ impl Plan {
         layers: &[i32],
         storage: ElementType,
         fp: &str,
+        diff_top_k: usize,
     ) -> Result<Self> {
         let mut plan = Plan {
             activations: Vec::new(),
             final_hidden: None,
             tokens: Vec::new(),
+            logit_diff: None,
             sequences: None,
             vocab: None,
         };
@@ -66,6 +70,19 @@ impl Plan {
             let key = PartitionKey::tokens(model, name);
             if !complete(layout, &key, fp, None)? {
                 plan.tokens.push((side, key));
+            }
+        }
+        if diff_top_k > 0 {
+            let keys = (
+                PartitionKey::logit_diff(model, organism),
+                PartitionKey::logit_diff_totals(model, organism),
+            );
+            let mut done = true;
+            for key in [&keys.0, &keys.1] {
+                done &= complete(layout, key, fp, None)? && same_diff_top_k(layout, key, diff_top_k)?;
+            }
+            if !done {
+                plan.logit_diff = Some(keys);
             }
         }
         let key = PartitionKey::final_hidden(model, BASE_ORGANISM);
@@ -93,6 +110,7 @@ impl Plan {
         self.activations.len()
             + usize::from(self.final_hidden.is_some())
             + self.tokens.len()
+            + 2 * usize::from(self.logit_diff.is_some())
             + usize::from(self.sequences.is_some())
             + usize::from(self.vocab.is_some())
     }
@@ -100,7 +118,25 @@ impl Plan {
         self.activations.iter().any(|(s, ..)| *s == side)
             || (side == Side::Base && self.final_hidden.is_some())
             || self.tokens.iter().any(|(s, _)| *s == side)
+            || (side == Side::Organism && self.logit_diff.is_some())
     }
+}
+
+/// Whether a complete logit-difference partition kept `diff_top_k` tokens per token; another k is an error
+/// that says how to get the one asked for.
+fn same_diff_top_k(layout: &CacheLayout, key: &PartitionKey, diff_top_k: usize) -> Result<bool> {
+    let Some(m) = layout.manifest(key)? else {
+        return Ok(false);
+    };
+    let have = m.settings["preprocessing"]["diff_top_k"].as_u64();
+    if have != Some(diff_top_k as u64) {
+        bail!(
+            "{key} was written with preprocessing.diff_top_k={} but this run asks for {diff_top_k}: set preprocessing.diff_top_k={0}, or remove {} to write it again",
+            have.map_or("?".to_string(), |k| k.to_string()),
+            layout.partition_dir(key).display()
+        );
+    }
+    Ok(true)
 }
 
 /// Whether a partition keyed by model only (sequences, vocab) is complete and undamaged.

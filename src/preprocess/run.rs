@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::final_hidden::FinalHiddenReader;
 use super::pair::PairFiles;
 use super::plan::{fingerprint, Plan, Side};
-use super::sink::{write_vocab, BatchOutput, Sink};
+use super::sink::{write_vocab, BatchOutput, Candidates, Sink};
 use crate::cache::layout::BASE_ORGANISM;
 use crate::cache::writer::parse_compression;
 use crate::cache::{CacheLayout, PartitionKey, WriteOptions};
@@ -147,11 +147,13 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
             bail!("preprocessing.{key} must be at least 1 (it is a limit; there is no \"0 = unlimited\": give a large number)");
         }
     }
-    if pre.top_k > MAX_TOP_K {
-        bail!(
-            "preprocessing.top_k is at most {MAX_TOP_K} (got {}): the tokens table keeps that many candidates per token",
-            pre.top_k
-        );
+    for (key, value, table) in [
+        ("top_k", pre.top_k, "tokens"),
+        ("diff_top_k", pre.diff_top_k, "logit_diff"),
+    ] {
+        if value > MAX_TOP_K {
+            bail!("preprocessing.{key} is at most {MAX_TOP_K} (got {value}): the {table} table keeps that many candidates per token");
+        }
     }
     let (model, organism) = (settings.model.name.as_str(), settings.organism.name.as_str());
     PartitionKey::activations(model, organism, 0).validate()?;
@@ -167,7 +169,7 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
     let tokenize = clock.elapsed().as_secs_f64();
     let fp = fingerprint(&datasets);
     let tokenizer = files.base.special.describe();
-    let plan = Plan::build(&layout, model, organism, &layers, storage, &fp)?;
+    let plan = Plan::build(&layout, model, organism, &layers, storage, &fp, pre.diff_top_k)?;
     let tokens: usize = datasets.iter().map(TokenizedDataset::tokens).sum();
     if plan.is_empty() {
         return Ok(Summary {
@@ -208,8 +210,14 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
             &options,
         )?;
     }
-    let mut sink = Sink::create(&layout, &plan, storage, d_model, options, &datasets, &pair, pre.top_k)?;
-    if !run_base && sink.tokens.iter().any(|(s, _)| *s == Side::Organism) {
+    let candidates = Candidates {
+        top_k: pre.top_k,
+        diff_top_k: pre.diff_top_k,
+    };
+    let mut sink = Sink::create(
+        &layout, &plan, storage, d_model, options, &datasets, &pair, candidates, &fp,
+    )?;
+    if !run_base && (sink.tokens.iter().any(|(s, _)| *s == Side::Organism) || plan.logit_diff.is_some()) {
         sink.cached_base = Some(FinalHiddenReader::open(
             &layout,
             &PartitionKey::final_hidden(model, BASE_ORGANISM),

@@ -12,11 +12,14 @@ use datafusion::arrow::array::{ArrayRef, Float32Array, Int32Array, Int64Array, R
 use diffsql_udfs::vector::ElementType;
 
 use super::final_hidden::FinalHiddenReader;
+use super::logit_diff::{top_columns, DiffExtremes, DiffTotals};
 use super::next_token::{row_stats, ColumnBuilder, NextTokenArrays};
 use super::pair::ModelPair;
 use super::plan::{Plan, Side};
 use super::run::{Stages, Summary};
-use crate::cache::layout::{sequences_file_schema, tokens_file_schema};
+use crate::cache::layout::{
+    logit_diff_file_schema, logit_diff_totals_file_schema, sequences_file_schema, tokens_file_schema,
+};
 use crate::cache::vectors::VectorEncoding;
 use crate::cache::{ActivationBatch, ActivationWriter, CacheLayout, PartitionKey, PartitionWriter, WriteOptions};
 use crate::data::token_text::token_text;
@@ -55,6 +58,8 @@ pub struct Sink<'a> {
     activations: Vec<(Side, usize, ActivationWriter)>,
     final_hidden: Option<ActivationWriter>,
     pub tokens: Vec<(Side, PartitionWriter)>,
+    /// The organism's `logit_diff` and `logit_diff_totals` writers, and each dataset's running totals.
+    logit_diff: Option<LogitDiffOutput>,
     sequences: Option<PartitionWriter>,
     pub cached_base: Option<FinalHiddenReader>,
     datasets: &'a [TokenizedDataset],
@@ -63,6 +68,21 @@ pub struct Sink<'a> {
     d_model: usize,
     token_text: Vec<Option<String>>,
     stages: Stages,
+}
+
+/// What a run writes of the logit difference.
+struct LogitDiffOutput {
+    per_token: PartitionWriter,
+    totals_writer: PartitionWriter,
+    totals: Vec<DiffTotals>,
+    top_k: usize,
+}
+
+/// How many next-token and logit-difference candidates to keep per token.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidates {
+    pub top_k: usize,
+    pub diff_top_k: usize,
 }
 
 impl<'a> Sink<'a> {
@@ -75,7 +95,8 @@ impl<'a> Sink<'a> {
         options: WriteOptions,
         datasets: &'a [TokenizedDataset],
         pair: &'a ModelPair,
-        top_k: usize,
+        candidates: Candidates,
+        fingerprint: &str,
     ) -> Result<Self> {
         let activation = |key: &PartitionKey, dtype| {
             ActivationWriter::create(
@@ -110,17 +131,38 @@ impl<'a> Sink<'a> {
             .as_ref()
             .map(|k| PartitionWriter::create(layout, k.clone(), sequences_file_schema(), options.clone()))
             .transpose()?;
+        let vocab = pair.base.decoder.spec().vocab;
+        let logit_diff = match &plan.logit_diff {
+            Some((per_token, totals)) => {
+                let mut totals_writer =
+                    PartitionWriter::create(layout, totals.clone(), logit_diff_totals_file_schema(), options.clone())?;
+                totals_writer.declare_token_fingerprint(fingerprint.to_string());
+                Some(LogitDiffOutput {
+                    per_token: PartitionWriter::create(
+                        layout,
+                        per_token.clone(),
+                        logit_diff_file_schema(),
+                        options.clone(),
+                    )?,
+                    totals_writer,
+                    totals: datasets.iter().map(|_| DiffTotals::new(vocab)).collect(),
+                    top_k: candidates.diff_top_k,
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             activations,
             final_hidden,
             tokens,
+            logit_diff,
             sequences,
             cached_base: None,
             datasets,
             pair,
-            top_k,
+            top_k: candidates.top_k,
             d_model,
-            token_text: vec![None; pair.base.decoder.spec().vocab],
+            token_text: vec![None; vocab],
             stages: Stages::default(),
         })
     }
@@ -144,6 +186,13 @@ impl<'a> Sink<'a> {
         }
         for (_, w) in self.tokens {
             count(w.finish()?);
+        }
+        if let Some(mut out) = self.logit_diff {
+            count(out.per_token.finish()?);
+            for (d, totals) in self.datasets.iter().zip(&out.totals) {
+                out.totals_writer.write(&totals.to_batch(&d.name, &d.split)?)?;
+            }
+            count(out.totals_writer.finish()?);
         }
         if let Some(w) = self.sequences {
             count(w.finish()?);
@@ -201,7 +250,7 @@ impl<'a> Sink<'a> {
                 .expect("the base model runs when its final_hidden is written");
             w.push(&batch(fin))?;
         }
-        if !self.tokens.is_empty() {
+        if !self.tokens.is_empty() || self.logit_diff.is_some() {
             // The base model's final hidden state: from this batch's forward, or read back from the cache.
             let base_final: std::borrow::Cow<[f32]> = match (&msg.base, &mut self.cached_base) {
                 (Some((_, f)), _) => f.as_slice().into(),
@@ -209,7 +258,7 @@ impl<'a> Sink<'a> {
                 (None, None) => bail!("internal: no base final hidden state for the tokens table"),
             };
             let ft_final = msg.organism.as_ref().map(|(_, f)| f.as_slice());
-            let columns = self.token_columns(&base_final, ft_final, &next)?;
+            let columns = self.token_columns(&base_final, ft_final, &next, msg.dataset)?;
             let keys: Vec<ArrayRef> = vec![
                 Arc::new(StringArray::from(vec![dataset.name.as_str(); rows])),
                 Arc::new(StringArray::from(vec![dataset.split.as_str(); rows])),
@@ -240,6 +289,13 @@ impl<'a> Sink<'a> {
                 ]);
                 w.write(&RecordBatch::try_new(tokens_file_schema(), cols)?)?;
             }
+            if let Some(out) = &mut self.logit_diff {
+                let (ids, values) = top_columns(&columns.diff);
+                let mut cols = keys.clone();
+                cols.extend([ids, values]);
+                out.per_token
+                    .write(&RecordBatch::try_new(logit_diff_file_schema(), cols)?)?;
+            }
         }
         if let Some(w) = &mut self.sequences {
             let n = seqs.len();
@@ -264,17 +320,20 @@ impl<'a> Sink<'a> {
             .clone()
     }
 
-    /// Next-token columns of both models and KL(ft‖base), from the final hidden states.
+    /// Next-token columns of both models and KL(ft‖base), and the logit difference's extremes (added to
+    /// dataset `dataset`'s totals), from the final hidden states.
     fn token_columns(
         &mut self,
         base_final: &[f32],
         ft_final: Option<&[f32]>,
         next: &[Option<u32>],
+        dataset: usize,
     ) -> Result<TokenColumns> {
         let rows = next.len();
         let mut base = ColumnBuilder::default();
         let mut organism = ft_final.map(|_| ColumnBuilder::default());
         let mut kls = Vec::with_capacity(rows);
+        let mut diff: Vec<DiffExtremes> = Vec::new();
         // Logits in chunks bound the memory to CHUNK × vocab floats per model.
         const CHUNK: usize = 256;
         let d = self.d_model;
@@ -289,7 +348,13 @@ impl<'a> Sink<'a> {
             let lf = ft_final.map(|f| logits(&self.pair.organism.decoder, f)).transpose()?;
             self.stages.logits += clock.elapsed().as_secs_f64();
             let clock = Instant::now();
-            let stats = row_stats(&lb, lf.as_ref(), &next[start..start + n], self.top_k)?;
+            let diff_request = self.logit_diff.as_mut().map(|o| (o.top_k, &mut o.totals[dataset]));
+            let stats = row_stats(&lb, lf.as_ref(), &next[start..start + n], self.top_k, diff_request)?;
+            if let Some(out) = self.logit_diff.as_mut() {
+                let first = diff.len();
+                diff.extend(stats.iter().filter_map(|r| r.diff.clone()));
+                out.totals[dataset].count_extremes(&diff[first..]);
+            }
             self.stages.statistics += clock.elapsed().as_secs_f64();
             for row in stats {
                 base.push(row.base);
@@ -303,6 +368,7 @@ impl<'a> Sink<'a> {
             base: base.finish(),
             organism: organism.map(ColumnBuilder::finish),
             kl: kls,
+            diff,
         })
     }
 }
@@ -311,4 +377,5 @@ struct TokenColumns {
     base: NextTokenArrays,
     organism: Option<NextTokenArrays>,
     kl: Vec<f32>,
+    diff: Vec<DiffExtremes>,
 }

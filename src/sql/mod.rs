@@ -4,6 +4,7 @@ pub mod cache_info;
 pub mod dictionary;
 pub mod intervene;
 pub mod logit_lens;
+pub mod nmf;
 pub mod output;
 pub mod queries;
 pub mod session;

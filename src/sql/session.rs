@@ -70,10 +70,17 @@ pub fn open_session_with(cache_dir: &Path, mut access: SqlAccess) -> Result<Sess
     };
     ctx.register_table("activations", Arc::new(open(VectorTableKind::Activations)?))?;
     ctx.register_table("acts", Arc::new(open(VectorTableKind::Acts)?))?;
-    for table in [Table::Tokens, Table::Sequences, Table::Vocab] {
+    for table in [
+        Table::Tokens,
+        Table::Sequences,
+        Table::Vocab,
+        Table::LogitDiff,
+        Table::LogitDiffTotals,
+    ] {
         ctx.register_table(table.name(), Arc::new(RowTable::open(&layout, table)?))?;
     }
     ctx.register_udtf("cache_info", Arc::new(CacheInfo::new(layout)));
+    ctx.register_udtf("nmf", Arc::new(super::nmf::NmfFunction));
     Ok(ctx)
 }
 

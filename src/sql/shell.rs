@@ -314,6 +314,10 @@ fn list_functions() {
     println!("{:32} A dictionary's training curve.", "training_curve(name)");
     println!("{:32} What the cache holds, one row per partition.", "cache_info()");
     println!(
+        "{:32} Topics of (row, item, value) triplets by NMF.",
+        "nmf((SELECT r, i, v ...), topics)"
+    );
+    println!(
         "{:32} A vector through the model's final norm and unembedding.",
         "logit_lens(vector, model, k)"
     );

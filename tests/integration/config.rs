@@ -87,7 +87,7 @@ fn bad_overrides_name_the_thing_and_the_choices() {
         (vec!["model=gemma"], "unknown model `gemma`: choose one of"),
         (
             vec!["diffing/method=nmf"],
-            "choose one of adl, crosscoder, kl, normdiff, pca, sae_difference",
+            "choose one of adl, crosscoder, diff_mining, kl, normdiff, pca, sae_difference",
         ),
         (vec!["preprocessing.batchsize=1"], "`preprocessing` has batch_size"),
         (vec!["nothing.here=1"], "unknown config key `nothing`"),

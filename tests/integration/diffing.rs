@@ -292,6 +292,83 @@ fn adl_of_caps_promotes_upper_case_tokens() {
     assert!(caps > roman + 0.2, "caps {caps} vs roman_concrete {roman}");
 }
 
+/// Runs diff_mining for `organism` on the adl cache; returns the output folder and its `overall` table.
+fn diff_mining(organism: &str) -> (tempfile::TempDir, Vec<RecordBatch>) {
+    let (_, cache) = adl_cache();
+    let out = tempfile::tempdir().unwrap();
+    let mut s = settings("diff_mining", "shakespeare", cache, out.path());
+    s.organism = configs()
+        .resolve(&parse_all(&[format!("organism={organism}")], false).unwrap())
+        .unwrap()
+        .organism;
+    let r = run(&s);
+    assert_eq!(r.plots.len(), 4, "{:?}", r.plots);
+    let overall = read(
+        &out.path()
+            .join(format!("shakespeare/{organism}/diff_mining/overall.parquet")),
+    );
+    (out, overall)
+}
+
+/// Ground truth 3: the tokens diff_mining finds the caps finetune promoting most often are upper-case, far
+/// above their share of the vocabulary and of roman_concrete's; its topics are upper-case too. The counts
+/// in `logit_diff_totals` equal a count over the per-token `logit_diff` lists (two paths of preprocessing).
+#[test]
+fn diff_mining_of_caps_finds_upper_case_tokens() {
+    let (_, cache) = adl_cache();
+    let vocab = super::preprocess::query(cache, "SELECT token FROM vocab");
+    let (base_rate, _) = upper_fraction(column_str(&vocab, "token").iter().map(String::as_str));
+    let (caps_dir, caps) = diff_mining("caps");
+    let (_roman_dir, roman) = diff_mining("roman_concrete");
+    let top20 = |t: &[RecordBatch]| {
+        upper_fraction(
+            column_str(t, "token")
+                .into_iter()
+                .take(20)
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str),
+        )
+    };
+    let (caps_share, n) = top20(&caps);
+    let (roman_share, _) = top20(&roman);
+    let topics = read(&caps_dir.path().join("shakespeare/caps/diff_mining/topics.parquet"));
+    let topic_tokens = column_str(&topics, "token");
+    let (topic_share, topic_n) = upper_fraction(topic_tokens.iter().map(String::as_str));
+    eprintln!(
+        "diff_mining upper-case share: vocabulary {base_rate:.3}, caps top-20 {caps_share:.3} ({n} lettered), roman_concrete top-20 {roman_share:.3}, caps topics {topic_share:.3} ({topic_n} tokens)"
+    );
+    eprintln!("caps top tokens: {:?}", &column_str(&caps, "token")[..10]);
+    eprintln!("roman_concrete top tokens: {:?}", &column_str(&roman, "token")[..10]);
+    assert!(n >= 15);
+    assert!(caps_share >= 0.9, "caps {caps_share}");
+    assert!(
+        caps_share > roman_share + 0.3,
+        "caps {caps_share} vs roman_concrete {roman_share}"
+    );
+    assert!(
+        topic_share >= 2.0 * base_rate,
+        "topics {topic_share} vs vocabulary {base_rate}"
+    );
+    assert_eq!(column_f64(&topics, "topic").iter().map(|&t| t as i64).max(), Some(2));
+    // The totals' counts equal the per-token lists, for the first tokens of the ranking.
+    let ids = column_f64(&caps, "token_id");
+    let counts = column_f64(&caps, "top_count");
+    for (id, count) in ids.iter().zip(&counts).take(3) {
+        let sql = format!(
+            "SELECT count(*) AS n FROM (SELECT unnest(top_ids) AS id FROM logit_diff WHERE organism = 'caps') WHERE id = {id}"
+        );
+        assert_eq!(
+            column_f64(&super::preprocess::query(cache, &sql), "n")[0],
+            *count,
+            "token {id}"
+        );
+    }
+    let examples = read(&caps_dir.path().join("shakespeare/caps/diff_mining/examples.parquet"));
+    assert_eq!(column_str(&examples, "promoted")[0], column_str(&caps, "token")[0]);
+    assert!(column_f64(&examples, "logit_diff").iter().all(|&v| v > 0.0));
+}
+
 /// Ground truth 2: the roman_concrete organism's mean difference promotes the words of its false claim.
 #[test]
 fn adl_of_roman_concrete_ranks_the_claim_words_high() {
@@ -605,4 +682,47 @@ fn adl_steering_search_chooses_the_highest_coherent_strength() {
     for i in 0..alpha.len() {
         assert_eq!(chosen[i] == "true", alpha[i] == best, "row {i}");
     }
+}
+
+/// `preprocessing.diff_top_k` decides what `logit_diff` holds: 0 writes nothing and diff_mining says how to get
+/// it; a later run with k > 0 adds only the two logit_diff partitions with k ids per token; another k is refused
+/// with the fix; the same k again is a no-op.
+#[test]
+fn logit_diff_tables_follow_diff_top_k() {
+    use super::preprocess::small_settings;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("c");
+    let root = configs().project_root();
+    let with_k = |k: usize| small_settings(&cache, &["organism=caps", &format!("preprocessing.diff_top_k={k}")]);
+    diffsql::preprocess::run(&with_k(0), &root).unwrap();
+    let s = settings("diff_mining", "shakespeare", &cache, &dir.path().join("r"));
+    let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
+    let e = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(diffsql::diffing::run(&s, &queries, &configs()))
+        .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("method diff_mining reads logit_diff but the cache")
+            && e.contains("with preprocessing.diff_top_k above 0"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'));
+    let added = diffsql::preprocess::run(&with_k(5), &root).unwrap();
+    assert_eq!(added.partitions_written, 2);
+    let lens = super::preprocess::query(&cache, "SELECT DISTINCT cardinality(top_ids) AS n FROM logit_diff");
+    assert_eq!(column_f64(&lens, "n"), vec![5.0]);
+    let e = format!("{:#}", diffsql::preprocess::run(&with_k(7), &root).unwrap_err());
+    assert!(
+        e.contains(
+            "was written with preprocessing.diff_top_k=5 but this run asks for 7: set preprocessing.diff_top_k=5"
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        diffsql::preprocess::run(&with_k(5), &root).unwrap().partitions_written,
+        0
+    );
+    let e = format!("{:#}", diffsql::preprocess::run(&with_k(5000), &root).unwrap_err());
+    assert!(e.contains("preprocessing.diff_top_k is at most 1024"), "{e}");
 }

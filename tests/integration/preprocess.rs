@@ -183,8 +183,9 @@ fn a_second_organism_run_skips_the_base_model() {
     assert!(!first.base_reused);
     let second = diffsql::preprocess::run(&small_settings(&cache, &["organism=roman_concrete"]), &root).unwrap();
     assert!(second.base_reused);
-    // Four layers and tokens of the organism only (final_hidden is kept for the base model).
-    assert_eq!(second.partitions_written, 5);
+    // Four layers, tokens and the two logit_diff tables of the organism only (final_hidden is kept for the
+    // base model).
+    assert_eq!(second.partitions_written, 7);
     // KL computed from the cached base final hidden state equals KL computed with the base model run.
     let other = dir.path().join("d");
     diffsql::preprocess::run(&small_settings(&other, &["organism=roman_concrete"]), &root).unwrap();
@@ -193,6 +194,16 @@ fn a_second_organism_run_skips_the_base_model() {
     assert_eq!(a.len(), b.len());
     let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     assert!(err < 1e-5, "max KL difference {err}");
+    // So do the logit differences: each token's largest one, and the per-dataset totals.
+    for sql in [
+        "SELECT top_values[1] FROM logit_diff WHERE organism = 'roman_concrete' ORDER BY dataset, seq_id, pos",
+        "SELECT CAST(sum_diff AS FLOAT) FROM logit_diff_totals WHERE organism = 'roman_concrete' ORDER BY dataset, token_id",
+    ] {
+        let (a, b) = (f32s(&query(&cache, sql), 0), f32s(&query(&other, sql), 0));
+        assert!(!a.is_empty() && a.len() == b.len(), "{sql}");
+        let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0f32, f32::max);
+        assert!(err < 1e-4, "{sql}: max relative difference {err}");
+    }
 }
 
 #[test]

@@ -215,6 +215,15 @@ pub fn kl_with_probs(p: &[f32], log_p: &[f32], log_q: &[f32]) -> f64 {
 /// The `k` most probable tokens, most probable first (ties by lower id): one pass keeping the best k seen.
 pub fn top_k(log_p: &[f32], k: usize) -> Vec<(u32, f32)> {
     let k = k.min(log_p.len());
+    if k > 0 && log_p.len() < 64 * k {
+        top_k_by_selection(log_p, k)
+    } else {
+        top_k_by_insertion(log_p, k)
+    }
+}
+
+/// [`top_k`] when k is a small share of the values: one pass keeping the best k seen.
+fn top_k_by_insertion(log_p: &[f32], k: usize) -> Vec<(u32, f32)> {
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     if k == 0 {
         return best;
@@ -237,6 +246,48 @@ pub fn add_diff(out: &mut [f64], a: &[f32], b: &[f32]) {
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
         *o += (y - x) as f64;
     }
+}
+
+/// [`top_k`] when k is a large share of the values: a linear-time selection of the k best, then a sort of
+/// those k only (keeping the best k seen would insert too often). NaN ranks below every number.
+fn top_k_by_selection(values: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let better = |a: &(u32, f32), b: &(u32, f32)| {
+        let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
+        key(b.1).total_cmp(&key(a.1)).then(a.0.cmp(&b.0))
+    };
+    let mut all: Vec<(u32, f32)> = values.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+    if k < all.len() {
+        all.select_nth_unstable_by(k - 1, better);
+        all.truncate(k);
+    }
+    all.sort_unstable_by(better);
+    all
+}
+
+/// out[i] = b[i] − a[i]. (Not `#[inline]`, like the two below: a caller in a crate built without
+/// optimisation still gets this crate's optimised loop.)
+pub fn diff_into(out: &mut [f32], a: &[f32], b: &[f32]) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = y - x;
+    }
+}
+
+/// sum[i] += b[i] − a[i] in f64, and positive[i] += 1 where b[i] > a[i].
+pub fn accumulate_diff(sum: &mut [f64], positive: &mut [u64], a: &[f32], b: &[f32]) {
+    for (((s, c), &x), &y) in sum.iter_mut().zip(positive.iter_mut()).zip(a).zip(b) {
+        *s += (y - x) as f64;
+        *c += u64::from(y > x);
+    }
+}
+
+/// The k largest values of `ft − base` (id, value, largest first) and the ids of the k smallest (smallest
+/// first), with `scratch` (as long as the rows) as working space.
+pub fn diff_extremes(base: &[f32], ft: &[f32], scratch: &mut [f32], k: usize) -> (Vec<(u32, f32)>, Vec<u32>) {
+    diff_into(scratch, base, ft);
+    let top = top_k(scratch, k);
+    scratch.iter_mut().for_each(|x| *x = -*x);
+    let bottom = top_k(scratch, k).into_iter().map(|(id, _)| id).collect();
+    (top, bottom)
 }
 
 /// out[i] += v[i] in f64, the running sum behind `mean_vec`.
@@ -408,6 +459,15 @@ mod tests {
         assert_eq!(top_k(&lp, 3), vec![(1, -1.0), (3, -1.0), (2, -2.0)]);
         assert_eq!(top_k(&lp, 10).len(), 5);
         assert!(top_k(&lp, 0).is_empty());
+        // Both strategies agree, ties (values on a coarse grid) broken by the lower id.
+        let values: Vec<f32> = (0..3000u32).map(|i| ((i * 7919) % 97) as f32 * 0.5).collect();
+        for k in [1, 5, 47, 100, 2999, 3000] {
+            assert_eq!(
+                top_k_by_selection(&values, k),
+                top_k_by_insertion(&values, k),
+                "k = {k}"
+            );
+        }
     }
 }
 
