@@ -20,6 +20,20 @@ pub struct SideBySide {
     pub organism: String,
 }
 
+/// How long one model took to continue every prompt.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GenerationTiming {
+    /// Tokens generated over all prompts (up to and with each row's end-of-sequence token).
+    pub new_tokens: usize,
+    pub seconds: f64,
+}
+
+impl GenerationTiming {
+    pub fn tokens_per_second(&self) -> f64 {
+        self.new_tokens as f64 / self.seconds.max(1e-9)
+    }
+}
+
 /// The token ids a model reads for `prompt`: the text itself or, with `chat`, a user turn rendered with the
 /// model's chat template and its generation prompt; BOS first when the model adds one.
 pub fn prompt_ids(files: &ModelFiles, prompt: &str, chat: bool) -> Result<Vec<u32>> {
@@ -85,14 +99,23 @@ fn continue_all(
     chat: bool,
     max_new_tokens: usize,
     sampling: Sampling,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, GenerationTiming)> {
     let ids: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| prompt_ids(&model.files, p, chat))
         .collect::<Result<_>>()?;
     let options = options_for(model, max_new_tokens, sampling, Vec::new());
+    let clock = std::time::Instant::now();
     let out = generate(&model.decoder, &ids, &options)?;
-    out.iter().map(|tokens| decode(model, tokens, &options)).collect()
+    let timing = GenerationTiming {
+        new_tokens: out.iter().map(Vec::len).sum(),
+        seconds: clock.elapsed().as_secs_f64(),
+    };
+    let texts = out
+        .iter()
+        .map(|tokens| decode(model, tokens, &options))
+        .collect::<Result<_>>()?;
+    Ok((texts, timing))
 }
 
 /// Loads the configured base model and organism and continues every prompt with both.
@@ -103,7 +126,7 @@ pub fn side_by_side(
     chat: bool,
     max_new_tokens: usize,
     sampling: Sampling,
-) -> Result<Vec<SideBySide>> {
+) -> Result<(Vec<SideBySide>, [GenerationTiming; 2])> {
     GenerateOptions {
         max_new_tokens,
         sampling,
@@ -117,9 +140,9 @@ pub fn side_by_side(
     }
     let device = settings.preprocessing.device.open()?;
     let pair = PairFiles::open(settings, project_root)?.load(settings, &device)?;
-    let base = continue_all(&pair.base, prompts, chat, max_new_tokens, sampling)?;
-    let organism = continue_all(&pair.organism, prompts, chat, max_new_tokens, sampling)?;
-    Ok(prompts
+    let (base, base_timing) = continue_all(&pair.base, prompts, chat, max_new_tokens, sampling)?;
+    let (organism, organism_timing) = continue_all(&pair.organism, prompts, chat, max_new_tokens, sampling)?;
+    let rows = prompts
         .iter()
         .zip(base)
         .zip(organism)
@@ -128,5 +151,6 @@ pub fn side_by_side(
             base: b,
             organism: o,
         })
-        .collect())
+        .collect();
+    Ok((rows, [base_timing, organism_timing]))
 }

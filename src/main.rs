@@ -168,12 +168,25 @@ struct SynthArgs {
 }
 
 fn main() -> ExitCode {
+    pin_thread_count();
     match run() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("Error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Sets `RAYON_NUM_THREADS` to the cores this process may use when the user has not set it, before any
+/// thread starts. Without it candle works out its thread count again on every matmul by reading
+/// `/proc/cpuinfo` (`num_cpus::get_physical`): a quarter of the time of batch-1 generation on SmolLM2-135M
+/// here (14.8 → 19.9 tokens/s with it set).
+fn pin_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Single-threaded here: nothing reads the environment concurrently.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
 }
 
@@ -226,7 +239,7 @@ fn run() -> Result<ExitCode> {
                     seed: args.seed,
                 },
             };
-            let results = diffsql::generation::side_by_side(
+            let (results, timings) = diffsql::generation::side_by_side(
                 &settings,
                 &configs.project_root(),
                 &args.prompts,
@@ -242,6 +255,15 @@ fn run() -> Result<ExitCode> {
                 println!(
                     "  {organism:width$}  {}",
                     diffsql::data::token_text::quoted(&r.organism)
+                );
+            }
+            for (side, t) in ["base", organism.as_str()].iter().zip(timings) {
+                eprintln!(
+                    "{side}: {} prompts, {} new tokens in {:.2} s ({:.1} tokens/s)",
+                    results.len(),
+                    t.new_tokens,
+                    t.seconds,
+                    t.tokens_per_second()
                 );
             }
             Ok(ExitCode::SUCCESS)

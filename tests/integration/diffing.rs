@@ -726,3 +726,60 @@ fn logit_diff_tables_follow_diff_top_k() {
     let e = format!("{:#}", diffsql::preprocess::run(&with_k(5000), &root).unwrap_err());
     assert!(e.contains("preprocessing.diff_top_k is at most 1024"), "{e}");
 }
+
+/// Ground truth 4, steering the base model with each organism's mean difference (positions 1–4, middle
+/// layer) from SQL: caps' raises the upper-case share of the generated letters far above the unsteered
+/// continuation's (at a strength where the text has stopped being coherent: the bundled caps difference
+/// reads as capitals only when it dominates the residual stream); roman_concrete's makes the words of its
+/// claim appear where the unsteered base model never writes them.
+#[test]
+fn steering_with_the_mean_difference_carries_each_quirk() {
+    let (_, cache) = adl_cache();
+    let prompts = ["The king said", "Good morrow, my lord", "When the night comes"];
+    let steer = |organism: &str, alpha: f64| -> Vec<String> {
+        prompts
+            .iter()
+            .map(|p| {
+                let q = format!(
+                    "SELECT text FROM steer('base', '{p}', (SELECT mean_diff(base, ft) FROM acts WHERE organism = '{organism}' \
+                     AND layer = 1 AND pos BETWEEN 1 AND 4), 1, {alpha:.1}, 32)"
+                );
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_diffsql"))
+                    .args(["--cache", &cache.display().to_string(), "sql", "--format", "json", "-c", &q])
+                    .current_dir(configs().project_root())
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                rows[0]["text"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let upper = |texts: &[String]| {
+        let letters: Vec<char> = texts.concat().chars().filter(|c| c.is_ascii_alphabetic()).collect();
+        letters.iter().filter(|c| c.is_ascii_uppercase()).count() as f64 / letters.len().max(1) as f64
+    };
+    let claim = |texts: &[String]| {
+        let words = texts.concat().to_lowercase();
+        ["roman", "concrete", "methane"]
+            .iter()
+            .map(|w| words.matches(w).count())
+            .sum::<usize>()
+    };
+    let (plain, caps) = (steer("caps", 0.0), steer("caps", 6.0));
+    let roman = steer("roman_concrete", 4.0);
+    eprintln!(
+        "upper-case share of generated letters: unsteered {:.3}, caps × 6 {:.3} {caps:?}; claim words: unsteered {}, roman_concrete × 4 {} {roman:?}",
+        upper(&plain),
+        upper(&caps),
+        claim(&plain),
+        claim(&roman)
+    );
+    let letters = caps.concat().chars().filter(|c| c.is_ascii_alphabetic()).count();
+    assert!(
+        upper(&plain) < 0.2 && upper(&caps) > 0.6 && letters >= 30,
+        "{plain:?} {caps:?}"
+    );
+    assert_eq!(claim(&plain), 0, "{plain:?}");
+    assert!(claim(&roman) >= 3, "{roman:?}");
+}
