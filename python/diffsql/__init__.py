@@ -1,0 +1,114 @@
+"""diffsql from Python: the activation cache's tables and diffsql's functions in a datafusion-python session.
+
+    import diffsql
+    ctx = diffsql.connect("cache")
+    ctx.sql("SELECT layer, normdiff(base, ft) FROM acts GROUP BY layer ORDER BY layer").to_pandas()
+
+Every table of the cache (activations, acts, tokens, sequences, vocab, logit_diff, logit_diff_totals) and
+diffsql's scalar and aggregate functions are registered through the DataFusion FFI, so queries run in diffsql's
+own code. `diffsql.sql` runs a query in diffsql's own session instead, with every table function (cache_info,
+logit_lens, nmf, generate, steer, ...), and returns a pyarrow Table.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import datafusion
+import numpy as np
+import pyarrow as pa
+
+from . import _native
+from ._native import DiffsqlError
+
+__all__ = ["connect", "sql", "vectors", "run", "preprocess", "DiffsqlError"]
+
+_FFI_MAJOR = 55
+
+
+def _check_ffi() -> None:
+    version = datafusion.__version__.split(".")[0]
+    if int(version) != _native.ffi_version() or _native.ffi_version() != _FFI_MAJOR:
+        raise DiffsqlError(
+            f"diffsql was built for datafusion {_native.ffi_version()}.x but datafusion {datafusion.__version__} "
+            f"is installed: pip install 'datafusion=={_native.ffi_version()}.*'"
+        )
+
+
+def connect(
+    cache_dir: str | os.PathLike = "cache",
+    configs: str | os.PathLike = "configs",
+) -> datafusion.SessionContext:
+    """A datafusion-python SessionContext over the cache at `cache_dir`, with every diffsql table and function.
+
+    `configs` is the folder of diffsql's configs (model configs name the models `logit_lens` loads).
+    """
+    _check_ffi()
+    session = _native.Session(str(Path(cache_dir)), str(Path(configs)))
+    ctx = datafusion.SessionContext()
+    for name, table in session.tables():
+        ctx.register_table(name, table)
+    for f in session.scalar_functions():
+        ctx.register_udf(datafusion.udf(f))
+    for f in session.aggregate_functions():
+        ctx.register_udaf(datafusion.udaf(f))
+    return ctx
+
+
+def sql(
+    query: str,
+    cache_dir: str | os.PathLike = "cache",
+    configs: str | os.PathLike = "configs",
+) -> pa.Table:
+    """Runs `query` in diffsql's own session over the cache (every table function included: cache_info,
+    logit_lens, nmf, generate, steer, patchscope, latents, ...) and returns the last statement's rows."""
+    session = _native.Session(str(Path(cache_dir)), str(Path(configs)))
+    return pa.table(session.sql(query))
+
+
+def _decode(column: pa.Array, dtype: str | None) -> np.ndarray:
+    """An (n, d) float32 array from a FixedSizeList vector column (float32, float16, or bfloat16 bits)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not pa.types.is_fixed_size_list(column.type):
+        raise DiffsqlError(f"vectors: the column is {column.type}, not a fixed-size list of numbers")
+    if column.null_count:
+        raise DiffsqlError("vectors: the column has NULL vectors: filter them out first")
+    d = column.type.list_size
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    if values.dtype == np.uint16 or dtype == "bfloat16":
+        values = (values.astype(np.uint32) << 16).view(np.float32)
+    return values.reshape(-1, d).astype(np.float32, copy=False)
+
+
+def vectors(table: pa.Table | datafusion.DataFrame, column: str) -> np.ndarray:
+    """One contiguous (n, d) float32 numpy array of a vector column (bfloat16 and float16 decoded)."""
+    if isinstance(table, datafusion.DataFrame):
+        table = table.to_arrow_table()
+    if column not in table.column_names:
+        raise DiffsqlError(f"vectors: no column {column!r}; the columns are {', '.join(table.column_names)}")
+    field = table.schema.field(column)
+    dtype = (field.metadata or {}).get(b"diffsql.dtype", b"").decode() or None
+    return _decode(table.column(column), dtype)
+
+
+def _overrides(args: Iterable[str], kwargs: dict) -> list[str]:
+    out = list(args)
+    for key, value in kwargs.items():
+        if isinstance(value, (list, tuple)):
+            value = "[" + ",".join(str(v) for v in value) + "]"
+        out.append(f"{key.replace('__', '.')}={value}")
+    return out
+
+
+def run(*overrides: str, project_root: str | os.PathLike = ".", **settings) -> None:
+    """`diffsql run` with the same overrides: `run("organism=caps", "diffing/method=kl")` or
+    `run(organism="caps", pipeline__mode="diffing")` (`__` for a dot). Errors raise DiffsqlError."""
+    _native.run(_overrides(overrides, settings), str(Path(project_root)))
+
+
+def preprocess(*overrides: str, project_root: str | os.PathLike = ".", **settings) -> None:
+    """`diffsql preprocess` with the same overrides (pipeline.mode=preprocessing)."""
+    _native.run(_overrides(overrides, settings) + ["pipeline.mode=preprocessing"], str(Path(project_root)))

@@ -1,0 +1,253 @@
+//! diffsql's Python extension: hands datafusion-python the cache's tables and diffsql's functions as
+//! DataFusion FFI capsules (the `__datafusion_*__` protocol), and runs preprocessing and diffing methods with
+//! the CLI's `key=value` overrides. `python/diffsql/__init__.py` builds the user-facing `connect()` on it.
+
+use std::path::PathBuf;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use datafusion::arrow::ffi_stream::FFI_ArrowArrayStream;
+use datafusion::arrow::record_batch::RecordBatchIterator;
+use datafusion::catalog::TableProvider;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
+use datafusion::prelude::SessionContext;
+use datafusion_ffi::proto::logical_extension_codec::FFI_LogicalExtensionCodec;
+use datafusion_ffi::table_provider::FFI_TableProvider;
+use datafusion_ffi::udaf::FFI_AggregateUDF;
+use datafusion_ffi::udf::FFI_ScalarUDF;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::PyCapsule;
+
+pyo3::create_exception!(_native, DiffsqlError, pyo3::exceptions::PyException);
+
+/// An error as diffsql prints it: one line, causes joined.
+fn error(e: impl std::fmt::Display) -> PyErr {
+    DiffsqlError::new_err(e.to_string().replace('\n', " "))
+}
+
+fn anyhow_error(e: anyhow::Error) -> PyErr {
+    DiffsqlError::new_err(format!("{e:#}").replace('\n', " "))
+}
+
+/// The logical codec of the calling datafusion-python session (its `__datafusion_logical_extension_codec__`).
+fn session_codec(session: &Bound<PyAny>) -> PyResult<FFI_LogicalExtensionCodec> {
+    let name = "__datafusion_logical_extension_codec__";
+    let capsule = if session.hasattr(name)? {
+        session.getattr(name)?.call0()?
+    } else {
+        session.clone()
+    };
+    let capsule = capsule.cast::<PyCapsule>()?;
+    let pointer = capsule.pointer_checked(Some(c"datafusion_logical_extension_codec"))?;
+    let codec: NonNull<FFI_LogicalExtensionCodec> = pointer.cast();
+    // Safety: the capsule of that name holds an FFI_LogicalExtensionCodec, owned by the capsule.
+    Ok(unsafe { codec.as_ref() }.clone())
+}
+
+/// One table of the cache.
+#[pyclass(module = "diffsql._native", frozen)]
+struct Table {
+    provider: Arc<dyn TableProvider>,
+}
+
+#[pymethods]
+impl Table {
+    fn __datafusion_table_provider__<'py>(
+        &self,
+        py: Python<'py>,
+        session: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyCapsule>> {
+        let codec = session_codec(&session)?;
+        let ffi = FFI_TableProvider::new_with_ffi_codec(Arc::clone(&self.provider), true, None, codec);
+        PyCapsule::new_with_value(py, ffi, c"datafusion_table_provider")
+    }
+}
+
+/// One scalar function.
+#[pyclass(module = "diffsql._native", frozen)]
+struct ScalarFunction {
+    udf: Arc<ScalarUDF>,
+}
+
+#[pymethods]
+impl ScalarFunction {
+    fn __datafusion_scalar_udf__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyCapsule>> {
+        PyCapsule::new_with_value(py, FFI_ScalarUDF::from(Arc::clone(&self.udf)), c"datafusion_scalar_udf")
+    }
+
+    #[getter]
+    fn name(&self) -> String {
+        self.udf.name().to_string()
+    }
+}
+
+/// One aggregate function.
+#[pyclass(module = "diffsql._native", frozen)]
+struct AggregateFunction {
+    udaf: Arc<AggregateUDF>,
+}
+
+#[pymethods]
+impl AggregateFunction {
+    fn __datafusion_aggregate_udf__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyCapsule>> {
+        PyCapsule::new_with_value(
+            py,
+            FFI_AggregateUDF::from(Arc::clone(&self.udaf)),
+            c"datafusion_aggregate_udf",
+        )
+    }
+
+    #[getter]
+    fn name(&self) -> String {
+        self.udaf.name().to_string()
+    }
+}
+
+/// Table functions are not registered in datafusion-python: a subquery argument (`logit_lens`, `nmf`, `steer`)
+/// cannot be serialised across the FFI, and calling even a literal-argument one (`cache_info`) through
+/// datafusion-python 55.0's FFI table-function path crashed the interpreter here. `Session.sql` runs every
+/// query, table functions included, in diffsql's own session instead.
+/// The result of a query as an Arrow C stream (`__arrow_c_stream__`), which pyarrow, polars and pandas import
+/// without a copy.
+#[pyclass(module = "diffsql._native")]
+struct ArrowStream {
+    stream: std::sync::Mutex<Option<FFI_ArrowArrayStream>>,
+}
+
+#[pymethods]
+impl ArrowStream {
+    #[pyo3(signature = (requested_schema = None))]
+    fn __arrow_c_stream__<'py>(
+        &self,
+        py: Python<'py>,
+        requested_schema: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyCapsule>> {
+        let _ = requested_schema; // the stream is offered in its own schema
+        let stream = self
+            .stream
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("the stream's lock is poisoned"))?
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("the stream was already consumed"))?;
+        PyCapsule::new_with_value(py, stream, c"arrow_array_stream")
+    }
+}
+
+/// A diffsql session over one cache: its tables and functions, to register in a datafusion-python context.
+#[pyclass(module = "diffsql._native")]
+struct Session {
+    ctx: SessionContext,
+}
+
+#[pymethods]
+impl Session {
+    #[new]
+    fn new(cache_dir: PathBuf, configs: PathBuf) -> PyResult<Self> {
+        let access = diffsql::sql::SqlAccess {
+            read_only: true,
+            protected: Vec::new(),
+        };
+        let ctx = diffsql::sql::open_session_with(&cache_dir, access).map_err(anyhow_error)?;
+        diffsql::sql::register_model_functions(&ctx, diffsql::config::ConfigDir::new(&configs));
+        Ok(Self { ctx })
+    }
+
+    /// Runs `query` (several statements: the last one's result) in diffsql's own session, with every table
+    /// function, and returns its rows as an Arrow stream.
+    fn sql(&self, py: Python<'_>, query: String) -> PyResult<ArrowStream> {
+        let ctx = self.ctx.clone();
+        let (schema, batches) = py
+            .detach(|| -> anyhow::Result<_> {
+                let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                runtime.block_on(async {
+                    let mut last = None;
+                    diffsql::sql::run_statements(&ctx, &query, |r| {
+                        last = Some((r.schema, r.batches));
+                        Ok(())
+                    })
+                    .await?;
+                    last.ok_or_else(|| anyhow::anyhow!("no SQL statement in the query"))
+                })
+            })
+            .map_err(anyhow_error)?;
+        let reader = RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
+        Ok(ArrowStream {
+            stream: std::sync::Mutex::new(Some(FFI_ArrowArrayStream::new(Box::new(reader)))),
+        })
+    }
+
+    /// (name, table) for every table of the cache.
+    fn tables(&self) -> PyResult<Vec<(String, Table)>> {
+        let schema = self
+            .ctx
+            .catalog("datafusion")
+            .and_then(|c| c.schema("public"))
+            .ok_or_else(|| PyRuntimeError::new_err("the session has no default schema"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread().build().map_err(error)?;
+        let mut out = Vec::new();
+        for name in schema.table_names() {
+            if let Some(provider) = runtime.block_on(schema.table(&name)).map_err(error)? {
+                out.push((name, Table { provider }));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// diffsql's scalar functions.
+    fn scalar_functions(&self) -> Vec<ScalarFunction> {
+        let ours: Vec<String> = diffsql_udfs::scalar_functions()
+            .iter()
+            .map(|f| f.name().to_string())
+            .chain(["crosscoder_encode", "sae_encode", "pca_project"].map(String::from))
+            .collect();
+        let state = self.ctx.state();
+        ours.iter()
+            .filter_map(|name| state.scalar_functions().get(name).cloned())
+            .map(|udf| ScalarFunction { udf })
+            .collect()
+    }
+
+    /// diffsql's aggregate functions.
+    fn aggregate_functions(&self) -> Vec<AggregateFunction> {
+        let state = self.ctx.state();
+        diffsql_udfs::aggregate_functions()
+            .iter()
+            .filter_map(|f| state.aggregate_functions().get(f.name()).cloned())
+            .map(|udaf| AggregateFunction { udaf })
+            .collect()
+    }
+}
+
+/// Runs `diffsql run` with `overrides` (`key=value` strings, as on the command line) from `project_root`
+/// (the folder of configs/ and queries/): preprocessing and/or the configured method, per `pipeline.mode`.
+#[pyfunction]
+fn run(py: Python<'_>, overrides: Vec<String>, project_root: PathBuf) -> PyResult<()> {
+    py.detach(|| -> anyhow::Result<()> {
+        let configs = diffsql::config::ConfigDir::new(project_root.join("configs"));
+        let parsed = diffsql::config::parse_all(&overrides, false)?;
+        let settings = configs.resolve(&parsed)?;
+        diffsql::pipeline::run_one(&settings, &configs, &project_root.join("queries"))
+    })
+    .map_err(anyhow_error)
+}
+
+/// The DataFusion FFI version this extension was built with (the major version must equal datafusion-python's).
+#[pyfunction]
+fn ffi_version() -> u64 {
+    datafusion_ffi::version()
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Session>()?;
+    m.add_class::<Table>()?;
+    m.add_class::<ScalarFunction>()?;
+    m.add_class::<AggregateFunction>()?;
+    m.add_class::<ArrowStream>()?;
+    m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(ffi_version, m)?)?;
+    m.add("DiffsqlError", m.py().get_type::<DiffsqlError>())?;
+    Ok(())
+}

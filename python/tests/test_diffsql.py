@@ -1,0 +1,139 @@
+"""diffsql from Python against the diffsql binary and numpy, on the bundled pair preprocessed small.
+
+Run by .ci/run after `maturin build` and installing the wheel into a fresh venv; DIFFSQL_BIN names the binary
+and the working directory is the repository root.
+"""
+
+import csv
+import io
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import diffsql
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("DIFFSQL_BIN", str(Path.home() / ".cache/diffsql-target/debug/diffsql"))
+CARD = "SELECT layer, normdiff(base, ft) AS normdiff FROM acts GROUP BY layer ORDER BY layer"
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache")
+    diffsql.preprocess(
+        "organism=caps",
+        "dataset=[shakespeare_pretrain]",
+        "preprocessing.max_samples=16",
+        "preprocessing.context_len=32",
+        "preprocessing.dtype=bfloat16",
+        f"cache_dir={path}",
+        project_root=ROOT,
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def ctx(cache):
+    return diffsql.connect(cache, configs=ROOT / "configs")
+
+
+def binary_csv(cache, sql):
+    out = subprocess.run(
+        [BIN, "--cache", str(cache), "sql", "--format", "csv", "-c", sql],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout
+    return list(csv.DictReader(io.StringIO(out)))
+
+
+def test_the_card_query_equals_the_binary(ctx, cache):
+    got = ctx.sql(CARD).to_pandas()
+    want = binary_csv(cache, CARD)
+    assert [int(r["layer"]) for r in want] == got["layer"].tolist() == [0, 1, 2, 3]
+    np.testing.assert_allclose(got["normdiff"], [float(r["normdiff"]) for r in want], rtol=1e-6)
+
+
+def test_every_table_is_there(ctx):
+    names = set(ctx.catalog().schema().names())
+    assert {"activations", "acts", "tokens", "sequences", "vocab", "logit_diff", "logit_diff_totals"} <= names
+    tokens = ctx.sql("SELECT count(*) AS n FROM tokens WHERE organism = 'caps'").to_pandas()["n"][0]
+    assert tokens > 100
+
+
+def test_vectors_decode_bfloat16_and_functions_agree_with_numpy(ctx):
+    df = ctx.sql("SELECT base, ft, diff_norm(base, ft) AS d, cosine_sim(base, ft) AS c, vec_norm(ft) AS n, "
+                 "to_float32(ft) AS ft32 FROM acts WHERE layer = 2 ORDER BY dataset, seq_id, pos")
+    table = df.to_arrow_table()
+    base, ft = diffsql.vectors(table, "base"), diffsql.vectors(table, "ft")
+    assert base.dtype == np.float32 and base.shape == ft.shape and base.shape[1] == 128
+    assert base.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(ft, diffsql.vectors(table, "ft32"))
+    np.testing.assert_allclose(table["d"].to_numpy(), np.linalg.norm(ft - base, axis=1), rtol=1e-5)
+    np.testing.assert_allclose(table["n"].to_numpy(), np.linalg.norm(ft, axis=1), rtol=1e-5)
+    cos = (base * ft).sum(1) / (np.linalg.norm(base, axis=1) * np.linalg.norm(ft, axis=1))
+    np.testing.assert_allclose(table["c"].to_numpy(), cos, rtol=1e-5, atol=1e-6)
+    # The aggregates: mean_diff and normdiff per layer against numpy.
+    agg = ctx.sql("SELECT normdiff(base, ft) AS nd, mean_diff(base, ft) AS md FROM acts WHERE layer = 2").to_arrow_table()
+    np.testing.assert_allclose(agg["nd"][0].as_py(), np.linalg.norm(ft - base, axis=1).mean(), rtol=1e-5)
+    np.testing.assert_allclose(diffsql.vectors(agg, "md")[0], (ft - base).mean(0), rtol=1e-4, atol=1e-6)
+
+
+def test_pandas_polars_and_arrow_round_trips(ctx):
+    import polars as pl
+
+    sql = "SELECT seq_id, pos, to_float32(ft) AS v FROM acts WHERE layer = 1 ORDER BY seq_id, pos LIMIT 50"
+    arrow = ctx.sql(sql).to_arrow_table()
+    frame = ctx.sql(sql).to_polars()
+    pandas = ctx.sql(sql).to_pandas()
+    assert frame.shape[0] == len(pandas) == arrow.num_rows == 50
+    np.testing.assert_array_equal(np.stack(pandas["v"].to_numpy()), diffsql.vectors(arrow, "v"))
+    np.testing.assert_array_equal(np.vstack(frame["v"].to_list()), diffsql.vectors(arrow, "v"))
+
+
+def test_export_is_read_by_duckdb_polars_and_pyarrow(ctx, tmp_path):
+    import duckdb
+    import polars as pl
+
+    path = tmp_path / "export.parquet"
+    ctx.sql(f"COPY (SELECT seq_id, pos, to_float32(vec_sub(ft, base)) AS diff FROM acts WHERE layer = 3 "
+            f"ORDER BY seq_id, pos) TO '{path}' STORED AS PARQUET").collect()
+    want = diffsql.vectors(pq.read_table(path), "diff")
+    duck = duckdb.sql(f"SELECT diff FROM '{path}' ORDER BY seq_id, pos").fetchnumpy()["diff"]
+    np.testing.assert_array_equal(np.vstack(duck), want)
+    np.testing.assert_array_equal(np.vstack(pl.read_parquet(path)["diff"].to_list()), want)
+
+
+def test_table_functions_run_in_diffsqls_session(cache, ctx):
+    info = diffsql.sql("SELECT organism, rows FROM cache_info() WHERE table_name = 'tokens' ORDER BY organism", cache)
+    assert info.column("organism").to_pylist() == ["base", "caps"]
+    tokens = ctx.sql("SELECT count(*) AS n FROM tokens WHERE organism = 'caps'").to_pandas()["n"][0]
+    assert info.column("rows").to_pylist()[1] == tokens
+    # logit_lens with a subquery argument, against the binary.
+    lens = ("SELECT rank, token FROM logit_lens((SELECT mean_diff(base, ft) FROM acts WHERE layer = 1), "
+            "'shakespeare', 5) WHERE sign = '+' ORDER BY rank")
+    got = diffsql.sql(lens, cache, configs=ROOT / "configs").column("token").to_pylist()
+    assert got == [r["token"] for r in binary_csv(cache, lens)]
+    with pytest.raises(diffsql.DiffsqlError, match="logit_lens"):
+        diffsql.sql("SELECT * FROM logit_lens([1.0, 2.0], 'shakespeare', 5)", cache, configs=ROOT / "configs")
+
+
+def test_errors_are_clear(tmp_path, ctx):
+    with pytest.raises(diffsql.DiffsqlError, match="does not exist: run `diffsql preprocess`"):
+        diffsql.connect(tmp_path / "nowhere")
+    with pytest.raises(Exception, match="diff_norm"):
+        ctx.sql("SELECT diff_norm([1.0, 2.0], [1.0, 2.0, 3.0])").collect()
+    with pytest.raises(Exception, match="nosuchtable"):
+        ctx.sql("SELECT * FROM nosuchtable").collect()
+    with pytest.raises(diffsql.DiffsqlError, match="unknown organism"):
+        diffsql.run("organism=nosuch", "pipeline.mode=diffing", project_root=ROOT)
+
+
+def test_a_method_runs_from_python(cache, tmp_path):
+    diffsql.run(organism="caps", pipeline__mode="diffing", cache_dir=cache, results_dir=tmp_path,
+                **{"diffing/method": "kl"}, project_root=ROOT)
+    stats = pq.read_table(tmp_path / "shakespeare/caps/kl/token_stats.parquet")
+    assert stats.num_rows >= 1
