@@ -23,7 +23,7 @@ import pyarrow as pa
 from . import _native
 from ._native import DiffsqlError
 
-__all__ = ["connect", "sql", "vectors", "run", "preprocess", "DiffsqlError"]
+__all__ = ["connect", "sql", "vectors", "run", "preprocess", "DiffsqlError", "SessionContext", "DataFrame"]
 
 _FFI_MAJOR = 55
 
@@ -37,17 +37,73 @@ def _check_ffi() -> None:
         )
 
 
+def _decode_vectors(array: pa.Array) -> pa.Array:
+    """A FixedSizeList of bfloat16 bits (UInt16) or float16 as a FixedSizeList of float32; other arrays as they are."""
+    t = array.type
+    if not (pa.types.is_fixed_size_list(t) and (pa.types.is_uint16(t.value_type) or pa.types.is_float16(t.value_type))):
+        return array
+    d = t.list_size
+    values = array.values.slice(array.offset * d, len(array) * d).to_numpy(zero_copy_only=False)
+    if values.dtype == np.uint16:
+        values = (values.astype(np.uint32) << 16).view(np.float32)
+    else:
+        values = values.astype(np.float32)
+    mask = array.is_null() if array.null_count else None
+    return pa.FixedSizeListArray.from_arrays(pa.array(values, pa.float32()), d, mask=mask)
+
+
+def _decode_table(table: pa.Table) -> pa.Table:
+    fields, columns = [], []
+    for field, column in zip(table.schema, table.columns):
+        chunks = [_decode_vectors(c) for c in column.chunks]
+        kind = chunks[0].type if chunks else field.type
+        if kind != field.type and not chunks:
+            kind = pa.list_(pa.float32(), field.type.list_size)
+        fields.append(pa.field(field.name, kind, field.nullable, field.metadata))
+        columns.append(pa.chunked_array(chunks, type=kind))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, table.schema.metadata))
+
+
+class DataFrame(datafusion.DataFrame):
+    """A datafusion DataFrame whose results come out with vectors as float32 (bfloat16 and float16 decoded)."""
+
+    def to_arrow_table(self) -> pa.Table:
+        return _decode_table(super().to_arrow_table())
+
+    def collect(self) -> list[pa.RecordBatch]:
+        return self.to_arrow_table().to_batches()
+
+    def to_pandas(self):
+        return self.to_arrow_table().to_pandas()
+
+    def to_polars(self):
+        import polars as pl
+
+        return pl.from_arrow(self.to_arrow_table())
+
+    def to_pylist(self) -> list[dict]:
+        return self.to_arrow_table().to_pylist()
+
+
+class SessionContext(datafusion.SessionContext):
+    """A datafusion SessionContext over a diffsql cache; `sql` results decode vectors to float32 on the way out."""
+
+    def sql(self, query: str, *args, **kwargs) -> DataFrame:
+        return DataFrame(super().sql(query, *args, **kwargs).df)
+
+
 def connect(
     cache_dir: str | os.PathLike = "cache",
     configs: str | os.PathLike = "configs",
-) -> datafusion.SessionContext:
+) -> SessionContext:
     """A datafusion-python SessionContext over the cache at `cache_dir`, with every diffsql table and function.
 
-    `configs` is the folder of diffsql's configs (model configs name the models `logit_lens` loads).
+    `configs` is the folder of diffsql's configs (model configs name the models `logit_lens` loads). Query
+    results come out with vectors as FixedSizeList<float32> (stored bfloat16/float16 decoded).
     """
     _check_ffi()
     session = _native.Session(str(Path(cache_dir)), str(Path(configs)))
-    ctx = datafusion.SessionContext()
+    ctx = SessionContext()
     for name, table in session.tables():
         ctx.register_table(name, table)
     for f in session.scalar_functions():
@@ -65,7 +121,7 @@ def sql(
     """Runs `query` in diffsql's own session over the cache (every table function included: cache_info,
     logit_lens, nmf, generate, steer, patchscope, latents, ...) and returns the last statement's rows."""
     session = _native.Session(str(Path(cache_dir)), str(Path(configs)))
-    return pa.table(session.sql(query))
+    return _decode_table(pa.table(session.sql(query)))
 
 
 def _decode(column: pa.Array, dtype: str | None) -> np.ndarray:

@@ -8,6 +8,7 @@ import csv
 import io
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,23 @@ def test_every_table_is_there(ctx):
     assert {"activations", "acts", "tokens", "sequences", "vocab", "logit_diff", "logit_diff_totals"} <= names
     tokens = ctx.sql("SELECT count(*) AS n FROM tokens WHERE organism = 'caps'").to_pandas()["n"][0]
     assert tokens > 100
+
+
+def test_results_come_out_as_float32_vectors(ctx, cache):
+    table = ctx.sql("SELECT base, to_float32(base) AS decoded FROM acts WHERE layer = 0 LIMIT 20").to_arrow_table()
+    assert table.schema.field("base").type == pa.list_(pa.float32(), 128)
+    assert table.column("base").equals(table.column("decoded"))
+    # The bfloat16 bits stored in the Parquet files, decoded by hand with numpy, are the same numbers.
+    files = pq.read_table(cache / "activations/model=shakespeare/organism=base/layer=0").sort_by(
+        [("dataset", "ascending"), ("seq_id", "ascending"), ("pos", "ascending")])
+    assert files.schema.field("act").metadata[b"diffsql.dtype"] == b"bfloat16"
+    raw = np.frombuffer(b"".join(c.buffers()[1].to_pybytes() for c in files.column("act").chunks), np.uint16)
+    by_hand = (raw.astype(np.uint32) << 16).view(np.float32).reshape(files.num_rows, 128)
+    decoded = ctx.sql("SELECT act FROM activations WHERE organism = 'base' AND layer = 0 "
+                      "ORDER BY dataset, seq_id, pos").to_arrow_table()
+    np.testing.assert_array_equal(diffsql.vectors(decoded, "act"), by_hand)
+    frame = ctx.sql("SELECT ft FROM acts WHERE layer = 0 LIMIT 3").to_pandas()
+    assert np.stack(frame["ft"].to_numpy()).dtype == np.float32
 
 
 def test_vectors_decode_bfloat16_and_functions_agree_with_numpy(ctx):
@@ -137,3 +155,16 @@ def test_a_method_runs_from_python(cache, tmp_path):
                 **{"diffing/method": "kl"}, project_root=ROOT)
     stats = pq.read_table(tmp_path / "shakespeare/caps/kl/token_stats.parquet")
     assert stats.num_rows >= 1
+
+
+def test_the_quickstart_script_runs_end_to_end(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "python/examples/quickstart.py"), str(tmp_path / "cache"), "--small"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "roman_concrete" in out.stdout and "mean ‖ft − base‖" in out.stdout, out.stdout
+    # The normdiff it prints per layer equals the binary's on the cache it made.
+    want = binary_csv(tmp_path / "cache", "SELECT normdiff(base, ft) AS n FROM acts WHERE organism = 'caps' AND layer = 2")
+    mean = float(out.stdout.split("mean ‖ft − base‖ =")[1].split()[0])
+    assert abs(mean - float(want[0]["n"])) < 1e-4 * max(1.0, mean)
