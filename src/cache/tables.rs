@@ -42,6 +42,7 @@ pub struct VectorTable {
     schema: SchemaRef,
     sources: Vec<ColumnSource>,
     vector_type: DataType,
+    batch_bytes: usize,
 }
 
 impl VectorTable {
@@ -70,7 +71,16 @@ impl VectorTable {
             schema: Arc::new(Schema::new(fields)),
             sources,
             vector_type,
+            batch_bytes: VECTOR_BATCH_BYTES,
         })
+    }
+
+    /// Scan batches of about `bytes` of one vector column instead of [`VECTOR_BATCH_BYTES`]: larger where each
+    /// batch has a fixed cost on its way (the Python package's FFI exports and imports every batch: 4 MiB
+    /// batches brought its card query from 1.16–1.24× the binary's time to parity, bench/README.md).
+    pub fn with_batch_bytes(mut self, bytes: usize) -> Self {
+        self.batch_bytes = bytes.max(1);
+        self
     }
 
     fn name(&self) -> &'static str {
@@ -323,7 +333,7 @@ impl TableProvider for VectorTable {
                 |a, b| a.file.cmp(&b.file).then_with(|| a.row_groups.cmp(&b.row_groups)),
             ),
             self.vector_type.clone(),
-            vector_batch_rows(&self.vector_type, state.config().batch_size()),
+            vector_batch_rows(&self.vector_type, self.batch_bytes, state.config().batch_size()),
             limit,
         )))
     }
@@ -334,13 +344,13 @@ impl TableProvider for VectorTable {
 /// vectors scan `normdiff` about 1.7× faster than 4096-row ones).
 const VECTOR_BATCH_BYTES: usize = 1 << 20;
 
-/// Rows per scan batch: about [`VECTOR_BATCH_BYTES`] of vectors, at most the session's batch size.
-fn vector_batch_rows(vector_type: &DataType, session_batch_size: usize) -> usize {
+/// Rows per scan batch: about `batch_bytes` of vectors, at most the session's batch size.
+fn vector_batch_rows(vector_type: &DataType, batch_bytes: usize, session_batch_size: usize) -> usize {
     let width = match vector_type {
         DataType::FixedSizeList(f, n) => *n as usize * f.data_type().primitive_width().unwrap_or(4),
         _ => 4096,
     };
-    (VECTOR_BATCH_BYTES / width.max(1)).clamp(64, session_batch_size.max(64))
+    (batch_bytes / width.max(1)).clamp(64, session_batch_size.max(64))
 }
 
 /// The error for a query of a table the cache holds nothing of.
