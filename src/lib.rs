@@ -12,6 +12,7 @@ pub mod hub;
 pub mod model;
 pub mod pipeline;
 pub mod preprocess;
+pub mod progress;
 pub mod report;
 pub mod sql;
 pub mod train;

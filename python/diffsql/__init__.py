@@ -13,8 +13,9 @@ logit_lens, nmf, generate, steer, ...), and returns a pyarrow Table.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import datafusion
 import numpy as np
@@ -159,12 +160,48 @@ def _overrides(args: Iterable[str], kwargs: dict) -> list[str]:
     return out
 
 
-def run(*overrides: str, project_root: str | os.PathLike = ".", **settings) -> None:
+class _ProgressLine:
+    """Draws progress on one line of sys.stdout with carriage returns: a terminal and a Jupyter cell both
+    overwrite it in place."""
+
+    def __init__(self) -> None:
+        self.width = 0
+
+    def __call__(self, line: str) -> None:
+        text = line.rstrip()
+        sys.stdout.write("\r" + text.ljust(self.width) + ("" if text else "\r"))
+        sys.stdout.flush()
+        self.width = len(text)
+
+    def close(self) -> None:
+        if self.width:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
+def _with_progress(progress: bool | Callable[[str], None], work: Callable[[], None]) -> None:
+    show = _ProgressLine() if progress is True else progress or None
+    _native.set_progress(show)
+    try:
+        work()
+    finally:
+        _native.set_progress(None)
+        if isinstance(show, _ProgressLine):
+            show.close()
+
+
+def run(*overrides: str, project_root: str | os.PathLike = ".", progress: bool | Callable[[str], None] = True,
+        **settings) -> None:
     """`diffsql run` with the same overrides: `run("organism=caps", "diffing/method=kl")` or
-    `run(organism="caps", pipeline__mode="diffing")` (`__` for a dot). Errors raise DiffsqlError."""
-    _native.run(_overrides(overrides, settings), str(Path(project_root)))
+    `run(organism="caps", pipeline__mode="diffing")` (`__` for a dot). Errors raise DiffsqlError. Progress
+    (tokens, tokens/s, ETA) is drawn on sys.stdout, which a notebook shows; `progress=f` hands each line to f
+    instead, `progress=False` hides it."""
+    args = _overrides(overrides, settings)
+    _with_progress(progress, lambda: _native.run(args, str(Path(project_root))))
 
 
-def preprocess(*overrides: str, project_root: str | os.PathLike = ".", **settings) -> None:
-    """`diffsql preprocess` with the same overrides (pipeline.mode=preprocessing)."""
-    _native.run(_overrides(overrides, settings) + ["pipeline.mode=preprocessing"], str(Path(project_root)))
+def preprocess(*overrides: str, project_root: str | os.PathLike = ".",
+               progress: bool | Callable[[str], None] = True, **settings) -> None:
+    """`diffsql preprocess` with the same overrides (pipeline.mode=preprocessing), progress as for `run`."""
+    args = _overrides(overrides, settings) + ["pipeline.mode=preprocessing"]
+    _with_progress(progress, lambda: _native.run(args, str(Path(project_root))))

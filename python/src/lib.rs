@@ -249,6 +249,21 @@ fn run(py: Python<'_>, overrides: Vec<String>, project_root: PathBuf) -> PyResul
     .map_err(anyhow_error)
 }
 
+/// Sends progress bars to `callback(line)` (each rendered line; "" when a bar is cleared), or back to the
+/// terminal with None.
+#[pyfunction]
+#[pyo3(signature = (callback = None))]
+fn set_progress(callback: Option<Py<PyAny>>) {
+    diffsql::progress::set_observer(callback.map(|callback| -> diffsql::progress::Observer {
+        Arc::new(move |line: &str| {
+            Python::attach(|py| {
+                // A failing callback must not stop the work it reports on.
+                let _ = callback.call1(py, (line,));
+            })
+        })
+    }));
+}
+
 /// The DataFusion FFI version this extension was built with (the major version must equal datafusion-python's).
 #[pyfunction]
 fn ffi_version() -> u64 {
@@ -264,6 +279,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ArrowStream>()?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(ffi_version, m)?)?;
+    m.add_function(wrap_pyfunction!(set_progress, m)?)?;
     m.add("DiffsqlError", m.py().get_type::<DiffsqlError>())?;
     Ok(())
 }

@@ -168,3 +168,12 @@ def test_the_quickstart_script_runs_end_to_end(tmp_path):
     want = binary_csv(tmp_path / "cache", "SELECT normdiff(base, ft) AS n FROM acts WHERE organism = 'caps' AND layer = 2")
     mean = float(out.stdout.split("mean ‖ft − base‖ =")[1].split()[0])
     assert abs(mean - float(want[0]["n"])) < 1e-4 * max(1.0, mean)
+
+
+def test_progress_reaches_python(tmp_path):
+    lines = []
+    diffsql.preprocess("organism=caps", "dataset=[shakespeare_pretrain]", "preprocessing.max_samples=8",
+                       f"cache_dir={tmp_path}", project_root=ROOT, progress=lines.append)
+    drawn = [l for l in lines if "tokens" in l]
+    assert drawn, lines
+    assert any("shakespeare_pretrain" in l for l in drawn)

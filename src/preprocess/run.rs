@@ -292,7 +292,7 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
 }
 
 fn progress_bar(dataset: &TokenizedDataset) -> ProgressBar {
-    let bar = ProgressBar::new(dataset.tokens() as u64);
+    let bar = crate::progress::bar(dataset.tokens() as u64);
     bar.set_style(
         ProgressStyle::with_template("{prefix:>22} [{bar:30}] {human_pos}/{human_len} tokens  {per_sec}  ETA {eta}")
             .expect("a valid template")

@@ -269,7 +269,7 @@ struct TrainStages {
 }
 
 fn progress_bar(len: u64, unit: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
+    let bar = crate::progress::bar(len);
     bar.set_style(
         ProgressStyle::with_template(&format!(
             "{{bar:30}} {{pos}}/{{len}} {unit} {{msg}} [{{elapsed_precise}} < {{eta_precise}}]"
