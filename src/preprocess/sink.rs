@@ -350,18 +350,18 @@ impl<'a> Sink<'a> {
             let clock = Instant::now();
             let diff_request = self.logit_diff.as_mut().map(|o| (o.top_k, &mut o.totals[dataset]));
             let stats = row_stats(&lb, lf.as_ref(), &next[start..start + n], self.top_k, diff_request)?;
-            if let Some(out) = self.logit_diff.as_mut() {
-                let first = diff.len();
-                diff.extend(stats.iter().filter_map(|r| r.diff.clone()));
-                out.totals[dataset].count_extremes(&diff[first..]);
-            }
             self.stages.statistics += clock.elapsed().as_secs_f64();
+            let first = diff.len();
             for row in stats {
                 base.push(row.base);
                 if let (Some((t, kl)), Some(o)) = (row.organism, organism.as_mut()) {
                     o.push(t);
                     kls.push(kl);
                 }
+                diff.extend(row.diff);
+            }
+            if let Some(out) = self.logit_diff.as_mut() {
+                out.totals[dataset].count_extremes(&diff[first..]);
             }
         }
         Ok(TokenColumns {
