@@ -38,12 +38,18 @@ def _check_ffi() -> None:
         )
 
 
+def _decoded_type(t: pa.DataType) -> pa.DataType:
+    """FixedSizeList<float32> for a vector type stored as bfloat16 bits (UInt16) or float16; other types as they are."""
+    if pa.types.is_fixed_size_list(t) and (pa.types.is_uint16(t.value_type) or pa.types.is_float16(t.value_type)):
+        return pa.list_(pa.float32(), t.list_size)
+    return t
+
+
 def _decode_vectors(array: pa.Array) -> pa.Array:
     """A FixedSizeList of bfloat16 bits (UInt16) or float16 as a FixedSizeList of float32; other arrays as they are."""
-    t = array.type
-    if not (pa.types.is_fixed_size_list(t) and (pa.types.is_uint16(t.value_type) or pa.types.is_float16(t.value_type))):
+    if _decoded_type(array.type) == array.type:
         return array
-    d = t.list_size
+    d = array.type.list_size
     values = array.values.slice(array.offset * d, len(array) * d).to_numpy(zero_copy_only=False)
     if values.dtype == np.uint16:
         values = (values.astype(np.uint32) << 16).view(np.float32)
@@ -57,9 +63,7 @@ def _decode_table(table: pa.Table) -> pa.Table:
     fields, columns = [], []
     for field, column in zip(table.schema, table.columns):
         chunks = [_decode_vectors(c) for c in column.chunks]
-        kind = chunks[0].type if chunks else field.type
-        if kind != field.type and not chunks:
-            kind = pa.list_(pa.float32(), field.type.list_size)
+        kind = _decoded_type(field.type)
         fields.append(pa.field(field.name, kind, field.nullable, field.metadata))
         columns.append(pa.chunked_array(chunks, type=kind))
     return pa.Table.from_arrays(columns, schema=pa.schema(fields, table.schema.metadata))
@@ -125,30 +129,20 @@ def sql(
     return _decode_table(pa.table(session.sql(query)))
 
 
-def _decode(column: pa.Array, dtype: str | None) -> np.ndarray:
-    """An (n, d) float32 array from a FixedSizeList vector column (float32, float16, or bfloat16 bits)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if not pa.types.is_fixed_size_list(column.type):
-        raise DiffsqlError(f"vectors: the column is {column.type}, not a fixed-size list of numbers")
-    if column.null_count:
-        raise DiffsqlError("vectors: the column has NULL vectors: filter them out first")
-    d = column.type.list_size
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    if values.dtype == np.uint16 or dtype == "bfloat16":
-        values = (values.astype(np.uint32) << 16).view(np.float32)
-    return values.reshape(-1, d).astype(np.float32, copy=False)
-
-
 def vectors(table: pa.Table | datafusion.DataFrame, column: str) -> np.ndarray:
     """One contiguous (n, d) float32 numpy array of a vector column (bfloat16 and float16 decoded)."""
     if isinstance(table, datafusion.DataFrame):
         table = table.to_arrow_table()
     if column not in table.column_names:
         raise DiffsqlError(f"vectors: no column {column!r}; the columns are {', '.join(table.column_names)}")
-    field = table.schema.field(column)
-    dtype = (field.metadata or {}).get(b"diffsql.dtype", b"").decode() or None
-    return _decode(table.column(column), dtype)
+    values = table.column(column).combine_chunks()
+    if not pa.types.is_fixed_size_list(values.type):
+        raise DiffsqlError(f"vectors: the column is {values.type}, not a fixed-size list of numbers")
+    if values.null_count:
+        raise DiffsqlError("vectors: the column has NULL vectors: filter them out first")
+    d = values.type.list_size
+    flat = _decode_vectors(values).flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(-1, d).astype(np.float32, copy=False)
 
 
 def _overrides(args: Iterable[str], kwargs: dict) -> list[str]:
