@@ -215,12 +215,9 @@ fn curve_batch(m: &DictionaryManifest) -> Result<datafusion::arrow::array::Recor
 }
 
 fn literal_string(function: &str, e: &Expr) -> Result<String> {
-    match e {
-        Expr::Literal(
-            ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)),
-            _,
-        ) => Ok(s.clone()),
-        other => plan_err!("{function}: the dictionary name must be a string literal, got {other}"),
+    match super::args::literal_str(e) {
+        Some(s) => Ok(s.to_string()),
+        None => plan_err!("{function}: the dictionary name must be a string literal, got {e}"),
     }
 }
 

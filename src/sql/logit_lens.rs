@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use datafusion::arrow::array::{Array, ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
-use datafusion::common::{plan_err, DataFusionError, Result, ScalarValue};
+use datafusion::common::{plan_err, DataFusionError, Result};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::TableType;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
@@ -56,22 +56,15 @@ impl LogitLens {
 }
 
 fn literal_string(e: &Expr, what: &str) -> Result<String> {
-    match e {
-        Expr::Literal(
-            ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)),
-            _,
-        ) => Ok(s.clone()),
-        other => plan_err!("logit_lens: {what} must be a string literal, got {other}"),
+    match super::args::literal_str(e) {
+        Some(s) => Ok(s.to_string()),
+        None => plan_err!("logit_lens: {what} must be a string literal, got {e}"),
     }
 }
 
 fn literal_usize(e: &Expr, what: &str) -> Result<usize> {
-    let value = match e {
-        Expr::Literal(v, _) => v.cast_to(&DataType::Int64).ok(),
-        _ => None,
-    };
-    match value {
-        Some(ScalarValue::Int64(Some(n))) if n > 0 => Ok(n as usize),
+    match super::args::literal_i64(e) {
+        Some(n) if n > 0 => Ok(n as usize),
         _ => plan_err!("logit_lens: {what} must be a positive integer literal, got {e}"),
     }
 }

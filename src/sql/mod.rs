@@ -1,5 +1,6 @@
 //! SQL over a cache: the session with diffsql's tables and functions, output formats, the shell, saved queries.
 
+pub mod args;
 pub mod cache_info;
 pub mod dictionary;
 pub mod intervene;

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl};
-use datafusion::common::{plan_err, DataFusionError, Result, ScalarValue};
+use datafusion::common::{plan_err, DataFusionError, Result};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::logical_expr::{Expr, LogicalPlan};
@@ -49,12 +49,8 @@ impl fmt::Debug for NmfCall {
 }
 
 fn integer_arg(e: &Expr, what: &str, range: std::ops::RangeInclusive<i64>) -> Result<i64> {
-    let value = match e {
-        Expr::Literal(v, _) => v.cast_to(&DataType::Int64).ok(),
-        _ => None,
-    };
-    match value {
-        Some(ScalarValue::Int64(Some(n))) if range.contains(&n) => Ok(n),
+    match super::args::literal_i64(e) {
+        Some(n) if range.contains(&n) => Ok(n),
         _ => plan_err!(
             "{NAME}: {what} must be an integer literal in {}..={}, got {e}",
             range.start(),

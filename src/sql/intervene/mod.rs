@@ -119,17 +119,15 @@ fn literal(e: &Expr) -> Option<&ScalarValue> {
 }
 
 fn string_arg(f: &str, e: &Expr, what: &str) -> Result<String> {
-    match literal(e) {
-        Some(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s))) => {
-            Ok(s.clone())
-        }
-        _ => plan_err!("{f}: {what} must be a string literal, got {e}"),
+    match crate::sql::args::literal_str(e) {
+        Some(s) => Ok(s.to_string()),
+        None => plan_err!("{f}: {what} must be a string literal, got {e}"),
     }
 }
 
 fn usize_arg(f: &str, e: &Expr, what: &str) -> Result<usize> {
-    match literal(e).and_then(|v| v.cast_to(&DataType::Int64).ok()) {
-        Some(ScalarValue::Int64(Some(n))) if n >= 0 => Ok(n as usize),
+    match crate::sql::args::literal_i64(e) {
+        Some(n) if n >= 0 => Ok(n as usize),
         _ => plan_err!("{f}: {what} must be a non-negative integer literal, got {e}"),
     }
 }
