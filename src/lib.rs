@@ -14,5 +14,6 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod progress;
 pub mod report;
+pub mod serve;
 pub mod sql;
 pub mod train;

@@ -69,6 +69,8 @@ enum Command {
     },
     /// Write a synthetic cache with known answers (see `docs/ARCHITECTURE.md`).
     Synth(SynthArgs),
+    /// Serve the dashboard over the cache and the results folder on a local port (http://127.0.0.1:8421/).
+    Serve(ServeArgs),
     /// Verify every file of the cache against its manifest (size and xxh3 checksum); exit 1 if any is damaged.
     Check {
         /// Remove damaged partitions, so that a rerun of `diffsql preprocess` rebuilds them.
@@ -135,6 +137,25 @@ struct SqlArgs {
     /// cache's tables). Without it, COPY ... TO a file works anywhere outside the cache and results folders.
     #[arg(long)]
     read_only: bool,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Port to listen on (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8421)]
+    port: u16,
+    /// Address to listen on. Anything but a loopback address makes the dashboard, its SQL console and the
+    /// models reachable from other machines, without authentication.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// Open the dashboard in the desktop's browser.
+    #[arg(long)]
+    open: bool,
+    /// Longest a statement of the SQL console may run, in seconds.
+    #[arg(long, default_value_t = 30)]
+    query_timeout: u64,
+    /// Overrides, as for run (model=..., results_dir=...).
+    overrides: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -303,6 +324,27 @@ fn run() -> Result<ExitCode> {
             shell.execute(&sql).await?;
             Ok(ExitCode::SUCCESS)
         }),
+        Some(Command::Serve(args)) => {
+            let mut all = config::parse_all(&args.overrides, false)?;
+            all.extend(pipeline_fixed(None)?);
+            let settings = configs.resolve(&all)?;
+            if args.query_timeout == 0 {
+                bail!("--query-timeout must be at least 1 second");
+            }
+            let options = diffsql::serve::ServeOptions {
+                address: args.bind,
+                port: args.port,
+                cache_dir: settings.cache_dir.clone(),
+                results_dir: settings.results_dir.clone(),
+                configs: configs.clone(),
+                model: settings.model.name.clone(),
+                overrides: all,
+                query_timeout: std::time::Duration::from_secs(args.query_timeout),
+                open: args.open,
+            };
+            runtime()?.block_on(diffsql::serve::serve(options))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Synth(args)) => synth_cache(&cache, args),
         Some(Command::Check { repair }) => check_cache(&cache, repair),
     }

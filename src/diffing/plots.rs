@@ -63,12 +63,17 @@ fn register_font() {
 }
 
 /// The column `name` of the table as text (any type, displayed) or numbers.
-struct Columns<'a> {
+pub(crate) struct Columns<'a> {
     batches: &'a [RecordBatch],
     table: &'a str,
 }
 
-impl Columns<'_> {
+impl<'a> Columns<'a> {
+    /// The columns of result table `table`.
+    pub(crate) fn new(batches: &'a [RecordBatch], table: &'a str) -> Self {
+        Self { batches, table }
+    }
+
     fn array(&self, name: &str) -> Result<Vec<std::sync::Arc<dyn Array>>> {
         self.batches
             .iter()
@@ -80,7 +85,7 @@ impl Columns<'_> {
             .collect()
     }
 
-    fn numbers(&self, name: &str) -> Result<Vec<Option<f64>>> {
+    pub(crate) fn numbers(&self, name: &str) -> Result<Vec<Option<f64>>> {
         let mut out = Vec::new();
         for a in self.array(name)? {
             let a = cast(&a, &DataType::Float64).with_context(|| format!("plot: column {name} is not numeric"))?;
@@ -89,7 +94,7 @@ impl Columns<'_> {
         Ok(out)
     }
 
-    fn text(&self, name: &str) -> Result<Vec<Option<String>>> {
+    pub(crate) fn text(&self, name: &str) -> Result<Vec<Option<String>>> {
         let mut out = Vec::new();
         for a in self.array(name)? {
             let a =
@@ -100,7 +105,8 @@ impl Columns<'_> {
     }
 }
 
-fn keep(spec: &PlotSpec, cols: &Columns) -> Result<Vec<bool>> {
+/// Which rows `spec.filter` keeps.
+pub(crate) fn keep(spec: &PlotSpec, cols: &Columns) -> Result<Vec<bool>> {
     let rows: usize = cols.batches.iter().map(|b| b.num_rows()).sum();
     let mut keep = vec![true; rows];
     for (col, want) in &spec.filter {

@@ -103,6 +103,17 @@ fn choose(logits: &[f32], sampling: Sampling, rng: &mut rand::rngs::StdRng) -> u
 /// Generates from each prompt (token ids, BOS included if the model wants it); returns each row's new tokens,
 /// its end-of-sequence token included when it produced one.
 pub fn generate(model: &Decoder, prompts: &[Vec<u32>], options: &GenerateOptions) -> Result<Vec<Vec<u32>>> {
+    generate_each(model, prompts, options, |_, _| true)
+}
+
+/// [`generate`], telling `on_token(row, token)` of every token as it is chosen (for streaming); generation
+/// stops early, keeping what it has, when `on_token` returns false (the reader went away).
+pub fn generate_each(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+    mut on_token: impl FnMut(usize, u32) -> bool,
+) -> Result<Vec<Vec<u32>>> {
     options.validate()?;
     if prompts.is_empty() {
         return Ok(Vec::new());
@@ -150,6 +161,9 @@ pub fn generate(model: &Decoder, prompts: &[Vec<u32>], options: &GenerateOptions
                 done[r] = true;
             }
             next.push(t);
+            if !on_token(r, t) {
+                return Ok(out);
+            }
         }
         if done.iter().all(|d| *d) {
             break;

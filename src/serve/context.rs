@@ -1,0 +1,325 @@
+//! Tokens in their sequence, coloured by a per-token quantity (KL of the next-token distributions, or the norm
+//! of the activation difference at a layer), with both models' next-token candidates: the context of every
+//! top-token row and the token browser's text.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, Int32Type, Int64Type};
+use datafusion::prelude::SessionContext;
+use serde::Serialize;
+
+use super::page::short_float;
+use super::state::AppState;
+use crate::cache::layout::BASE_ORGANISM;
+use crate::cache::CacheLayout;
+
+/// Positions `start..=end` of one sequence; `target` is the position a row is about (highlighted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    pub dataset: String,
+    pub seq_id: i64,
+    pub start: i64,
+    pub end: i64,
+    pub target: Option<i64>,
+}
+
+/// What colours the tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Colour {
+    /// KL(ft ‖ base) of the next-token distributions at the token (the `tokens` table).
+    Kl,
+    /// ‖ft − base‖₂ of the residual stream after `layer` (the `acts` table).
+    NormDiff { layer: i32 },
+}
+
+impl Colour {
+    /// From the `color` and `layer` query parameters (`kl` when absent).
+    pub fn parse(color: Option<&str>, layer: Option<i32>) -> Result<Self, String> {
+        match (color.unwrap_or("kl"), layer) {
+            ("kl", _) => Ok(Colour::Kl),
+            ("normdiff", Some(layer)) => Ok(Colour::NormDiff { layer }),
+            ("normdiff", None) => Err("color=normdiff needs a layer: add &layer=N".into()),
+            (other, _) => Err(format!("unknown color {other:?}: use kl or normdiff")),
+        }
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            Colour::Kl => "KL(ft ‖ base)".into(),
+            Colour::NormDiff { layer } => format!("‖ft − base‖ at layer {layer}"),
+        }
+    }
+}
+
+/// One token as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShownToken {
+    pub pos: i64,
+    /// The token's text with line breaks and tabs made visible.
+    pub text: String,
+    pub value: Option<f64>,
+    /// Colour strength, 0–1: the value over the largest value shown on the page.
+    pub alpha: f64,
+    pub target: bool,
+    /// Hover text: position, value and both models' most likely next tokens.
+    pub tip: String,
+}
+
+/// A SQL string literal.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn windows_predicate(alias: &str, windows: &[Window]) -> String {
+    let parts: Vec<String> = windows
+        .iter()
+        .map(|w| {
+            format!(
+                "({alias}.dataset = {} AND {alias}.seq_id = {} AND {alias}.pos BETWEEN {} AND {})",
+                quote(&w.dataset),
+                w.seq_id,
+                w.start,
+                w.end
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        "FALSE".into()
+    } else {
+        parts.join(" OR ")
+    }
+}
+
+/// Next-token candidates of one model at one position: (token text, probability).
+type Candidates = Vec<(String, f64)>;
+
+pub fn candidates(
+    batch: &RecordBatch,
+    ids: &str,
+    logprobs: &str,
+    row: usize,
+    vocab: &[String],
+    k: usize,
+) -> Candidates {
+    let (Some(ids), Some(lps)) = (batch.column_by_name(ids), batch.column_by_name(logprobs)) else {
+        return Vec::new();
+    };
+    if ids.is_null(row) || lps.is_null(row) {
+        return Vec::new();
+    }
+    let ids = ids.as_list::<i32>().value(row);
+    let lps = lps.as_list::<i32>().value(row);
+    let (ids, lps) = (ids.as_primitive::<Int32Type>(), lps.as_primitive::<Float32Type>());
+    (0..ids.len().min(lps.len()).min(k))
+        .map(|i| {
+            let id = ids.value(i);
+            let text = vocab
+                .get(id.max(0) as usize)
+                .map_or_else(|| format!("<{id}>"), |t| visible(t));
+            (text, (lps.value(i) as f64).exp())
+        })
+        .collect()
+}
+
+/// Token text with line breaks and tabs shown as symbols, so a token is never invisible.
+pub fn visible(text: &str) -> String {
+    text.replace('\n', "↵").replace('\t', "⇥").replace('\r', "␍")
+}
+
+fn candidates_line(label: &str, c: &Candidates) -> String {
+    if c.is_empty() {
+        return format!("{label}: (not cached)");
+    }
+    let items: Vec<String> = c.iter().map(|(t, p)| format!("{t:?} {:.2}", p)).collect();
+    format!("{label}: {}", items.join(", "))
+}
+
+/// Key of one position.
+type At = (String, i64, i64);
+
+/// The tokens of each window of `organism`'s cached sequences, coloured by `colour`; with `candidates`, the
+/// hover text also lists each model's five most likely next tokens. Positions the cache lacks are left out.
+#[allow(clippy::too_many_arguments)]
+pub async fn windows(
+    state: &AppState,
+    ctx: &SessionContext,
+    vocab: &[String],
+    model: &str,
+    organism: &str,
+    windows: &[Window],
+    colour: Colour,
+    with_candidates: bool,
+) -> Result<Vec<Vec<ShownToken>>> {
+    if windows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let layout = CacheLayout::new(&state.cache_dir);
+    let columns: &[&str] = if with_candidates {
+        &["token", "kl", "topk_ids", "topk_logprobs"]
+    } else {
+        &["token", "kl"]
+    };
+    // Parquet reads are blocking; a big partition's first index build takes a moment.
+    let (batches, base_batches) = tokio::task::block_in_place(|| -> Result<_> {
+        let ft = state
+            .token_indexes
+            .get(&layout, model, organism)?
+            .with_context(|| format!("no cached tokens of organism {organism} for model {model}"))?
+            .read(windows, columns)?;
+        let base = match (with_candidates, state.token_indexes.get(&layout, model, BASE_ORGANISM)?) {
+            (true, Some(index)) => index.read(windows, &["topk_ids", "topk_logprobs"])?,
+            _ => Vec::new(),
+        };
+        Ok((ft, base))
+    })?;
+    let mut base_next: HashMap<At, Candidates> = HashMap::new();
+    for b in &base_batches {
+        let (d, s, p) = key_columns(b)?;
+        for r in 0..b.num_rows() {
+            let at = (d.value(r).to_string(), s.value(r), p.value(r) as i64);
+            base_next.insert(at, candidates(b, "topk_ids", "topk_logprobs", r, vocab, 5));
+        }
+    }
+    let mut values: HashMap<At, f64> = HashMap::new();
+    if let Colour::NormDiff { layer } = colour {
+        let sql = format!(
+            "SELECT dataset, seq_id, pos, diff_norm(base, ft) AS v FROM acts WHERE model = {m} AND organism = {o} AND layer = {layer} AND ({w})",
+            m = quote(model),
+            o = quote(organism),
+            w = windows_predicate("acts", windows)
+        );
+        for b in ctx.sql(&sql).await?.collect().await? {
+            let v = cast(b.column(3), &DataType::Float64)?;
+            let v = v.as_primitive::<Float64Type>();
+            let (d, s, p) = key_columns(&b)?;
+            for r in 0..b.num_rows() {
+                if v.is_valid(r) {
+                    values.insert((d.value(r).to_string(), s.value(r), p.value(r) as i64), v.value(r));
+                }
+            }
+        }
+    }
+    let mut found: HashMap<At, ShownToken> = HashMap::new();
+    for b in &batches {
+        let (d, s, p) = key_columns(b)?;
+        let token = b
+            .column_by_name("token")
+            .context("tokens without token")?
+            .as_string::<i32>();
+        let kl = b
+            .column_by_name("kl")
+            .context("tokens without kl")?
+            .as_primitive::<Float32Type>();
+        for r in 0..b.num_rows() {
+            let at = (d.value(r).to_string(), s.value(r), p.value(r) as i64);
+            let value = match colour {
+                Colour::Kl => kl.is_valid(r).then(|| kl.value(r) as f64),
+                Colour::NormDiff { .. } => values.get(&at).copied(),
+            };
+            let text = if token.is_valid(r) {
+                visible(token.value(r))
+            } else {
+                String::new()
+            };
+            let mut tip = format!(
+                "pos {} · {} {}",
+                at.2,
+                colour.label(),
+                value.map_or("—".to_string(), short_float)
+            );
+            if with_candidates {
+                let ft = candidates(b, "topk_ids", "topk_logprobs", r, vocab, 5);
+                tip.push('\n');
+                tip.push_str(&candidates_line("ft next", &ft));
+                tip.push('\n');
+                tip.push_str(&candidates_line("base next", base_next.get(&at).unwrap_or(&Vec::new())));
+            }
+            found.insert(
+                at.clone(),
+                ShownToken {
+                    pos: at.2,
+                    text,
+                    value,
+                    alpha: 0.0,
+                    target: false,
+                    tip,
+                },
+            );
+        }
+    }
+    let max = found
+        .values()
+        .filter_map(|t| t.value)
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    Ok(windows
+        .iter()
+        .map(|w| {
+            (w.start..=w.end)
+                .filter_map(|pos| {
+                    let mut t = found.get(&(w.dataset.clone(), w.seq_id, pos))?.clone();
+                    t.target = w.target == Some(pos);
+                    t.alpha = match t.value {
+                        Some(v) if max > 0.0 && v.is_finite() => (v / max).clamp(0.0, 1.0),
+                        _ => 0.0,
+                    };
+                    Some(t)
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// The dataset, seq_id and pos columns of a batch of tokens.
+pub fn key_columns(
+    b: &RecordBatch,
+) -> Result<(
+    &datafusion::arrow::array::StringArray,
+    &datafusion::arrow::array::PrimitiveArray<Int64Type>,
+    &datafusion::arrow::array::PrimitiveArray<Int32Type>,
+)> {
+    let column = |name: &str| b.column_by_name(name).with_context(|| format!("tokens without {name}"));
+    Ok((
+        column("dataset")?.as_string::<i32>(),
+        column("seq_id")?.as_primitive::<Int64Type>(),
+        column("pos")?.as_primitive::<Int32Type>(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_parse_with_clear_errors() {
+        assert_eq!(Colour::parse(None, None), Ok(Colour::Kl));
+        assert_eq!(
+            Colour::parse(Some("normdiff"), Some(2)),
+            Ok(Colour::NormDiff { layer: 2 })
+        );
+        assert!(Colour::parse(Some("normdiff"), None).unwrap_err().contains("layer=N"));
+        assert!(Colour::parse(Some("latent"), None)
+            .unwrap_err()
+            .contains("unknown color"));
+    }
+
+    #[test]
+    fn predicates_quote_datasets() {
+        let w = Window {
+            dataset: "it's".into(),
+            seq_id: 3,
+            start: 1,
+            end: 9,
+            target: Some(5),
+        };
+        assert_eq!(
+            windows_predicate("f", &[w]),
+            "(f.dataset = 'it''s' AND f.seq_id = 3 AND f.pos BETWEEN 1 AND 9)"
+        );
+        assert_eq!(windows_predicate("f", &[]), "FALSE");
+        assert_eq!(visible("a\nb\tc"), "a↵b⇥c");
+    }
+}

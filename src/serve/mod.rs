@@ -1,0 +1,17 @@
+//! `diffsql serve`: a local web dashboard over the cache and the results folders (overview, method results with
+//! sortable tables and interactive charts, a token browser, a read-only SQL console and a side-by-side chat).
+
+mod assets;
+mod catalog;
+mod chat;
+mod console;
+mod context;
+mod overview;
+mod page;
+mod results;
+mod server;
+mod state;
+mod token_index;
+mod tokens;
+
+pub use server::{serve, ServeOptions};

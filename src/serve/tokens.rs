@@ -1,0 +1,311 @@
+//! The token browser: the cached sequences (sortable by KL, paged), and one sequence at a time with every token
+//! coloured by a per-token quantity; clicking a token shows its statistics and both models' next-token candidates.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::response::Html;
+use axum::Json;
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{Float32Type, Int32Type};
+use serde::{Deserialize, Serialize};
+
+use super::context::{self, quote, Colour, Window};
+use super::page::{ser, Grid, PageError, PageResult};
+use super::results::{layers, url};
+use super::state::AppState;
+
+/// Tokens one page of a sequence shows.
+const WINDOW_TOKENS: i64 = 512;
+/// Sequences one page of the list shows.
+const LIST_ROWS: usize = 50;
+/// Sort keys of the sequence list.
+const LIST_SORTS: &[&str] = &["mean_kl", "max_kl", "n_tokens", "seq_id"];
+
+#[derive(Debug, Deserialize, Default)]
+pub struct TokensQuery {
+    model: Option<String>,
+    organism: Option<String>,
+    dataset: Option<String>,
+    seq: Option<i64>,
+    start: Option<i64>,
+    focus: Option<i64>,
+    color: Option<String>,
+    layer: Option<i32>,
+    sort: Option<String>,
+    page: Option<usize>,
+}
+
+/// The organisms (not the base) with cached tokens for `model`.
+async fn organisms(ctx: &datafusion::prelude::SessionContext, model: &str) -> anyhow::Result<Vec<String>> {
+    let sql = format!(
+        "SELECT DISTINCT organism FROM cache_info() WHERE table_name = 'tokens' AND model = {} AND organism <> 'base' ORDER BY organism",
+        quote(model)
+    );
+    let mut out = Vec::new();
+    for b in ctx.sql(&sql).await?.collect().await? {
+        let o = b.column(0).as_string::<i32>();
+        out.extend((0..b.num_rows()).map(|r| o.value(r).to_string()));
+    }
+    Ok(out)
+}
+
+/// `GET /tokens`: the sequence list, or one sequence when `dataset` and `seq` are given.
+pub async fn page(State(state): State<Arc<AppState>>, Query(q): Query<TokensQuery>) -> PageResult {
+    let ctx = state.session()?;
+    let model = q.model.clone().unwrap_or_else(|| state.model.clone());
+    let known = organisms(&ctx, &model).await?;
+    if known.is_empty() {
+        return Err(PageError::not_found(format!(
+            "the cache at {} has no tokens of an organism of model {model:?}: run `diffsql preprocess organism=NAME model={model}`",
+            state.cache_dir.display()
+        )));
+    }
+    let organism = q.organism.clone().unwrap_or_else(|| known[0].clone());
+    if !known.contains(&organism) {
+        return Err(PageError::not_found(format!(
+            "no cached tokens of organism {organism:?} for model {model} (there are: {})",
+            known.join(", ")
+        )));
+    }
+    let colour = Colour::parse(q.color.as_deref(), q.layer).map_err(PageError::bad_request)?;
+    let common = minijinja::context! {
+        model => model.clone(),
+        organism => organism.clone(),
+        organisms => known,
+        layers => layers(&state, &model).await,
+        colour_name => match colour { Colour::Kl => "kl", Colour::NormDiff { .. } => "normdiff" },
+        colour_layer => match colour { Colour::NormDiff { layer } => Some(layer), Colour::Kl => None },
+        colour_label => colour.label(),
+    };
+    match (&q.dataset, q.seq) {
+        (Some(dataset), Some(seq)) => sequence(&state, &ctx, &model, &organism, dataset, seq, &q, colour, common).await,
+        _ => list(&state, &ctx, &model, &organism, &q, common).await,
+    }
+}
+
+async fn list(
+    state: &AppState,
+    ctx: &datafusion::prelude::SessionContext,
+    model: &str,
+    organism: &str,
+    q: &TokensQuery,
+    common: minijinja::Value,
+) -> PageResult {
+    let sort = q.sort.clone().unwrap_or_else(|| "mean_kl".into());
+    if !LIST_SORTS.contains(&sort.as_str()) {
+        return Err(PageError::bad_request(format!(
+            "cannot sort sequences by {sort:?}: use one of {}",
+            LIST_SORTS.join(", ")
+        )));
+    }
+    let page = q.page.unwrap_or(0);
+    let dataset_filter = match &q.dataset {
+        Some(d) => format!(" AND s.dataset = {}", quote(d)),
+        None => String::new(),
+    };
+    let order = if sort == "seq_id" {
+        "s.dataset, s.seq_id"
+    } else {
+        &format!("{sort} DESC NULLS LAST, s.seq_id")
+    };
+    let sql = format!(
+        "SELECT s.dataset, s.seq_id, s.n_tokens, k.mean_kl, k.max_kl, substr(s.text, 1, 160) AS text \
+         FROM sequences s LEFT JOIN (SELECT dataset, seq_id, avg(kl) AS mean_kl, max(kl) AS max_kl FROM tokens \
+         WHERE model = {m} AND organism = {o} GROUP BY dataset, seq_id) k ON k.dataset = s.dataset AND k.seq_id = s.seq_id \
+         WHERE s.model = {m}{dataset_filter} ORDER BY {order} LIMIT {LIST_ROWS} OFFSET {}",
+        page * LIST_ROWS,
+        m = quote(model),
+        o = quote(organism),
+    );
+    let df = ctx.sql(&sql).await?;
+    let schema = df.schema().as_arrow().clone();
+    let grid = Grid::from_batches(&schema, &df.collect().await?, LIST_ROWS);
+    let html = state.render(
+        "sequences.html",
+        minijinja::context! {
+            title => "Tokens",
+            grid => ser(&grid),
+            sort,
+            page,
+            dataset => q.dataset.clone(),
+            ..common
+        },
+    )?;
+    Ok(Html(html))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sequence(
+    state: &AppState,
+    ctx: &datafusion::prelude::SessionContext,
+    model: &str,
+    organism: &str,
+    dataset: &str,
+    seq: i64,
+    q: &TokensQuery,
+    colour: Colour,
+    common: minijinja::Value,
+) -> PageResult {
+    let length_sql = format!(
+        "SELECT n_tokens FROM sequences WHERE model = {} AND dataset = {} AND seq_id = {seq}",
+        quote(model),
+        quote(dataset)
+    );
+    let mut length = None;
+    for b in ctx.sql(&length_sql).await?.collect().await? {
+        if b.num_rows() > 0 {
+            length = Some(b.column(0).as_primitive::<Int32Type>().value(0) as i64);
+        }
+    }
+    let length = length.ok_or_else(|| {
+        PageError::not_found(format!(
+            "no sequence {seq} in dataset {dataset:?} of model {model}: the sequence list links every one"
+        ))
+    })?;
+    // The page holding `focus`, unless a start is given.
+    let start = match (q.start, q.focus) {
+        (Some(s), _) => s.clamp(0, (length - 1).max(0)),
+        (None, Some(f)) => (f / WINDOW_TOKENS) * WINDOW_TOKENS,
+        (None, None) => 0,
+    };
+    let end = (start + WINDOW_TOKENS - 1).min(length - 1);
+    let window = Window {
+        dataset: dataset.into(),
+        seq_id: seq,
+        start,
+        end,
+        target: q.focus,
+    };
+    let vocab = state.vocabulary(ctx, model).await?;
+    let tokens = context::windows(state, ctx, &vocab, model, organism, &[window], colour, false)
+        .await?
+        .pop()
+        .unwrap_or_default();
+    let link = |s: i64| {
+        format!(
+            "/tokens?model={}&organism={}&dataset={}&seq={seq}&start={s}&color={}{}",
+            url(model),
+            url(organism),
+            url(dataset),
+            match colour {
+                Colour::Kl => "kl",
+                Colour::NormDiff { .. } => "normdiff",
+            },
+            match colour {
+                Colour::NormDiff { layer } => format!("&layer={layer}"),
+                Colour::Kl => String::new(),
+            }
+        )
+    };
+    let html = state.render(
+        "tokens.html",
+        minijinja::context! {
+            title => format!("{dataset} #{seq}"),
+            dataset,
+            seq,
+            length,
+            start,
+            end,
+            tokens => ser(&tokens),
+            previous => (start > 0).then(|| link((start - WINDOW_TOKENS).max(0))),
+            next => (end + 1 < length).then(|| link(end + 1)),
+            ..common
+        },
+    )?;
+    Ok(Html(html))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenAt {
+    model: String,
+    organism: String,
+    dataset: String,
+    seq: i64,
+    pos: i64,
+}
+
+/// What the browser's side panel shows for one token.
+#[derive(Debug, Serialize)]
+pub struct TokenDetail {
+    pos: i64,
+    token: String,
+    kl: Option<f32>,
+    ft_logprob: Option<f32>,
+    base_logprob: Option<f32>,
+    ft_next: Vec<(String, f64)>,
+    base_next: Vec<(String, f64)>,
+}
+
+/// `GET /api/token?model=&organism=&dataset=&seq=&pos=`: one token's statistics as JSON.
+pub async fn token_detail(
+    State(state): State<Arc<AppState>>,
+    Query(at): Query<TokenAt>,
+) -> Result<Json<TokenDetail>, PageError> {
+    let ctx = state.session()?;
+    let vocab = state.vocabulary(&ctx, &at.model).await?;
+    let window = Window {
+        dataset: at.dataset.clone(),
+        seq_id: at.seq,
+        start: at.pos,
+        end: at.pos,
+        target: None,
+    };
+    let layout = crate::cache::CacheLayout::new(&state.cache_dir);
+    let columns = ["token", "kl", "logprob", "topk_ids", "topk_logprobs"];
+    let read = |organism: &str| -> anyhow::Result<Vec<datafusion::arrow::array::RecordBatch>> {
+        match state.token_indexes.get(&layout, &at.model, organism)? {
+            Some(index) => index.read(std::slice::from_ref(&window), &columns),
+            None => Ok(Vec::new()),
+        }
+    };
+    let (ft, base) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+        Ok((read(&at.organism)?, read(crate::cache::layout::BASE_ORGANISM)?))
+    })?;
+    let mut detail = TokenDetail {
+        pos: at.pos,
+        token: String::new(),
+        kl: None,
+        ft_logprob: None,
+        base_logprob: None,
+        ft_next: Vec::new(),
+        base_next: Vec::new(),
+    };
+    let mut found = false;
+    for (is_base, batches) in [(false, &ft), (true, &base)] {
+        for b in batches {
+            let token = column(b, "token")?.as_string::<i32>();
+            let kl = column(b, "kl")?.as_primitive::<Float32Type>();
+            let lp = column(b, "logprob")?.as_primitive::<Float32Type>();
+            for r in 0..b.num_rows() {
+                let next = context::candidates(b, "topk_ids", "topk_logprobs", r, &vocab, usize::MAX);
+                let logprob = lp.is_valid(r).then(|| lp.value(r));
+                if is_base {
+                    detail.base_logprob = logprob;
+                    detail.base_next = next;
+                } else {
+                    found = true;
+                    detail.token = context::visible(token.value(r));
+                    detail.kl = kl.is_valid(r).then(|| kl.value(r));
+                    detail.ft_logprob = logprob;
+                    detail.ft_next = next;
+                }
+            }
+        }
+    }
+    if !found {
+        return Err(PageError::not_found(format!(
+            "no cached token at position {} of sequence {} in {:?} for organism {}",
+            at.pos, at.seq, at.dataset, at.organism
+        )));
+    }
+    Ok(Json(detail))
+}
+
+fn column<'a>(
+    b: &'a datafusion::arrow::array::RecordBatch,
+    name: &str,
+) -> anyhow::Result<&'a std::sync::Arc<dyn Array>> {
+    b.column_by_name(name)
+        .ok_or_else(|| anyhow::anyhow!("tokens without {name}"))
+}
