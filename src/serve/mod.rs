@@ -14,4 +14,5 @@ mod state;
 mod token_index;
 mod tokens;
 
-pub use server::{serve, ServeOptions};
+pub use server::{router, serve, ServeOptions};
+pub use state::AppState;

@@ -11,5 +11,6 @@ mod model;
 mod preprocess;
 mod python;
 mod real_models;
+mod serve;
 mod shell;
 mod slt;

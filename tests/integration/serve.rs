@@ -1,0 +1,255 @@
+//! The dashboard's pages answered by its router (no socket, no browser: tests/browser/ drives Chromium), on the
+//! small bundled-pair cache with the kl method's results; contexts checked against the `tokens` table read through
+//! SQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::Float32Type;
+use diffsql::config::parse_all;
+use tower::ServiceExt;
+
+use super::preprocess::{configs, preprocessed};
+
+struct Dashboard {
+    _results: tempfile::TempDir,
+    router: axum::Router,
+    cache: std::path::PathBuf,
+}
+
+fn dashboard() -> Dashboard {
+    let cache = preprocessed().cache.clone();
+    let results = tempfile::tempdir().unwrap();
+    let args: Vec<String> = vec![
+        "diffing/method=kl".into(),
+        "organism=caps".into(),
+        format!("cache_dir={}", cache.display()),
+        format!("results_dir={}", results.path().display()),
+    ];
+    let settings = configs().resolve(&parse_all(&args, false).unwrap()).unwrap();
+    let queries = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
+    runtime()
+        .block_on(diffsql::diffing::run(&settings, &queries, &configs()))
+        .unwrap();
+    let state = diffsql::serve::AppState::new(diffsql::serve::ServeOptions {
+        address: [127, 0, 0, 1].into(),
+        port: 0,
+        cache_dir: cache.clone(),
+        results_dir: results.path().to_path_buf(),
+        configs: configs(),
+        model: settings.model.name.clone(),
+        overrides: Vec::new(),
+        query_timeout: Duration::from_secs(30),
+        open: false,
+    })
+    .unwrap();
+    Dashboard {
+        _results: results,
+        router: diffsql::serve::router(Arc::new(state)),
+        cache,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+impl Dashboard {
+    fn request(&self, request: Request<Body>) -> (StatusCode, String) {
+        runtime().block_on(async {
+            let response = self.router.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            assert!(response.headers().contains_key("server-timing"));
+            let body = axum::body::to_bytes(response.into_body(), 1 << 26).await.unwrap();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        })
+    }
+
+    fn get(&self, path: &str) -> (StatusCode, String) {
+        self.request(Request::get(path).body(Body::empty()).unwrap())
+    }
+}
+
+/// The texts of the `<span class="tok…">` elements of the first context in `html`, and which one is the target.
+fn first_context(html: &str) -> (Vec<String>, Option<usize>) {
+    let start = html.find("<span class=\"ctx\">").expect("a context");
+    let end = start + html[start..].find("</span></span>").expect("context end");
+    let mut tokens = Vec::new();
+    let mut target = None;
+    for part in html[start..end].split("<span class=\"tok").skip(1) {
+        if part.starts_with(" target") {
+            target = Some(tokens.len());
+        }
+        let text = &part[part.find('>').unwrap() + 1..];
+        let text = text.split("</span>").next().unwrap();
+        tokens.push(
+            text.replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&#39;", "'")
+                .replace("&amp;", "&"),
+        );
+    }
+    (tokens, target)
+}
+
+#[test]
+fn dashboard_pages_answer_on_the_bundled_pair() {
+    let d = dashboard();
+    let (status, overview) = d.get("/");
+    assert_eq!(status, StatusCode::OK);
+    assert!(overview.contains("Model shakespeare") && overview.contains("/results/shakespeare/caps/kl"));
+    for path in [
+        "/results/shakespeare/caps/kl",
+        "/tokens?organism=caps",
+        "/sql",
+        "/chat",
+        "/assets/app.js",
+    ] {
+        assert_eq!(d.get(path).0, StatusCode::OK, "{path}");
+    }
+
+    // Sorted by kl, descending: the first row is the cache's largest KL.
+    let (status, page) = d.get("/results/shakespeare/caps/kl/table/top_tokens?sort=kl&desc=1");
+    assert_eq!(status, StatusCode::OK);
+    let ctx = diffsql::sql::open_session(&d.cache).unwrap();
+    let top = runtime()
+        .block_on(async {
+            ctx.sql(
+                "SELECT dataset, seq_id, pos, kl FROM tokens WHERE organism = 'caps' AND kl IS NOT NULL \
+                 ORDER BY kl DESC, dataset, seq_id, pos LIMIT 1",
+            )
+            .await?
+            .collect()
+            .await
+        })
+        .unwrap();
+    let kl = top[0].column(3).as_primitive::<Float32Type>().value(0) as f64;
+    assert!(
+        page.contains(&diffsql_short(kl)),
+        "the largest KL {kl} is on the first page"
+    );
+    // Where the first row is, from its link into the token browser.
+    // (minijinja escapes the slash in attributes: href="&#x2f;tokens?…")
+    let Some(at) = page.find("tokens?model=") else {
+        panic!("no browse link in {}", &page[page.len().saturating_sub(3000)..]);
+    };
+    let link = &page[at..];
+    let link = &link[..link.find('"').unwrap()];
+    let param = |name: &str| {
+        let at = link.find(&format!("&amp;{name}=")).unwrap() + name.len() + 6;
+        link[at..].split('&').next().unwrap().to_string()
+    };
+    let (dataset, seq, pos): (String, i64, i32) = (
+        param("dataset"),
+        param("seq").parse().unwrap(),
+        param("focus").parse().unwrap(),
+    );
+    // The first row's context is the cached sequence around its position, the token itself outlined.
+    let (tokens, target) = first_context(&page);
+    let expected = runtime()
+        .block_on(async {
+            ctx.sql(&format!(
+                "SELECT token FROM tokens WHERE organism = 'caps' AND dataset = '{dataset}' AND seq_id = {seq} \
+                 AND pos BETWEEN {} AND {} ORDER BY pos",
+                (pos - 12).max(0),
+                pos + 12
+            ))
+            .await?
+            .collect()
+            .await
+        })
+        .unwrap();
+    let expected: Vec<String> = expected
+        .iter()
+        .flat_map(|b| {
+            let t = b.column(0).as_string::<i32>();
+            (0..b.num_rows())
+                .map(|i| t.value(i).replace('\n', "↵"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(tokens, expected);
+    assert_eq!(target, Some((pos - (pos - 12).max(0)) as usize));
+
+    // The token's statistics as JSON.
+    let (status, json) = d.get(&format!(
+        "/api/token?model=shakespeare&organism=caps&dataset={dataset}&seq={seq}&pos={pos}"
+    ));
+    assert_eq!(status, StatusCode::OK);
+    let detail: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        (detail["kl"].as_f64().unwrap() - kl).abs() < 1e-6,
+        "the first row has the largest KL"
+    );
+    assert!(!detail["ft_next"].as_array().unwrap().is_empty());
+    assert!(!detail["base_next"].as_array().unwrap().is_empty());
+}
+
+/// The page's text of a float (as `page::short_float` writes it: four significant digits).
+fn diffsql_short(x: f64) -> String {
+    let digits = (3 - x.abs().log10().floor() as i32).clamp(0, 6) as usize;
+    format!("{x:.digits$}")
+}
+
+#[test]
+fn dashboard_refuses_writes_and_bad_addresses_with_a_reason() {
+    let d = dashboard();
+    let post = |sql: &str| {
+        let body = format!("q={}", urlencode(sql));
+        d.request(
+            Request::post("/sql")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+    };
+    let target = tempfile::tempdir().unwrap();
+    let file = target.path().join("out.csv");
+    let (status, page) = post(&format!("COPY (SELECT 1) TO '{}'", file.display()));
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("id=\"sql-error\"") && page.contains("read-only"),
+        "{page}"
+    );
+    assert!(!file.exists());
+    let (_, page) = post("SELECT organism, count(*) AS n FROM tokens GROUP BY organism ORDER BY organism");
+    assert!(!page.contains("sql-error") && page.contains("roman_concrete"), "{page}");
+    for (path, status, words) in [
+        (
+            "/results/shakespeare/nosuch/kl",
+            StatusCode::NOT_FOUND,
+            "no results for organism",
+        ),
+        (
+            "/results/shakespeare/caps/kl/table/top_tokens?sort=nosuch",
+            StatusCode::BAD_REQUEST,
+            "no column",
+        ),
+        (
+            "/tokens?organism=caps&color=normdiff",
+            StatusCode::BAD_REQUEST,
+            "needs a layer",
+        ),
+        ("/nowhere", StatusCode::NOT_FOUND, "there is no page"),
+    ] {
+        let (got, page) = d.get(path);
+        assert_eq!(got, status, "{path}");
+        assert!(page.contains(words), "{path}: {page}");
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
