@@ -15,6 +15,7 @@ use super::page::short_float;
 use super::state::AppState;
 use crate::cache::layout::BASE_ORGANISM;
 use crate::cache::CacheLayout;
+use crate::config::DictionaryKind;
 
 /// Positions `start..=end` of one sequence; `target` is the position a row is about (highlighted).
 #[derive(Debug, Clone, PartialEq)]
@@ -27,22 +28,37 @@ pub struct Window {
 }
 
 /// What colours the tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Colour {
     /// KL(ft ‖ base) of the next-token distributions at the token (the `tokens` table).
     Kl,
     /// ‖ft − base‖₂ of the residual stream after `layer` (the `acts` table).
     NormDiff { layer: i32 },
+    /// The activation of one latent (a PCA component: its coordinate) of a dictionary trained on the cache, at the
+    /// dictionary's layer.
+    Latent { dictionary: String, latent: i64 },
 }
 
 impl Colour {
-    /// From the `color` and `layer` query parameters (`kl` when absent).
-    pub fn parse(color: Option<&str>, layer: Option<i32>) -> Result<Self, String> {
+    /// From the `color`, `layer`, `dictionary` and `latent` query parameters (`kl` when absent).
+    pub fn parse(
+        color: Option<&str>,
+        layer: Option<i32>,
+        dictionary: Option<&str>,
+        latent: Option<i64>,
+    ) -> Result<Self, String> {
         match (color.unwrap_or("kl"), layer) {
             ("kl", _) => Ok(Colour::Kl),
             ("normdiff", Some(layer)) => Ok(Colour::NormDiff { layer }),
             ("normdiff", None) => Err("color=normdiff needs a layer: add &layer=N".into()),
-            (other, _) => Err(format!("unknown color {other:?}: use kl or normdiff")),
+            ("latent", _) => match (dictionary.filter(|d| !d.is_empty()), latent) {
+                (Some(d), Some(l)) if l >= 0 => Ok(Colour::Latent {
+                    dictionary: d.to_string(),
+                    latent: l,
+                }),
+                _ => Err("color=latent needs a dictionary and a latent: add &dictionary=NAME&latent=N (N ≥ 0; the overview lists the dictionaries)".into()),
+            },
+            (other, _) => Err(format!("unknown color {other:?}: use kl, normdiff or latent")),
         }
     }
 
@@ -50,6 +66,46 @@ impl Colour {
         match self {
             Colour::Kl => "KL(ft ‖ base)".into(),
             Colour::NormDiff { layer } => format!("‖ft − base‖ at layer {layer}"),
+            Colour::Latent { dictionary, latent } => format!("latent {latent} of {dictionary}"),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Colour::Kl => "kl",
+            Colour::NormDiff { .. } => "normdiff",
+            Colour::Latent { .. } => "latent",
+        }
+    }
+
+    /// The query parameters that choose this colour (`color=…&…`).
+    pub fn query(&self) -> String {
+        match self {
+            Colour::Kl => "color=kl".into(),
+            Colour::NormDiff { layer } => format!("color=normdiff&layer={layer}"),
+            Colour::Latent { dictionary, latent } => {
+                format!(
+                    "color=latent&dictionary={}&latent={latent}",
+                    super::results::url(dictionary)
+                )
+            }
+        }
+    }
+
+    /// The colour as the templates see it: name, label, query and its parameters.
+    pub fn params(&self) -> minijinja::Value {
+        let (layer, dictionary, latent) = match self {
+            Colour::Kl => (None, None, None),
+            Colour::NormDiff { layer } => (Some(*layer), None, None),
+            Colour::Latent { dictionary, latent } => (None, Some(dictionary.clone()), Some(*latent)),
+        };
+        minijinja::context! {
+            name => self.name(),
+            label => self.label(),
+            query => self.query(),
+            layer,
+            dictionary,
+            latent,
         }
     }
 }
@@ -150,7 +206,7 @@ pub async fn windows(
     model: &str,
     organism: &str,
     windows: &[Window],
-    colour: Colour,
+    colour: &Colour,
     with_candidates: bool,
 ) -> Result<Vec<Vec<ShownToken>>> {
     if windows.is_empty() {
@@ -183,25 +239,10 @@ pub async fn windows(
             base_next.insert(at, candidates(b, "topk_ids", "topk_logprobs", r, vocab, 5));
         }
     }
-    let mut values: HashMap<At, f64> = HashMap::new();
-    if let Colour::NormDiff { layer } = colour {
-        let sql = format!(
-            "SELECT dataset, seq_id, pos, diff_norm(base, ft) AS v FROM acts WHERE model = {m} AND organism = {o} AND layer = {layer} AND ({w})",
-            m = quote(model),
-            o = quote(organism),
-            w = windows_predicate("acts", windows)
-        );
-        for b in ctx.sql(&sql).await?.collect().await? {
-            let v = cast(b.column(3), &DataType::Float64)?;
-            let v = v.as_primitive::<Float64Type>();
-            let (d, s, p) = key_columns(&b)?;
-            for r in 0..b.num_rows() {
-                if v.is_valid(r) {
-                    values.insert((d.value(r).to_string(), s.value(r), p.value(r) as i64), v.value(r));
-                }
-            }
-        }
-    }
+    let values = match &colour {
+        Colour::Kl => HashMap::new(),
+        other => vector_values(&layout, ctx, model, organism, windows, other).await?,
+    };
     let mut found: HashMap<At, ShownToken> = HashMap::new();
     for b in &batches {
         let (d, s, p) = key_columns(b)?;
@@ -217,7 +258,7 @@ pub async fn windows(
             let at = (d.value(r).to_string(), s.value(r), p.value(r) as i64);
             let value = match colour {
                 Colour::Kl => kl.is_valid(r).then(|| kl.value(r) as f64),
-                Colour::NormDiff { .. } => values.get(&at).copied(),
+                _ => values.get(&at).copied(),
             };
             let text = if token.is_valid(r) {
                 visible(token.value(r))
@@ -254,7 +295,7 @@ pub async fn windows(
         .values()
         .filter_map(|t| t.value)
         .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max);
+        .fold(0.0f64, |m, v| m.max(v.abs()));
     Ok(windows
         .iter()
         .map(|w| {
@@ -263,7 +304,7 @@ pub async fn windows(
                     let mut t = found.get(&(w.dataset.clone(), w.seq_id, pos))?.clone();
                     t.target = w.target == Some(pos);
                     t.alpha = match t.value {
-                        Some(v) if max > 0.0 && v.is_finite() => (v / max).clamp(0.0, 1.0),
+                        Some(v) if max > 0.0 && v.is_finite() => (v.abs() / max).clamp(0.0, 1.0),
                         _ => 0.0,
                     };
                     Some(t)
@@ -271,6 +312,128 @@ pub async fn windows(
                 .collect()
         })
         .collect())
+}
+
+/// The dictionary `name` trained for `organism`, checked to have latent `latent`; the error says what exists.
+pub fn find_dictionary(
+    layout: &CacheLayout,
+    model: &str,
+    organism: &str,
+    name: &str,
+    latent: i64,
+) -> Result<crate::train::store::DictionaryManifest, String> {
+    let all = crate::train::store::list(layout).map_err(|e| crate::sql::shell::one_line(&e))?;
+    let mine: Vec<crate::train::store::DictionaryManifest> = all
+        .into_iter()
+        .filter(|m| m.id.model == model && m.id.organism == organism)
+        .collect();
+    let names: Vec<String> = mine.iter().map(|m| m.id.name.clone()).collect();
+    let m = mine.into_iter().find(|m| m.id.name == name).ok_or_else(|| {
+        format!(
+            "no dictionary {name:?} trained for organism {organism} (there are: {}); train one with `diffsql run pipeline.mode=diffing diffing/method=crosscoder organism={organism}`",
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        )
+    })?;
+    if latent < 0 || latent as usize >= m.latents {
+        return Err(format!(
+            "{name} has {} latents (0 to {}); latent {latent} is not one",
+            m.latents,
+            m.latents.saturating_sub(1)
+        ));
+    }
+    Ok(m)
+}
+
+impl Colour {
+    /// Checks that a latent colour names a dictionary of `organism` and one of its latents (a 404 or 400 page
+    /// otherwise, before any work).
+    pub fn check(&self, layout: &CacheLayout, model: &str, organism: &str) -> Result<(), super::page::PageError> {
+        match self {
+            Colour::Latent { dictionary, latent } => find_dictionary(layout, model, organism, dictionary, *latent)
+                .map(|_| ())
+                .map_err(super::page::PageError::bad_request),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Per position of the windows, the value a vector colour gives (the norm of the difference at a layer, or a
+/// latent's activation, 0 where it is not active), computed from `acts`.
+async fn vector_values(
+    layout: &CacheLayout,
+    ctx: &SessionContext,
+    model: &str,
+    organism: &str,
+    windows: &[Window],
+    colour: &Colour,
+) -> Result<HashMap<At, f64>> {
+    let (layer, expr, pick) = match colour {
+        Colour::Kl => return Ok(HashMap::new()),
+        Colour::NormDiff { layer } => (*layer, "diff_norm(base, ft)".to_string(), None),
+        Colour::Latent { dictionary, latent } => {
+            let m = find_dictionary(layout, model, organism, dictionary, *latent).map_err(anyhow::Error::msg)?;
+            let name = quote(&m.id.to_string());
+            let expr = match m.kind {
+                DictionaryKind::Crosscoder => format!("crosscoder_encode(base, ft, {name})"),
+                DictionaryKind::SaeDifference => format!("sae_encode(vec_sub(ft, base), {name})"),
+                DictionaryKind::Pca => format!("pca_project(vec_sub(ft, base), {name}, {})", latent + 1),
+            };
+            (m.layer, expr, Some((*latent, m.kind == DictionaryKind::Pca)))
+        }
+    };
+    let sql = format!(
+        "SELECT dataset, seq_id, pos, {expr} AS v FROM acts WHERE model = {m} AND organism = {o} AND layer = {layer} AND ({w})",
+        m = quote(model),
+        o = quote(organism),
+        w = windows_predicate("acts", windows)
+    );
+    let mut values = HashMap::new();
+    for b in ctx.sql(&sql).await?.collect().await? {
+        let (d, s, p) = key_columns(&b)?;
+        let column = b.column(3);
+        for r in 0..b.num_rows() {
+            let at = (d.value(r).to_string(), s.value(r), p.value(r) as i64);
+            if column.is_null(r) {
+                continue;
+            }
+            let value = match pick {
+                None => {
+                    let v = cast(&column.slice(r, 1), &DataType::Float64)?;
+                    v.as_primitive::<Float64Type>().value(0)
+                }
+                // A PCA projection: the list of coordinates, this component's is the last.
+                Some((_, true)) => {
+                    let list = column.as_list::<i32>().value(r);
+                    let list = cast(&list, &DataType::Float64)?;
+                    let list = list.as_primitive::<Float64Type>();
+                    if list.is_empty() {
+                        0.0
+                    } else {
+                        list.value(list.len() - 1)
+                    }
+                }
+                // Active latents as {latent, value}: this latent's value, or 0 when it is not active.
+                Some((latent, false)) => {
+                    let list = column.as_list::<i32>().value(r);
+                    let entries = list.as_struct();
+                    let ids = cast(
+                        entries.column_by_name("latent").context("latents without latent")?,
+                        &DataType::Int64,
+                    )?;
+                    let vals = cast(
+                        entries.column_by_name("value").context("latents without value")?,
+                        &DataType::Float64,
+                    )?;
+                    let (ids, vals) = (ids.as_primitive::<Int64Type>(), vals.as_primitive::<Float64Type>());
+                    (0..ids.len())
+                        .find(|&i| ids.value(i) == latent)
+                        .map_or(0.0, |i| vals.value(i))
+                }
+            };
+            values.insert(at, value);
+        }
+    }
+    Ok(values)
 }
 
 /// The dataset, seq_id and pos columns of a batch of tokens.
@@ -295,13 +458,22 @@ mod tests {
 
     #[test]
     fn colours_parse_with_clear_errors() {
-        assert_eq!(Colour::parse(None, None), Ok(Colour::Kl));
+        assert_eq!(Colour::parse(None, None, None, None), Ok(Colour::Kl));
         assert_eq!(
-            Colour::parse(Some("normdiff"), Some(2)),
+            Colour::parse(Some("normdiff"), Some(2), None, None),
             Ok(Colour::NormDiff { layer: 2 })
         );
-        assert!(Colour::parse(Some("normdiff"), None).unwrap_err().contains("layer=N"));
-        assert!(Colour::parse(Some("latent"), None)
+        assert!(Colour::parse(Some("normdiff"), None, None, None)
+            .unwrap_err()
+            .contains("layer=N"));
+        let latent = Colour::parse(Some("latent"), None, Some("sae L1"), Some(7)).unwrap();
+        assert_eq!(latent.query(), "color=latent&dictionary=sae%20L1&latent=7");
+        assert_eq!(latent.label(), "latent 7 of sae L1");
+        assert!(Colour::parse(Some("latent"), None, Some("x"), None)
+            .unwrap_err()
+            .contains("latent=N"));
+        assert!(Colour::parse(Some("latent"), None, Some("x"), Some(-1)).is_err());
+        assert!(Colour::parse(Some("heat"), None, None, None)
             .unwrap_err()
             .contains("unknown color"));
     }

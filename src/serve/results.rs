@@ -34,6 +34,27 @@ pub struct TableQuery {
     page: Option<usize>,
     color: Option<String>,
     layer: Option<i32>,
+    dictionary: Option<String>,
+    latent: Option<i64>,
+}
+
+impl TableQuery {
+    /// The colour asked for, checked against the dictionaries of `entry`'s organism.
+    fn colour(&self, state: &AppState, entry: &ResultEntry) -> Result<Colour, PageError> {
+        let colour = Colour::parse(
+            self.color.as_deref(),
+            self.layer,
+            self.dictionary.as_deref(),
+            self.latent,
+        )
+        .map_err(PageError::bad_request)?;
+        colour.check(
+            &crate::cache::CacheLayout::new(&state.cache_dir),
+            &entry.model,
+            &entry.organism,
+        )?;
+        Ok(colour)
+    }
 }
 
 /// A table as shown: its grid, and for top-token tables each row's context.
@@ -159,7 +180,7 @@ async fn with_contexts(
     name: &str,
     rows: u64,
     grid: Grid,
-    colour: Colour,
+    colour: &Colour,
 ) -> Result<ShownTable, PageError> {
     let mut shown = ShownTable {
         name: name.into(),
@@ -210,20 +231,50 @@ async fn with_contexts(
         Ok(contexts) => shown.contexts = contexts,
         Err(e) => eprintln!("serve: contexts of {}: {}", name, crate::sql::shell::one_line(&e)),
     }
+    // Rows of a dictionary method name a latent: their link colours the sequence by it.
+    let dictionary = method_dictionary(state, entry);
+    let latent_column = shown.grid.column("latent");
     shown.browse = windows
         .iter()
-        .map(|w| {
+        .zip(&shown.grid.rows)
+        .map(|(w, row)| {
+            let row_colour = match (&dictionary, latent_column.and_then(|c| row[c].number)) {
+                (Some(d), Some(latent)) => Colour::Latent {
+                    dictionary: d.clone(),
+                    latent: latent as i64,
+                },
+                _ => colour.clone(),
+            };
             format!(
-                "/tokens?model={}&organism={}&dataset={}&seq={}&focus={}",
+                "/tokens?model={}&organism={}&dataset={}&seq={}&focus={}&{}",
                 url(&entry.model),
                 url(&entry.organism),
                 url(&w.dataset),
                 w.seq_id,
-                w.target.unwrap_or(0)
+                w.target.unwrap_or(0),
+                row_colour.query()
             )
         })
         .collect();
     Ok(shown)
+}
+
+/// The dictionary a dictionary method's results come from: the newest of its kind for the organism.
+fn method_dictionary(state: &AppState, entry: &ResultEntry) -> Option<String> {
+    use crate::config::DictionaryKind;
+    let kind = match entry.method.as_str() {
+        "crosscoder" => DictionaryKind::Crosscoder,
+        "sae_difference" => DictionaryKind::SaeDifference,
+        "pca" => DictionaryKind::Pca,
+        _ => return None,
+    };
+    let layout = crate::cache::CacheLayout::new(&state.cache_dir);
+    crate::train::store::list(&layout)
+        .ok()?
+        .into_iter()
+        .filter(|m| m.id.model == entry.model && m.id.organism == entry.organism && m.kind == kind)
+        .max_by_key(|m| m.created_unix)
+        .map(|m| m.id.name)
 }
 
 /// `s` percent-encoded for a query string.
@@ -344,14 +395,14 @@ pub async fn method_page(
     Query(q): Query<TableQuery>,
 ) -> PageResult {
     let entry = catalog::find(&state.results_dir, &model, &organism, &method)?;
-    let colour = Colour::parse(q.color.as_deref(), q.layer).map_err(PageError::bad_request)?;
+    let colour = q.colour(&state, &entry)?;
     let mut tables = Vec::new();
     let mut charts_shown = Vec::new();
     let mut pictures = Vec::new();
     if let Some(summary) = &entry.summary {
         for t in &summary.tables {
             let grid = read_rows(&entry, t, None, 0, PREVIEW_ROWS).await?;
-            tables.push(with_contexts(&state, &entry, &t.name, t.rows, grid, colour).await?);
+            tables.push(with_contexts(&state, &entry, &t.name, t.rows, grid, &colour).await?);
         }
         let specs = method_plots(&state, &method);
         charts_shown = charts(&entry, &summary.tables, &specs).await;
@@ -370,19 +421,11 @@ pub async fn method_page(
             tables => ser(&tables),
             charts => ser(&charts_shown),
             pictures,
-            colour => colour_params(colour),
+            colour => colour.params(),
             layers => layers(&state, &model).await,
         },
     )?;
     Ok(Html(html))
-}
-
-/// The colour choice as the templates see it.
-fn colour_params(colour: Colour) -> minijinja::Value {
-    match colour {
-        Colour::Kl => minijinja::context! { name => "kl", label => colour.label() },
-        Colour::NormDiff { layer } => minijinja::context! { name => "normdiff", layer, label => colour.label() },
-    }
 }
 
 /// The cached layers of `model` (for the colour choice).
@@ -409,7 +452,7 @@ pub async fn table_page(
     Query(q): Query<TableQuery>,
 ) -> PageResult {
     let entry = catalog::find(&state.results_dir, &model, &organism, &method)?;
-    let colour = Colour::parse(q.color.as_deref(), q.layer).map_err(PageError::bad_request)?;
+    let colour = q.colour(&state, &entry)?;
     let summary = entry
         .summary
         .as_ref()
@@ -429,27 +472,29 @@ pub async fn table_page(
         )));
     }
     let desc = q.desc.unwrap_or(0) == 1;
+    // The colour form sends an empty sort when the table is unsorted.
+    let sort = q.sort.clone().filter(|s| !s.is_empty());
     let grid = read_rows(
         &entry,
         t,
-        q.sort.as_deref().map(|s| (s, desc)),
+        sort.as_deref().map(|s| (s, desc)),
         page * PAGE_ROWS,
         PAGE_ROWS,
     )
     .await?;
-    let shown = with_contexts(&state, &entry, &t.name, t.rows, grid, colour).await?;
+    let shown = with_contexts(&state, &entry, &t.name, t.rows, grid, &colour).await?;
     let html = state.render(
         "table.html",
         minijinja::context! {
             title => format!("{table} · {method} · {organism}"),
             entry => ser(&entry),
             table => ser(&shown),
-            sort => q.sort,
+            sort,
             desc,
             page,
             pages,
             first_row => page * PAGE_ROWS,
-            colour => colour_params(colour),
+            colour => colour.params(),
             layers => layers(&state, &model).await,
         },
     )?;

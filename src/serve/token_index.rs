@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{Int32Type, Int64Type};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Float32Type, Int32Type, Int64Type};
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection};
 use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::PageIndexPolicy;
@@ -34,10 +34,29 @@ struct IndexedFile {
     runs: HashMap<(String, i64), Vec<Run>>,
 }
 
-/// Where every sequence's tokens are in one `tokens` partition.
+/// One sequence's tokens and KL, gathered while indexing.
+#[derive(Debug, Clone, Default)]
+pub struct SequenceStats {
+    pub dataset: String,
+    pub seq_id: i64,
+    pub tokens: usize,
+    kl_sum: f64,
+    kl_count: usize,
+    pub max_kl: Option<f64>,
+}
+
+impl SequenceStats {
+    /// Mean KL over the tokens that have one.
+    pub fn mean_kl(&self) -> Option<f64> {
+        (self.kl_count > 0).then(|| self.kl_sum / self.kl_count as f64)
+    }
+}
+
+/// Where every sequence's tokens are in one `tokens` partition, and each sequence's KL statistics.
 #[derive(Debug)]
 pub struct TokenIndex {
     files: Vec<IndexedFile>,
+    sequences: Vec<SequenceStats>,
     /// The manifest's files (name, bytes) the index was built from.
     stamp: Vec<(String, u64)>,
 }
@@ -47,11 +66,12 @@ impl TokenIndex {
         crate::cache::verify::verify_partition(layout, key, manifest)?;
         let dir = layout.partition_dir(key);
         let mut files = Vec::new();
+        let mut sequences: HashMap<(String, i64), SequenceStats> = HashMap::new();
         for entry in &manifest.files {
             let path = dir.join(&entry.name);
             let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-            let mask = ProjectionMask::columns(builder.parquet_schema(), ["dataset", "seq_id", "pos"]);
+            let mask = ProjectionMask::columns(builder.parquet_schema(), ["dataset", "seq_id", "pos", "kl"]);
             let reader = builder.with_projection(mask).with_batch_size(1 << 16).build()?;
             let mut runs: HashMap<(String, i64), Vec<Run>> = HashMap::new();
             let mut row = 0usize;
@@ -64,8 +84,22 @@ impl TokenIndex {
                 let seq = seq.as_primitive::<Int64Type>();
                 let pos = batch.column_by_name("pos").context("tokens file without pos")?;
                 let pos = pos.as_primitive::<Int32Type>();
+                let kl = batch.column_by_name("kl").context("tokens file without kl")?;
+                let kl = kl.as_primitive::<Float32Type>();
                 for r in 0..batch.num_rows() {
                     let (d, s, p) = (dataset.value(r), seq.value(r), pos.value(r) as i64);
+                    let stats = sequences.entry((d.to_string(), s)).or_insert_with(|| SequenceStats {
+                        dataset: d.to_string(),
+                        seq_id: s,
+                        ..Default::default()
+                    });
+                    stats.tokens += 1;
+                    if kl.is_valid(r) {
+                        let v = kl.value(r) as f64;
+                        stats.kl_sum += v;
+                        stats.kl_count += 1;
+                        stats.max_kl = Some(stats.max_kl.map_or(v, |m| m.max(v)));
+                    }
                     let continues = matches!(&last, Some((ld, ls, lp)) if ld == d && *ls == s && *lp + 1 == p);
                     if continues {
                         if let Some(run) = runs.get_mut(&(d.to_string(), s)).and_then(|v| v.last_mut()) {
@@ -82,10 +116,18 @@ impl TokenIndex {
             }
             files.push(IndexedFile { path, rows: row, runs });
         }
+        let mut sequences: Vec<SequenceStats> = sequences.into_values().collect();
+        sequences.sort_by(|a, b| (&a.dataset, a.seq_id).cmp(&(&b.dataset, b.seq_id)));
         Ok(Self {
             files,
+            sequences,
             stamp: stamp(manifest),
         })
+    }
+
+    /// Every sequence of the partition with its token count and KL statistics, by dataset and seq_id.
+    pub fn sequences(&self) -> &[SequenceStats] {
+        &self.sequences
     }
 
     /// The rows of `windows` with `columns` (and the key columns dataset, seq_id, pos), in file order.

@@ -11,9 +11,10 @@ use datafusion::arrow::datatypes::{Float32Type, Int32Type};
 use serde::{Deserialize, Serialize};
 
 use super::context::{self, quote, Colour, Window};
-use super::page::{ser, Grid, PageError, PageResult};
+use super::page::{ser, short_float, Cell, Grid, PageError, PageResult};
 use super::results::{layers, url};
 use super::state::AppState;
+use super::token_index::SequenceStats;
 
 /// Tokens one page of a sequence shows.
 const WINDOW_TOKENS: i64 = 512;
@@ -32,6 +33,8 @@ pub struct TokensQuery {
     focus: Option<i64>,
     color: Option<String>,
     layer: Option<i32>,
+    dictionary: Option<String>,
+    latent: Option<i64>,
     sort: Option<String>,
     page: Option<usize>,
 }
@@ -48,6 +51,17 @@ async fn organisms(ctx: &datafusion::prelude::SessionContext, model: &str) -> an
         out.extend((0..b.num_rows()).map(|r| o.value(r).to_string()));
     }
     Ok(out)
+}
+
+/// The names of the dictionaries trained for `organism` (for the colour choice).
+fn dictionaries(state: &AppState, model: &str, organism: &str) -> Vec<String> {
+    let layout = crate::cache::CacheLayout::new(&state.cache_dir);
+    crate::train::store::list(&layout)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.id.model == model && m.id.organism == organism)
+        .map(|m| m.id.name)
+        .collect()
 }
 
 /// `GET /tokens`: the sequence list, or one sequence when `dataset` and `seq` are given.
@@ -68,18 +82,21 @@ pub async fn page(State(state): State<Arc<AppState>>, Query(q): Query<TokensQuer
             known.join(", ")
         )));
     }
-    let colour = Colour::parse(q.color.as_deref(), q.layer).map_err(PageError::bad_request)?;
+    let colour = Colour::parse(q.color.as_deref(), q.layer, q.dictionary.as_deref(), q.latent)
+        .map_err(PageError::bad_request)?;
+    colour.check(&crate::cache::CacheLayout::new(&state.cache_dir), &model, &organism)?;
     let common = minijinja::context! {
         model => model.clone(),
         organism => organism.clone(),
         organisms => known,
         layers => layers(&state, &model).await,
-        colour_name => match colour { Colour::Kl => "kl", Colour::NormDiff { .. } => "normdiff" },
-        colour_layer => match colour { Colour::NormDiff { layer } => Some(layer), Colour::Kl => None },
-        colour_label => colour.label(),
+        colour => colour.params(),
+        dictionaries => dictionaries(&state, &model, &organism),
     };
     match (&q.dataset, q.seq) {
-        (Some(dataset), Some(seq)) => sequence(&state, &ctx, &model, &organism, dataset, seq, &q, colour, common).await,
+        (Some(dataset), Some(seq)) => {
+            sequence(&state, &ctx, &model, &organism, dataset, seq, &q, &colour, common).await
+        }
         _ => list(&state, &ctx, &model, &organism, &q, common).await,
     }
 }
@@ -100,27 +117,98 @@ async fn list(
         )));
     }
     let page = q.page.unwrap_or(0);
-    let dataset_filter = match &q.dataset {
-        Some(d) => format!(" AND s.dataset = {}", quote(d)),
-        None => String::new(),
+    // Sorted and paged from the token index (built once per partition), texts read for the page's rows only.
+    let layout = crate::cache::CacheLayout::new(&state.cache_dir);
+    let index = tokio::task::block_in_place(|| state.token_indexes.get(&layout, model, organism))?
+        .ok_or_else(|| PageError::not_found(format!("no cached tokens of organism {organism} for model {model}")))?;
+    let mut rows: Vec<&SequenceStats> = index
+        .sequences()
+        .iter()
+        .filter(|s| q.dataset.as_deref().is_none_or(|d| s.dataset == d))
+        .collect();
+    let descending = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => b.total_cmp(&a),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
     };
-    let order = if sort == "seq_id" {
-        "s.dataset, s.seq_id"
-    } else {
-        &format!("{sort} DESC NULLS LAST, s.seq_id")
+    match sort.as_str() {
+        "mean_kl" => rows.sort_by(|a, b| descending(a.mean_kl(), b.mean_kl())),
+        "max_kl" => rows.sort_by(|a, b| descending(a.max_kl, b.max_kl)),
+        "n_tokens" => rows.sort_by_key(|r| std::cmp::Reverse(r.tokens)),
+        _ => {}
+    }
+    let rows: Vec<&SequenceStats> = rows.into_iter().skip(page * LIST_ROWS).take(LIST_ROWS).collect();
+    let windows: Vec<Window> = rows
+        .iter()
+        .map(|r| Window {
+            dataset: r.dataset.clone(),
+            seq_id: r.seq_id,
+            start: 0,
+            end: 0,
+            target: None,
+        })
+        .collect();
+    let mut texts: std::collections::HashMap<(String, i64), String> = std::collections::HashMap::new();
+    if !windows.is_empty() {
+        let keys: Vec<String> = windows
+            .iter()
+            .map(|w| format!("(dataset = {} AND seq_id = {})", quote(&w.dataset), w.seq_id))
+            .collect();
+        let sql = format!(
+            "SELECT dataset, seq_id, substr(text, 1, 160) FROM sequences WHERE model = {} AND ({})",
+            quote(model),
+            keys.join(" OR ")
+        );
+        for b in ctx.sql(&sql).await?.collect().await? {
+            let (d, s, t) = (
+                b.column(0).as_string::<i32>(),
+                b.column(1).as_primitive::<datafusion::arrow::datatypes::Int64Type>(),
+                b.column(2).as_string::<i32>(),
+            );
+            for r in 0..b.num_rows() {
+                texts.insert((d.value(r).to_string(), s.value(r)), t.value(r).to_string());
+            }
+        }
+    }
+    let integer = |n: i64| Cell {
+        text: n.to_string(),
+        number: Some(n as f64),
     };
-    let sql = format!(
-        "SELECT s.dataset, s.seq_id, s.n_tokens, k.mean_kl, k.max_kl, substr(s.text, 1, 160) AS text \
-         FROM sequences s LEFT JOIN (SELECT dataset, seq_id, avg(kl) AS mean_kl, max(kl) AS max_kl FROM tokens \
-         WHERE model = {m} AND organism = {o} GROUP BY dataset, seq_id) k ON k.dataset = s.dataset AND k.seq_id = s.seq_id \
-         WHERE s.model = {m}{dataset_filter} ORDER BY {order} LIMIT {LIST_ROWS} OFFSET {}",
-        page * LIST_ROWS,
-        m = quote(model),
-        o = quote(organism),
-    );
-    let df = ctx.sql(&sql).await?;
-    let schema = df.schema().as_arrow().clone();
-    let grid = Grid::from_batches(&schema, &df.collect().await?, LIST_ROWS);
+    let number = |x: Option<f64>| match x {
+        Some(x) => Cell {
+            text: short_float(x),
+            number: Some(x),
+        },
+        None => Cell {
+            text: "NULL".into(),
+            number: None,
+        },
+    };
+    let grid = Grid {
+        columns: ["dataset", "seq_id", "n_tokens", "mean_kl", "max_kl", "text"]
+            .map(String::from)
+            .to_vec(),
+        rows: rows
+            .iter()
+            .map(|r| {
+                vec![
+                    Cell {
+                        text: r.dataset.clone(),
+                        number: None,
+                    },
+                    integer(r.seq_id),
+                    integer(r.tokens as i64),
+                    number(r.mean_kl()),
+                    number(r.max_kl),
+                    Cell {
+                        text: texts.remove(&(r.dataset.clone(), r.seq_id)).unwrap_or_default(),
+                        number: None,
+                    },
+                ]
+            })
+            .collect(),
+    };
     let html = state.render(
         "sequences.html",
         minijinja::context! {
@@ -144,7 +232,7 @@ async fn sequence(
     dataset: &str,
     seq: i64,
     q: &TokensQuery,
-    colour: Colour,
+    colour: &Colour,
     common: minijinja::Value,
 ) -> PageResult {
     let length_sql = format!(
@@ -184,18 +272,11 @@ async fn sequence(
         .unwrap_or_default();
     let link = |s: i64| {
         format!(
-            "/tokens?model={}&organism={}&dataset={}&seq={seq}&start={s}&color={}{}",
+            "/tokens?model={}&organism={}&dataset={}&seq={seq}&start={s}&{}",
             url(model),
             url(organism),
             url(dataset),
-            match colour {
-                Colour::Kl => "kl",
-                Colour::NormDiff { .. } => "normdiff",
-            },
-            match colour {
-                Colour::NormDiff { layer } => format!("&layer={layer}"),
-                Colour::Kl => String::new(),
-            }
+            colour.query()
         )
     };
     let html = state.render(

@@ -253,3 +253,106 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_token_browser_colours_by_a_dictionary_latent() {
+    // A copy of the small cache, so the PCA trained here stays out of the other tests' cache.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    copy_dir(&preprocessed().cache, &cache);
+    let results = dir.path().join("results");
+    let args: Vec<String> = vec![
+        "diffing/method=pca".into(),
+        "organism=caps".into(),
+        format!("cache_dir={}", cache.display()),
+        format!("results_dir={}", results.display()),
+    ];
+    let settings = configs().resolve(&parse_all(&args, false).unwrap()).unwrap();
+    let queries = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
+    runtime()
+        .block_on(diffsql::diffing::run(&settings, &queries, &configs()))
+        .unwrap();
+    let layout = diffsql::cache::CacheLayout::new(&cache);
+    let pca = diffsql::train::store::list(&layout).unwrap().pop().expect("the PCA");
+    let state = diffsql::serve::AppState::new(diffsql::serve::ServeOptions {
+        address: [127, 0, 0, 1].into(),
+        port: 0,
+        cache_dir: cache.clone(),
+        results_dir: results.clone(),
+        configs: configs(),
+        model: settings.model.name.clone(),
+        overrides: Vec::new(),
+        query_timeout: Duration::from_secs(30),
+        open: false,
+    })
+    .unwrap();
+    let d = Dashboard {
+        _results: dir,
+        router: diffsql::serve::router(Arc::new(state)),
+        cache: cache.clone(),
+    };
+    // Component 1's coordinate at position 3 of the first sequence, straight from SQL.
+    let ctx = diffsql::sql::open_session(&cache).unwrap();
+    let batches = runtime()
+        .block_on(async {
+            ctx.sql(&format!(
+                "SELECT dataset, seq_id, pca_project(vec_sub(ft, base), '{}', 2)[2] AS v FROM acts \
+                 WHERE organism = 'caps' AND layer = {} AND pos = 3 ORDER BY dataset, seq_id LIMIT 1",
+                pca.id, pca.layer
+            ))
+            .await?
+            .collect()
+            .await
+        })
+        .unwrap();
+    let dataset = batches[0].column(0).as_string::<i32>().value(0).to_string();
+    let seq = batches[0]
+        .column(1)
+        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+        .value(0);
+    let want = batches[0].column(2).as_primitive::<Float32Type>().value(0) as f64;
+    let (status, page) = d.get(&format!(
+        "/tokens?organism=caps&dataset={dataset}&seq={seq}&color=latent&dictionary={}&latent=1",
+        pca.id.name
+    ));
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let label = format!("latent 1 of {}", pca.id.name);
+    assert!(
+        page.contains(&format!("pos 3 · {label} {}", short_signed(want))),
+        "{want} in {page}"
+    );
+    // The dictionary method's rows link to the sequence coloured by their own latent.
+    let (_, method) = d.get("/results/shakespeare/caps/pca");
+    assert!(method.contains("color=latent&amp;dictionary="), "{method}");
+    let (status, page) = d.get(&format!(
+        "/tokens?organism=caps&dataset={dataset}&seq={seq}&color=latent&dictionary={}&latent=999",
+        pca.id.name
+    ));
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(page.contains("latent 999 is not one"), "{page}");
+    let (status, page) = d.get("/tokens?organism=caps&color=latent&dictionary=nosuch&latent=0");
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(page.contains("no dictionary &quot;nosuch&quot;"), "{page}");
+}
+
+/// [`diffsql_short`] for any sign.
+fn short_signed(x: f64) -> String {
+    if x < 0.0 {
+        format!("-{}", diffsql_short(-x))
+    } else {
+        diffsql_short(x)
+    }
+}
