@@ -11,10 +11,12 @@ Prints a Markdown table (bench/README.md keeps the measured one).
 import argparse
 import os
 import pathlib
+import queue
 import re
 import statistics
 import subprocess
 import sys
+import threading
 import urllib.parse
 import urllib.request
 
@@ -30,6 +32,13 @@ def serve(cache, results):
     p = subprocess.Popen([BIN, "--cache", str(cache), "serve", "--port", "0", f"results_dir={results}"],
                          cwd=REPO, stdout=subprocess.PIPE, text=True)
     url = re.search(r"(http://\S+/)", p.stdout.readline()).group(1)
+    # "warmed up in X s": what a first load would otherwise wait for has been read (at most a minute's wait).
+    lines = queue.Queue()
+    threading.Thread(target=lambda: lines.put(p.stdout.readline()), daemon=True).start()
+    try:
+        print(f"  {cache}: {lines.get(timeout=60).strip()}", file=sys.stderr)
+    except queue.Empty:
+        print(f"  {cache}: not warmed up after 60 s; measuring anyway", file=sys.stderr)
     return p, url
 
 
@@ -43,7 +52,7 @@ def timed(url):
 
 
 def measure(name, url, repeat, rows):
-    first = timed(url)  # cold: vocabularies, token indexes and file caches are read once
+    first = timed(url)  # the first load after the server's warm-up
     times = [timed(url) for _ in range(repeat)]
     rows.append((name, first, statistics.median(times), max(times)))
 
@@ -70,6 +79,7 @@ def bundled(data, repeat, rows):
             measure(f"bundled: {name}", url + path, repeat, rows)
     finally:
         p.terminate()
+        p.wait(timeout=30)
 
 
 def large(repeat, rows):
@@ -91,6 +101,7 @@ def large(repeat, rows):
             measure(f"1M tokens: {name}", url + path, repeat, rows)
     finally:
         p.terminate()
+        p.wait(timeout=30)
 
 
 def main():

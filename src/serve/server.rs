@@ -91,6 +91,15 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     let url = format!("http://{address}/");
     let open = options.open;
     let state = Arc::new(AppState::new(options)?);
+    let warm = Arc::clone(&state);
+    tokio::spawn(async move {
+        let started = Instant::now();
+        warm.warm_up().await;
+        println!(
+            "warmed up in {:.1} s (vocabulary, token indexes, cache files checked)",
+            started.elapsed().as_secs_f64()
+        );
+    });
     println!("listening on {url} (Ctrl-C stops)");
     if open {
         open_browser(&url);

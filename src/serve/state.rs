@@ -110,6 +110,28 @@ impl AppState {
         Ok(texts)
     }
 
+    /// Reads in the background what first page loads would otherwise wait for: every cached model's vocabulary,
+    /// the index of every tokens partition, and the activation files' check against their manifests (once per
+    /// process). Failures are left for the pages to report.
+    pub async fn warm_up(&self) {
+        let Ok(ctx) = self.session() else { return };
+        let layout = crate::cache::CacheLayout::new(&self.cache_dir);
+        let partitions = layout.partitions(crate::cache::Table::Tokens).unwrap_or_default();
+        let mut models: Vec<&str> = partitions.iter().map(|(k, _)| k.model.as_str()).collect();
+        models.dedup();
+        for model in models {
+            let _ = self.vocabulary(&ctx, model).await;
+        }
+        for (key, _) in &partitions {
+            if let Some(organism) = &key.organism {
+                let _ = tokio::task::block_in_place(|| self.token_indexes.get(&layout, &key.model, organism));
+            }
+        }
+        if let Ok(df) = ctx.sql("SELECT 1 FROM acts LIMIT 1").await {
+            let _ = df.collect().await;
+        }
+    }
+
     /// Renders a template with `context`.
     pub fn render(&self, name: &str, context: minijinja::Value) -> Result<String> {
         let template = self.templates.get_template(name)?;

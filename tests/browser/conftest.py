@@ -52,15 +52,18 @@ class Server:
 
     def __init__(self, data, results=None, extra=()):
         results = results or data / "results"
+        # stderr to a file: a pipe nobody reads would stall the server once full.
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [BIN, "--cache", str(data / "cache"), "serve", "--port", "0", *extra, f"results_dir={results}"],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO, stdout=subprocess.PIPE, stderr=self.log, text=True,
         )
         line = self.process.stdout.readline()
         match = re.search(r"listening on (http://\S+/)", line)
         if not match:
             self.stop()
-            raise RuntimeError(f"diffsql serve did not start: {line!r} {self.process.stderr.read()}")
+            self.log.seek(0)
+            raise RuntimeError(f"diffsql serve did not start: {line!r} {self.log.read()}")
         self.url = match.group(1)
 
     def alive(self):

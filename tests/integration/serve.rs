@@ -34,23 +34,28 @@ fn dashboard() -> Dashboard {
     runtime()
         .block_on(diffsql::diffing::run(&settings, &queries, &configs()))
         .unwrap();
+    Dashboard {
+        router: router_over(&cache, results.path(), &settings.model.name),
+        _results: results,
+        cache,
+    }
+}
+
+/// The dashboard's router over a cache and a results folder, as `diffsql serve` builds it.
+fn router_over(cache: &std::path::Path, results: &std::path::Path, model: &str) -> axum::Router {
     let state = diffsql::serve::AppState::new(diffsql::serve::ServeOptions {
         address: [127, 0, 0, 1].into(),
         port: 0,
-        cache_dir: cache.clone(),
-        results_dir: results.path().to_path_buf(),
+        cache_dir: cache.to_path_buf(),
+        results_dir: results.to_path_buf(),
         configs: configs(),
-        model: settings.model.name.clone(),
+        model: model.into(),
         overrides: Vec::new(),
         query_timeout: Duration::from_secs(30),
         open: false,
     })
     .unwrap();
-    Dashboard {
-        _results: results,
-        router: diffsql::serve::router(Arc::new(state)),
-        cache,
-    }
+    diffsql::serve::router(Arc::new(state))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -287,21 +292,9 @@ fn the_token_browser_colours_by_a_dictionary_latent() {
         .unwrap();
     let layout = diffsql::cache::CacheLayout::new(&cache);
     let pca = diffsql::train::store::list(&layout).unwrap().pop().expect("the PCA");
-    let state = diffsql::serve::AppState::new(diffsql::serve::ServeOptions {
-        address: [127, 0, 0, 1].into(),
-        port: 0,
-        cache_dir: cache.clone(),
-        results_dir: results.clone(),
-        configs: configs(),
-        model: settings.model.name.clone(),
-        overrides: Vec::new(),
-        query_timeout: Duration::from_secs(30),
-        open: false,
-    })
-    .unwrap();
     let d = Dashboard {
+        router: router_over(&cache, &results, &settings.model.name),
         _results: dir,
-        router: diffsql::serve::router(Arc::new(state)),
         cache: cache.clone(),
     };
     // Component 1's coordinate at position 3 of the first sequence, straight from SQL.
