@@ -239,8 +239,11 @@ pub async fn windows(
             base_next.insert(at, candidates(b, "topk_ids", "topk_logprobs", r, vocab, 5));
         }
     }
-    let values = match &colour {
+    let values = match colour {
         Colour::Kl => HashMap::new(),
+        Colour::NormDiff { layer } => {
+            tokio::task::block_in_place(|| norm_values(state, &layout, model, organism, *layer, windows))?
+        }
         other => vector_values(&layout, ctx, model, organism, windows, other).await?,
     };
     let mut found: HashMap<At, ShownToken> = HashMap::new();
@@ -310,6 +313,60 @@ pub async fn windows(
                     Some(t)
                 })
                 .collect()
+        })
+        .collect())
+}
+
+/// ‖ft − base‖₂ at `layer` for the windows' positions, reading only the Parquet pages that hold them in both
+/// activation partitions (their row indexes, like the tokens ones).
+fn norm_values(
+    state: &AppState,
+    layout: &CacheLayout,
+    model: &str,
+    organism: &str,
+    layer: i32,
+    windows: &[Window],
+) -> Result<HashMap<At, f64>> {
+    let read = |side: &str| -> Result<HashMap<At, Vec<f32>>> {
+        let key = crate::cache::PartitionKey::activations(model, side, layer);
+        let index = state.token_indexes.partition(layout, key)?.with_context(|| {
+            format!(
+                "no activations of {side} at layer {layer} for model {model}: the layers cached are on the overview"
+            )
+        })?;
+        let mut out = HashMap::new();
+        for b in index.read(windows, &["act"])? {
+            let (d, s, p) = key_columns(&b)?;
+            let schema = b.schema();
+            let field = schema.field_with_name("act")?;
+            let encoding = crate::cache::vectors::VectorEncoding::from_field(field)?;
+            let act = b.column_by_name("act").context("activations without act")?;
+            let rows = encoding.decode_to_f32_list(act.as_fixed_size_binary())?;
+            let rows = rows.as_list::<i32>();
+            for r in 0..b.num_rows() {
+                let v = rows.value(r);
+                let v = v.as_primitive::<Float32Type>();
+                out.insert(
+                    (d.value(r).to_string(), s.value(r), p.value(r) as i64),
+                    v.values().to_vec(),
+                );
+            }
+        }
+        Ok(out)
+    };
+    let base = read(BASE_ORGANISM)?;
+    let ft = read(organism)?;
+    Ok(ft
+        .into_iter()
+        .filter_map(|(at, f)| {
+            let b = base.get(&at)?;
+            let norm = f
+                .iter()
+                .zip(b)
+                .map(|(x, y)| ((x - y) as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            Some((at, norm))
         })
         .collect())
 }

@@ -1,6 +1,6 @@
-//! Reading a few positions of the `tokens` table without decoding all of it: an index of each partition's rows by
-//! sequence (built once from the key columns), and Parquet row selections that decode only the pages holding the
-//! wanted rows. A page of the dashboard then costs the same on a 1M-token cache as on a small one.
+//! Reading a few positions of the `tokens` or `activations` tables without decoding them whole: an index of each
+//! partition's rows by sequence (built once from the key columns), and Parquet row selections that decode only the
+//! pages holding the wanted rows. A page of the dashboard then costs the same on a 1M-token cache as on a small one.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -71,7 +71,13 @@ impl TokenIndex {
             let path = dir.join(&entry.name);
             let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-            let mask = ProjectionMask::columns(builder.parquet_schema(), ["dataset", "seq_id", "pos", "kl"]);
+            // Tokens partitions also give each sequence's KL statistics; activation partitions have no kl.
+            let has_kl = builder.schema().field_with_name("kl").is_ok();
+            let columns = ["dataset", "seq_id", "pos", "kl"];
+            let mask = ProjectionMask::columns(
+                builder.parquet_schema(),
+                columns[..if has_kl { 4 } else { 3 }].iter().copied(),
+            );
             let reader = builder.with_projection(mask).with_batch_size(1 << 16).build()?;
             let mut runs: HashMap<(String, i64), Vec<Run>> = HashMap::new();
             let mut row = 0usize;
@@ -84,8 +90,7 @@ impl TokenIndex {
                 let seq = seq.as_primitive::<Int64Type>();
                 let pos = batch.column_by_name("pos").context("tokens file without pos")?;
                 let pos = pos.as_primitive::<Int32Type>();
-                let kl = batch.column_by_name("kl").context("tokens file without kl")?;
-                let kl = kl.as_primitive::<Float32Type>();
+                let kl = batch.column_by_name("kl").map(|k| k.as_primitive::<Float32Type>());
                 for r in 0..batch.num_rows() {
                     let (d, s, p) = (dataset.value(r), seq.value(r), pos.value(r) as i64);
                     let stats = sequences.entry((d.to_string(), s)).or_insert_with(|| SequenceStats {
@@ -94,8 +99,7 @@ impl TokenIndex {
                         ..Default::default()
                     });
                     stats.tokens += 1;
-                    if kl.is_valid(r) {
-                        let v = kl.value(r) as f64;
+                    if let Some(v) = kl.filter(|k| k.is_valid(r)).map(|k| k.value(r) as f64) {
                         stats.kl_sum += v;
                         stats.kl_count += 1;
                         stats.max_kl = Some(stats.max_kl.map_or(v, |m| m.max(v)));
@@ -180,20 +184,24 @@ fn stamp(manifest: &crate::cache::Manifest) -> Vec<(String, u64)> {
     manifest.files.iter().map(|f| (f.name.clone(), f.bytes)).collect()
 }
 
-/// Token indexes by (model, organism), rebuilt when a partition's manifest changes.
+/// Row indexes by partition (tokens, activations), rebuilt when a partition's manifest changes.
 #[derive(Default)]
 pub struct TokenIndexes {
-    built: Mutex<HashMap<(String, String), Arc<TokenIndex>>>,
+    built: Mutex<HashMap<PartitionKey, Arc<TokenIndex>>>,
 }
 
 impl TokenIndexes {
     /// The index of `model`/`organism`'s tokens, or None when the cache has none.
     pub fn get(&self, layout: &CacheLayout, model: &str, organism: &str) -> Result<Option<Arc<TokenIndex>>> {
-        let key = PartitionKey::tokens(model, organism);
+        self.partition(layout, PartitionKey::tokens(model, organism))
+    }
+
+    /// The index of any partition whose files have dataset, seq_id and pos columns, or None when it is missing.
+    pub fn partition(&self, layout: &CacheLayout, key: PartitionKey) -> Result<Option<Arc<TokenIndex>>> {
         let Some(manifest) = layout.manifest(&key)? else {
             return Ok(None);
         };
-        let id = (model.to_string(), organism.to_string());
+        let id = key.clone();
         if let Some(index) = self.built.lock().expect("token index lock").get(&id) {
             if index.stamp == stamp(&manifest) {
                 return Ok(Some(Arc::clone(index)));

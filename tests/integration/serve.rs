@@ -195,6 +195,34 @@ fn dashboard_pages_answer_on_the_bundled_pair() {
     );
     assert!(!detail["ft_next"].as_array().unwrap().is_empty());
     assert!(!detail["base_next"].as_array().unwrap().is_empty());
+
+    // Coloured by ‖ft − base‖ at a layer (read through the activation partitions' row indexes): the same norm as
+    // `diff_norm` in SQL.
+    let norms = runtime()
+        .block_on(async {
+            ctx.sql(&format!(
+                "SELECT pos, layer, diff_norm(base, ft) FROM acts WHERE organism = 'caps' AND dataset = '{dataset}' \
+                 AND seq_id = {seq} AND pos = {pos} ORDER BY layer DESC LIMIT 1"
+            ))
+            .await?
+            .collect()
+            .await
+        })
+        .unwrap();
+    let layer = norms[0]
+        .column(1)
+        .as_primitive::<datafusion::arrow::datatypes::Int32Type>()
+        .value(0);
+    let norm = norms[0]
+        .column(2)
+        .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+        .value(0);
+    let (status, page) = d.get(&format!(
+        "/tokens?organism=caps&dataset={dataset}&seq={seq}&focus={pos}&color=normdiff&layer={layer}"
+    ));
+    assert_eq!(status, StatusCode::OK);
+    let tip = format!("pos {pos} · ‖ft − base‖ at layer {layer} {}", diffsql_short(norm));
+    assert!(page.contains(&tip), "{tip} in {page}");
 }
 
 /// The page's text of a float (as `page::short_float` writes it: four significant digits).
