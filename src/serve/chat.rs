@@ -31,7 +31,12 @@ pub struct ChatModels {
 impl ChatModels {
     /// The pair for `organism`, loaded on first use (on a blocking thread).
     async fn get(&self, state: &AppState, organism: &str) -> Result<Arc<ModelPair>> {
-        if let Some(p) = self.pairs.lock().expect("chat models lock").get(organism) {
+        if let Some(p) = self
+            .pairs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(organism)
+        {
             return Ok(Arc::clone(p));
         }
         let mut all = state.overrides.clone();
@@ -47,7 +52,7 @@ impl ChatModels {
         let pair = Arc::new(pair);
         self.pairs
             .lock()
-            .expect("chat models lock")
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(organism.to_string(), Arc::clone(&pair));
         Ok(pair)
     }

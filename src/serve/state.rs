@@ -80,7 +80,12 @@ impl AppState {
 
     /// The text of every token id of `model` (from the cache's `vocab` table), read once.
     pub async fn vocabulary(&self, ctx: &SessionContext, model: &str) -> Result<Arc<Vec<String>>> {
-        if let Some(v) = self.vocabularies.lock().expect("vocabulary lock").get(model) {
+        if let Some(v) = self
+            .vocabularies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(model)
+        {
             return Ok(Arc::clone(v));
         }
         let df = ctx
@@ -105,7 +110,7 @@ impl AppState {
         let texts = Arc::new(texts);
         self.vocabularies
             .lock()
-            .expect("vocabulary lock")
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(model.to_string(), Arc::clone(&texts));
         Ok(texts)
     }

@@ -202,7 +202,12 @@ impl TokenIndexes {
             return Ok(None);
         };
         let id = key.clone();
-        if let Some(index) = self.built.lock().expect("token index lock").get(&id) {
+        if let Some(index) = self
+            .built
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&id)
+        {
             if index.stamp == stamp(&manifest) {
                 return Ok(Some(Arc::clone(index)));
             }
@@ -210,7 +215,7 @@ impl TokenIndexes {
         let index = Arc::new(TokenIndex::build(layout, &key, &manifest)?);
         self.built
             .lock()
-            .expect("token index lock")
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(id, Arc::clone(&index));
         Ok(Some(index))
     }

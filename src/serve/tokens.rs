@@ -138,7 +138,11 @@ async fn list(
         "n_tokens" => rows.sort_by_key(|r| std::cmp::Reverse(r.tokens)),
         _ => {}
     }
-    let rows: Vec<&SequenceStats> = rows.into_iter().skip(page * LIST_ROWS).take(LIST_ROWS).collect();
+    let rows: Vec<&SequenceStats> = rows
+        .into_iter()
+        .skip(page.saturating_mul(LIST_ROWS))
+        .take(LIST_ROWS)
+        .collect();
     let windows: Vec<Window> = rows
         .iter()
         .map(|r| Window {
@@ -254,7 +258,7 @@ async fn sequence(
     // The page holding `focus`, unless a start is given.
     let start = match (q.start, q.focus) {
         (Some(s), _) => s.clamp(0, (length - 1).max(0)),
-        (None, Some(f)) => (f / WINDOW_TOKENS) * WINDOW_TOKENS,
+        (None, Some(f)) => (f.clamp(0, (length - 1).max(0)) / WINDOW_TOKENS) * WINDOW_TOKENS,
         (None, None) => 0,
     };
     let end = (start + WINDOW_TOKENS - 1).min(length - 1);

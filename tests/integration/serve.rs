@@ -276,6 +276,19 @@ fn dashboard_refuses_writes_and_bad_addresses_with_a_reason() {
         assert_eq!(got, status, "{path}");
         assert!(page.contains(words), "{path}: {page}");
     }
+    // Numbers at the edge of their types page and clamp rather than overflow.
+    let (status, _) = d.get(&format!("/tokens?organism=caps&page={}", usize::MAX));
+    assert_eq!(status, StatusCode::OK);
+    let (_, list) = d.get("/tokens?organism=caps&sort=seq_id");
+    let link = &list[list.find("dataset=").unwrap()..];
+    let link = &link[..link.find('"').unwrap()];
+    let (status, page) = d.get(&format!(
+        "/tokens?organism=caps&{}&focus={}",
+        link.replace("&amp;", "&"),
+        i64::MAX
+    ));
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("class=\"tok"), "the last page of tokens: {page}");
 }
 
 fn urlencode(s: &str) -> String {
