@@ -244,7 +244,9 @@ pub async fn windows(
         Colour::NormDiff { layer } => {
             tokio::task::block_in_place(|| norm_values(state, &layout, model, organism, *layer, windows))?
         }
-        other => vector_values(&layout, ctx, model, organism, windows, other).await?,
+        Colour::Latent { dictionary, latent } => {
+            latent_values(&layout, ctx, model, organism, windows, dictionary, *latent).await?
+        }
     };
     let mut found: HashMap<At, ShownToken> = HashMap::new();
     for b in &batches {
@@ -414,30 +416,25 @@ impl Colour {
     }
 }
 
-/// Per position of the windows, the value a vector colour gives (the norm of the difference at a layer, or a
-/// latent's activation, 0 where it is not active), computed from `acts`.
-async fn vector_values(
+/// Per position of the windows, the activation of latent `latent` of `dictionary` (0 where it is not active; a PCA
+/// component: its coordinate), computed by the dictionary's SQL encoder over `acts` at the dictionary's layer.
+async fn latent_values(
     layout: &CacheLayout,
     ctx: &SessionContext,
     model: &str,
     organism: &str,
     windows: &[Window],
-    colour: &Colour,
+    dictionary: &str,
+    latent: i64,
 ) -> Result<HashMap<At, f64>> {
-    let (layer, expr, pick) = match colour {
-        Colour::Kl => return Ok(HashMap::new()),
-        Colour::NormDiff { layer } => (*layer, "diff_norm(base, ft)".to_string(), None),
-        Colour::Latent { dictionary, latent } => {
-            let m = find_dictionary(layout, model, organism, dictionary, *latent).map_err(anyhow::Error::msg)?;
-            let name = quote(&m.id.to_string());
-            let expr = match m.kind {
-                DictionaryKind::Crosscoder => format!("crosscoder_encode(base, ft, {name})"),
-                DictionaryKind::SaeDifference => format!("sae_encode(vec_sub(ft, base), {name})"),
-                DictionaryKind::Pca => format!("pca_project(vec_sub(ft, base), {name}, {})", latent + 1),
-            };
-            (m.layer, expr, Some((*latent, m.kind == DictionaryKind::Pca)))
-        }
+    let m = find_dictionary(layout, model, organism, dictionary, latent).map_err(anyhow::Error::msg)?;
+    let name = quote(&m.id.to_string());
+    let expr = match m.kind {
+        DictionaryKind::Crosscoder => format!("crosscoder_encode(base, ft, {name})"),
+        DictionaryKind::SaeDifference => format!("sae_encode(vec_sub(ft, base), {name})"),
+        DictionaryKind::Pca => format!("pca_project(vec_sub(ft, base), {name}, {})", latent + 1),
     };
+    let layer = m.layer;
     let sql = format!(
         "SELECT dataset, seq_id, pos, {expr} AS v FROM acts WHERE model = {m} AND organism = {o} AND layer = {layer} AND ({w})",
         m = quote(model),
@@ -453,13 +450,9 @@ async fn vector_values(
             if column.is_null(r) {
                 continue;
             }
-            let value = match pick {
-                None => {
-                    let v = cast(&column.slice(r, 1), &DataType::Float64)?;
-                    v.as_primitive::<Float64Type>().value(0)
-                }
+            let value = match m.kind {
                 // A PCA projection: the list of coordinates, this component's is the last.
-                Some((_, true)) => {
+                DictionaryKind::Pca => {
                     let list = column.as_list::<i32>().value(r);
                     let list = cast(&list, &DataType::Float64)?;
                     let list = list.as_primitive::<Float64Type>();
@@ -470,7 +463,7 @@ async fn vector_values(
                     }
                 }
                 // Active latents as {latent, value}: this latent's value, or 0 when it is not active.
-                Some((latent, false)) => {
+                DictionaryKind::Crosscoder | DictionaryKind::SaeDifference => {
                     let list = column.as_list::<i32>().value(r);
                     let entries = list.as_struct();
                     let ids = cast(

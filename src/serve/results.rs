@@ -173,9 +173,11 @@ fn is_token_table(grid: &Grid) -> bool {
     ["dataset", "seq_id", "pos"].iter().all(|c| grid.column(c).is_some())
 }
 
-/// Each row's context (top-token tables), coloured by `colour`; a cache that cannot be read leaves them out.
+/// Each row's context (top-token tables), coloured by `colour`, read through the page's cache session (None when
+/// the cache cannot be read, which leaves the contexts out).
 async fn with_contexts(
     state: &AppState,
+    session: Option<&SessionContext>,
     entry: &ResultEntry,
     name: &str,
     rows: u64,
@@ -212,13 +214,13 @@ async fn with_contexts(
             })
         })
         .collect();
-    let Ok(ctx) = state.session() else {
+    let Some(ctx) = session else {
         return Ok(shown);
     };
-    let vocab = state.vocabulary(&ctx, &entry.model).await.unwrap_or_default();
+    let vocab = state.vocabulary(ctx, &entry.model).await.unwrap_or_default();
     match context::windows(
         state,
-        &ctx,
+        ctx,
         &vocab,
         &entry.model,
         &entry.organism,
@@ -400,9 +402,11 @@ pub async fn method_page(
     let mut charts_shown = Vec::new();
     let mut pictures = Vec::new();
     if let Some(summary) = &entry.summary {
+        // One cache session for every table's contexts.
+        let session = state.session().ok();
         for t in &summary.tables {
             let grid = read_rows(&entry, t, None, 0, PREVIEW_ROWS).await?;
-            tables.push(with_contexts(&state, &entry, &t.name, t.rows, grid, &colour).await?);
+            tables.push(with_contexts(&state, session.as_ref(), &entry, &t.name, t.rows, grid, &colour).await?);
         }
         let specs = method_plots(&state, &method);
         charts_shown = charts(&entry, &summary.tables, &specs).await;
@@ -422,26 +426,24 @@ pub async fn method_page(
             charts => ser(&charts_shown),
             pictures,
             colour => colour.params(),
-            layers => layers(&state, &model).await,
+            layers => layers(&state, &model),
         },
     )?;
     Ok(Html(html))
 }
 
 /// The cached layers of `model` (for the colour choice).
-pub async fn layers(state: &AppState, model: &str) -> Vec<i32> {
-    let Ok(ctx) = state.session() else { return Vec::new() };
-    let sql = format!(
-        "SELECT DISTINCT layer FROM cache_info() WHERE table_name = 'activations' AND model = {} AND layer IS NOT NULL ORDER BY layer",
-        context::quote(model)
-    );
-    let Ok(df) = ctx.sql(&sql).await else { return Vec::new() };
-    let mut out = Vec::new();
-    for b in df.collect().await.unwrap_or_default() {
-        use datafusion::arrow::array::AsArray;
-        let l = b.column(0).as_primitive::<datafusion::arrow::datatypes::Int32Type>();
-        out.extend(l.values().iter().copied());
-    }
+pub fn layers(state: &AppState, model: &str) -> Vec<i32> {
+    let layout = crate::cache::CacheLayout::new(&state.cache_dir);
+    let mut out: Vec<i32> = layout
+        .partitions(crate::cache::Table::Activations)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.model == model)
+        .filter_map(|(k, _)| k.layer)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
     out
 }
 
@@ -482,7 +484,8 @@ pub async fn table_page(
         PAGE_ROWS,
     )
     .await?;
-    let shown = with_contexts(&state, &entry, &t.name, t.rows, grid, &colour).await?;
+    let session = state.session().ok();
+    let shown = with_contexts(&state, session.as_ref(), &entry, &t.name, t.rows, grid, &colour).await?;
     let html = state.render(
         "table.html",
         minijinja::context! {
@@ -495,7 +498,7 @@ pub async fn table_page(
             pages,
             first_row => page * PAGE_ROWS,
             colour => colour.params(),
-            layers => layers(&state, &model).await,
+            layers => layers(&state, &model),
         },
     )?;
     Ok(Html(html))

@@ -115,9 +115,9 @@ impl AppState {
         Ok(texts)
     }
 
-    /// Reads in the background what first page loads would otherwise wait for: every cached model's vocabulary,
-    /// the row index of every tokens and activations partition, and the activation files' check against their
-    /// manifests (once per process). Failures are left for the pages to report.
+    /// Reads in the background what first page loads would otherwise wait for: every cached model's vocabulary and
+    /// the row index of every tokens and activations partition (building one checks the partition's files against
+    /// its manifest, once per process). Failures are left for the pages to report.
     pub async fn warm_up(&self) {
         let Ok(ctx) = self.session() else { return };
         let layout = crate::cache::CacheLayout::new(&self.cache_dir);
@@ -130,9 +130,6 @@ impl AppState {
         let activations = layout.partitions(crate::cache::Table::Activations).unwrap_or_default();
         for (key, _) in partitions.iter().chain(&activations) {
             let _ = tokio::task::block_in_place(|| self.token_indexes.partition(&layout, key.clone()));
-        }
-        if let Ok(df) = ctx.sql("SELECT 1 FROM acts LIMIT 1").await {
-            let _ = df.collect().await;
         }
     }
 

@@ -40,16 +40,17 @@ pub struct TokensQuery {
 }
 
 /// The organisms (not the base) with cached tokens for `model`.
-async fn organisms(ctx: &datafusion::prelude::SessionContext, model: &str) -> anyhow::Result<Vec<String>> {
-    let sql = format!(
-        "SELECT DISTINCT organism FROM cache_info() WHERE table_name = 'tokens' AND model = {} AND organism <> 'base' ORDER BY organism",
-        quote(model)
-    );
-    let mut out = Vec::new();
-    for b in ctx.sql(&sql).await?.collect().await? {
-        let o = b.column(0).as_string::<i32>();
-        out.extend((0..b.num_rows()).map(|r| o.value(r).to_string()));
-    }
+fn organisms(state: &AppState, model: &str) -> anyhow::Result<Vec<String>> {
+    let layout = crate::cache::CacheLayout::new(&state.cache_dir);
+    let mut out: Vec<String> = layout
+        .partitions(crate::cache::Table::Tokens)?
+        .into_iter()
+        .filter(|(k, _)| k.model == model)
+        .filter_map(|(k, _)| k.organism)
+        .filter(|o| o != crate::cache::layout::BASE_ORGANISM)
+        .collect();
+    out.sort();
+    out.dedup();
     Ok(out)
 }
 
@@ -68,7 +69,7 @@ fn dictionaries(state: &AppState, model: &str, organism: &str) -> Vec<String> {
 pub async fn page(State(state): State<Arc<AppState>>, Query(q): Query<TokensQuery>) -> PageResult {
     let ctx = state.session()?;
     let model = q.model.clone().unwrap_or_else(|| state.model.clone());
-    let known = organisms(&ctx, &model).await?;
+    let known = organisms(&state, &model)?;
     if known.is_empty() {
         return Err(PageError::not_found(format!(
             "the cache at {} has no tokens of an organism of model {model:?}: run `diffsql preprocess organism=NAME model={model}`",
@@ -89,7 +90,7 @@ pub async fn page(State(state): State<Arc<AppState>>, Query(q): Query<TokensQuer
         model => model.clone(),
         organism => organism.clone(),
         organisms => known,
-        layers => layers(&state, &model).await,
+        layers => layers(&state, &model),
         colour => colour.params(),
         dictionaries => dictionaries(&state, &model, &organism),
     };
