@@ -57,29 +57,34 @@ def measure(name, url, repeat, rows):
     rows.append((name, first, statistics.median(times), max(times)))
 
 
-def bundled(data, repeat, rows):
+def measure_pages(data, label, pages, repeat, rows):
+    """Serves `data`'s cache and results and measures each (name, path) of `pages`."""
     p, url = serve(data / "cache", data / "results")
     try:
-        first = subprocess.run([BIN, "--cache", str(data / "cache"), "sql", "--format", "csv", "-c",
-                                "SELECT dataset, seq_id FROM sequences ORDER BY n_tokens DESC LIMIT 1"],
-                               cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()[1].split(",")
-        pages = [("overview", "")]
-        for m in ["kl", "normdiff", "adl", "diff_mining"]:
-            pages.append((f"method {m}", f"results/shakespeare/caps/{m}"))
-        pages += [
-            ("kl top_tokens, sorted, page 2", "results/shakespeare/caps/kl/table/top_tokens?sort=kl&desc=1&page=1"),
-            ("token list", "tokens?organism=caps"),
-            ("sequence (longest), KL", f"tokens?organism=caps&dataset={first[0]}&seq={first[1]}"),
-            ("sequence (longest), normdiff L1", f"tokens?organism=caps&dataset={first[0]}&seq={first[1]}&color=normdiff&layer=1"),
-            ("token detail (JSON)", f"api/token?model=shakespeare&organism=caps&dataset={first[0]}&seq={first[1]}&pos=3"),
-            ("SQL console, card query", "sql?q=" + urllib.parse.quote(CARD)),
-            ("chat page", "chat"),
-        ]
         for name, path in pages:
-            measure(f"bundled: {name}", url + path, repeat, rows)
+            measure(f"{label}: {name}", url + path, repeat, rows)
     finally:
         p.terminate()
         p.wait(timeout=30)
+
+
+def bundled(data, repeat, rows):
+    first = subprocess.run([BIN, "--cache", str(data / "cache"), "sql", "--format", "csv", "-c",
+                            "SELECT dataset, seq_id FROM sequences ORDER BY n_tokens DESC LIMIT 1"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()[1].split(",")
+    pages = [("overview", "")]
+    for m in ["kl", "normdiff", "adl", "diff_mining"]:
+        pages.append((f"method {m}", f"results/shakespeare/caps/{m}"))
+    pages += [
+        ("kl top_tokens, sorted, page 2", "results/shakespeare/caps/kl/table/top_tokens?sort=kl&desc=1&page=1"),
+        ("token list", "tokens?organism=caps"),
+        ("sequence (longest), KL", f"tokens?organism=caps&dataset={first[0]}&seq={first[1]}"),
+        ("sequence (longest), normdiff L1", f"tokens?organism=caps&dataset={first[0]}&seq={first[1]}&color=normdiff&layer=1"),
+        ("token detail (JSON)", f"api/token?model=shakespeare&organism=caps&dataset={first[0]}&seq={first[1]}&pos=3"),
+        ("SQL console, card query", "sql?q=" + urllib.parse.quote(CARD)),
+        ("chat page", "chat"),
+    ]
+    measure_pages(data, "bundled", pages, repeat, rows)
 
 
 def large(repeat, rows):
@@ -88,20 +93,14 @@ def large(repeat, rows):
         subprocess.run([BIN, "--cache", str(data / "cache"), "synth", "--model", "large", "--tokens", "1000000",
                         "--seq-len", "1000", "--d-model", "64", "--layers", "0,1"], cwd=REPO, check=True)
     (data / "results").mkdir(parents=True, exist_ok=True)
-    p, url = serve(data / "cache", data / "results")
-    try:
-        pages = [
-            ("overview", ""),
-            ("token list (1000 sequences by mean KL)", "tokens?model=large&organism=caps"),
-            ("sequence 500, KL", "tokens?model=large&organism=caps&dataset=synthetic&seq=500"),
-            ("sequence 500, normdiff L1", "tokens?model=large&organism=caps&dataset=synthetic&seq=500&color=normdiff&layer=1"),
-            ("token detail (JSON)", "api/token?model=large&organism=caps&dataset=synthetic&seq=500&pos=7"),
-        ]
-        for name, path in pages:
-            measure(f"1M tokens: {name}", url + path, repeat, rows)
-    finally:
-        p.terminate()
-        p.wait(timeout=30)
+    pages = [
+        ("overview", ""),
+        ("token list (1000 sequences by mean KL)", "tokens?model=large&organism=caps"),
+        ("sequence 500, KL", "tokens?model=large&organism=caps&dataset=synthetic&seq=500"),
+        ("sequence 500, normdiff L1", "tokens?model=large&organism=caps&dataset=synthetic&seq=500&color=normdiff&layer=1"),
+        ("token detail (JSON)", "api/token?model=large&organism=caps&dataset=synthetic&seq=500&pos=7"),
+    ]
+    measure_pages(data, "1M tokens", pages, repeat, rows)
 
 
 def main():
