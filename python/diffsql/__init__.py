@@ -6,8 +6,9 @@
 
 Every table of the cache (activations, acts, tokens, sequences, vocab, logit_diff, logit_diff_totals) and
 diffsql's scalar and aggregate functions are registered through the DataFusion FFI, so queries run in diffsql's
-own code. `diffsql.sql` runs a query in diffsql's own session instead, with every table function (cache_info,
-logit_lens, nmf, generate, steer, ...), and returns a pyarrow Table.
+own code; its table functions (cache_info, logit_lens, nmf, generate, steer, patchscope, latents, ...) too,
+subquery arguments included. `ctx.query("kl/03_top_tokens", organism="caps")` runs a saved query with its
+method's parameters. `diffsql.sql` runs a query in diffsql's own session instead and returns a pyarrow Table.
 """
 
 from __future__ import annotations
@@ -91,30 +92,117 @@ class DataFrame(datafusion.DataFrame):
 
 
 class SessionContext(datafusion.SessionContext):
-    """A datafusion SessionContext over a diffsql cache; `sql` results decode vectors to float32 on the way out."""
+    """A datafusion SessionContext over a diffsql cache (made by `connect`): `sql` results decode vectors to
+    float32 on the way out, diffsql's table functions take subquery arguments, and `query` runs saved queries."""
+
+    _diffsql_functions: list[str] = []
 
     def sql(self, query: str, *args, **kwargs) -> DataFrame:
-        return DataFrame(super().sql(query, *args, **kwargs).df)
+        return DataFrame(self._plan(query, *args, **kwargs).df)
+
+    def _plan(self, query: str, *args, **kwargs) -> datafusion.DataFrame:
+        """Plans `query`: subquery arguments of diffsql's table functions are run first, here, and handed to
+        the function as rows (the FFI cannot carry a subquery); an error a table function raised is raised as
+        it was, rather than wrapped in datafusion's text."""
+        lifted = _native.split_subqueries(query, self._diffsql_functions) if self._diffsql_functions else None
+        tokens = []
+        try:
+            if lifted is not None:
+                query, subqueries = lifted
+                for token, text in subqueries:
+                    self._arguments[token] = self._plan(text, *args, **kwargs).to_arrow_table()
+                    tokens.append(token)
+            self._function_error = None
+            try:
+                return super().sql(query, *args, **kwargs)
+            except Exception as e:
+                error, self._function_error = self._function_error, None
+                if error is not None:
+                    raise error from e
+                raise
+        finally:
+            for token in tokens:
+                self._arguments.pop(token, None)
+
+    def _table_function(self, session: _native.Session, name: str) -> Callable[..., object]:
+        """The Python callable datafusion-python calls for diffsql's table function `name`."""
+
+        def call(*raw_args):
+            try:
+                arguments = []
+                for i, raw in enumerate(raw_args):
+                    arg = datafusion.Expr(raw)
+                    if arg.variant_name() != "Literal":
+                        raise DiffsqlError(f"{name}: argument {i + 1} must be a literal or a subquery, got {arg}")
+                    value = arg.python_value()
+                    lifted = self._arguments.get(value.as_py()) if isinstance(value.as_py(), str) else None
+                    if lifted is not None:
+                        arguments.append((True, lifted))
+                    else:
+                        arguments.append((False, pa.table({"value": pa.array([value], value.type)})))
+                return session.table_function(name, arguments)
+            except Exception as error:
+                self._function_error = error
+                raise
+
+        return call
+
+    def queries(self) -> list[str]:
+        """The saved queries `query` can run: `kl`, `kl/03_top_tokens`, `layer_normdiff`, ..."""
+        names = []
+        for path in sorted(self._queries.rglob("*.sql")):
+            names.append(path.relative_to(self._queries).with_suffix("").as_posix())
+        folders = sorted({n.split("/")[0] for n in names if "/" in n})
+        return sorted(names + folders)
+
+    def query(self, name: str, *overrides: str, **params) -> DataFrame:
+        """Runs the saved query `name` (`queries/NAME.sql`, or every file of `queries/NAME/` in order) and
+        returns the last statement's result. `$` parameters are bound as in `diffing/method=NAME`: the method's
+        config, `model`/`organism`/`side` from `overrides` (`"organism=caps"`) or the `organism=`/`model=`
+        keywords, then any keyword over them (`top_n=20`). Tables and views a file defines are replaced."""
+        settings = [f"cache_dir={self._cache_dir}", *overrides]
+        for key in ("model", "organism"):
+            if key in params:
+                settings.append(f"{key}={params.pop(key)}")
+        statements = _native.saved_query(
+            str(self._queries), str(self._configs), name, settings, list(params.items())
+        )
+        result = None
+        for i, (text, defines) in enumerate(statements):
+            if defines and self.table_exist(defines):
+                self.deregister_table(defines)
+            result = self.sql(text)
+            if defines is not None and i + 1 < len(statements):
+                result.collect()
+        return result
 
 
 def connect(
     cache_dir: str | os.PathLike = "cache",
     configs: str | os.PathLike = "configs",
+    queries: str | os.PathLike = "queries",
 ) -> SessionContext:
     """A datafusion-python SessionContext over the cache at `cache_dir`, with every diffsql table and function.
 
-    `configs` is the folder of diffsql's configs (model configs name the models `logit_lens` loads). Query
-    results come out with vectors as FixedSizeList<float32> (stored bfloat16/float16 decoded).
+    `configs` is the folder of diffsql's configs (model configs name the models `logit_lens` and `steer` load;
+    method configs give saved queries their parameters), `queries` the folder of saved queries
+    (`ctx.query(name, ...)`). Query results come out with vectors as FixedSizeList<float32> (stored
+    bfloat16/float16 decoded).
     """
     _check_ffi()
     session = _native.Session(str(Path(cache_dir)), str(Path(configs)))
     ctx = SessionContext()
+    ctx._cache_dir, ctx._configs, ctx._queries = Path(cache_dir), Path(configs), Path(queries)
+    ctx._arguments, ctx._function_error = {}, None
     for name, table in session.tables():
         ctx.register_table(name, table)
     for f in session.scalar_functions():
         ctx.register_udf(datafusion.udf(f))
     for f in session.aggregate_functions():
         ctx.register_udaf(datafusion.udaf(f))
+    ctx._diffsql_functions = session.table_function_names()
+    for name in ctx._diffsql_functions:
+        ctx.register_udtf(datafusion.udtf(ctx._table_function(session, name), name))
     return ctx
 
 

@@ -26,7 +26,8 @@ print(ctx.sql("SELECT organism, layer, normdiff(base, ft) AS normdiff FROM acts 
               "GROUP BY organism, layer ORDER BY organism, layer").to_pandas())
 diff = diffsql.vectors(ctx.sql("SELECT vec_sub(ft, base) AS d FROM acts WHERE organism = 'caps' AND layer = 2"), "d")
 print("caps, layer 2: mean ‖ft − base‖ =", float(np.linalg.norm(diff, axis=1).mean()))
-print(diffsql.sql("SELECT token, round(prob, 3) AS prob FROM logit_lens((SELECT mean_diff(base, ft) FROM acts "
-                  "WHERE organism = 'caps' AND layer = 1 AND pos BETWEEN 1 AND 4), 'shakespeare', 8) "
-                  "WHERE sign = '+' ORDER BY rank", cache).to_pandas())
+print(ctx.sql("SELECT token, round(prob, 3) AS prob FROM logit_lens((SELECT mean_diff(base, ft) FROM acts "
+              "WHERE organism = 'caps' AND layer = 1 AND pos BETWEEN 1 AND 4), 'shakespeare', 8) "
+              "WHERE sign = '+' ORDER BY rank").to_pandas())
+print(ctx.query("kl/03_top_tokens", organism="caps", top_n=5).to_pandas()[["token", "kl", "context"]])
 print("results in", results)

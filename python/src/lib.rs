@@ -6,19 +6,22 @@ use std::path::PathBuf;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use datafusion::arrow::ffi_stream::FFI_ArrowArrayStream;
-use datafusion::arrow::record_batch::RecordBatchIterator;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ffi_stream::{ArrowArrayStreamReader, FFI_ArrowArrayStream};
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchIterator, RecordBatchReader};
 use datafusion::catalog::TableProvider;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::Value as SqlValue;
 use datafusion_ffi::proto::logical_extension_codec::FFI_LogicalExtensionCodec;
 use datafusion_ffi::table_provider::FFI_TableProvider;
 use datafusion_ffi::udaf::FFI_AggregateUDF;
 use datafusion_ffi::udf::FFI_ScalarUDF;
 use diffsql::cache::tables::{VectorTable, VectorTableKind};
+use diffsql::sql::foreign;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::PyCapsule;
+use pyo3::types::{PyBool, PyCapsule};
 
 pyo3::create_exception!(_native, DiffsqlError, pyo3::exceptions::PyException);
 
@@ -50,6 +53,9 @@ fn session_codec(session: &Bound<PyAny>) -> PyResult<FFI_LogicalExtensionCodec> 
 #[pyclass(module = "diffsql._native", frozen)]
 struct Table {
     provider: Arc<dyn TableProvider>,
+    /// The runtime its execution streams are polled in: ours for table functions' results (their plans may
+    /// spawn tasks), none for the cache's tables (their streams do not, and stay on the caller's threads).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 #[pymethods]
@@ -60,7 +66,7 @@ impl Table {
         session: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyCapsule>> {
         let codec = session_codec(&session)?;
-        let ffi = FFI_TableProvider::new_with_ffi_codec(Arc::clone(&self.provider), true, None, codec);
+        let ffi = FFI_TableProvider::new_with_ffi_codec(Arc::clone(&self.provider), true, self.runtime.clone(), codec);
         PyCapsule::new_with_value(py, ffi, c"datafusion_table_provider")
     }
 }
@@ -105,10 +111,6 @@ impl AggregateFunction {
     }
 }
 
-/// Table functions are not registered in datafusion-python: a subquery argument (`logit_lens`, `nmf`, `steer`)
-/// cannot be serialised across the FFI, and calling even a literal-argument one (`cache_info`) through
-/// datafusion-python 55.0's FFI table-function path crashed the interpreter here. `Session.sql` runs every
-/// query, table functions included, in diffsql's own session instead.
 /// The result of a query as an Arrow C stream (`__arrow_c_stream__`), which pyarrow, polars and pandas import
 /// without a copy.
 #[pyclass(module = "diffsql._native")]
@@ -142,6 +144,22 @@ const FFI_BATCH_BYTES: usize = 4 << 20;
 #[pyclass(module = "diffsql._native")]
 struct Session {
     ctx: SessionContext,
+    /// Runs `sql` and the scans of table functions' results (datafusion-python polls those from its own
+    /// runtime, which this library's tokio cannot see).
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+/// The batches of an object that offers an Arrow C stream (`__arrow_c_stream__`: a pyarrow Table).
+fn read_arrow_stream(object: &Bound<PyAny>) -> PyResult<(SchemaRef, Vec<RecordBatch>)> {
+    let capsule = object.call_method0("__arrow_c_stream__")?;
+    let capsule = capsule.cast::<PyCapsule>()?;
+    let pointer: NonNull<FFI_ArrowArrayStream> = capsule.pointer_checked(Some(c"arrow_array_stream"))?.cast();
+    // Safety: the capsule of that name holds an FFI_ArrowArrayStream; `from_raw` moves it out and leaves a
+    // released one behind, which the capsule's destructor then skips.
+    let reader = unsafe { ArrowArrayStreamReader::from_raw(pointer.as_ptr()) }.map_err(error)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(error)?;
+    Ok((schema, batches))
 }
 
 #[pymethods]
@@ -166,7 +184,14 @@ impl Session {
             ctx.deregister_table(name).map_err(error)?;
             ctx.register_table(name, Arc::new(table)).map_err(error)?;
         }
-        Ok(Self { ctx })
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(error)?;
+        Ok(Self {
+            ctx,
+            runtime: Arc::new(runtime),
+        })
     }
 
     /// Runs `query` (several statements: the last one's result) in diffsql's own session, with every table
@@ -175,8 +200,7 @@ impl Session {
         let ctx = self.ctx.clone();
         let (schema, batches) = py
             .detach(|| -> anyhow::Result<_> {
-                let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-                runtime.block_on(async {
+                self.runtime.block_on(async {
                     let mut last = None;
                     diffsql::sql::run_statements(&ctx, &query, |r| {
                         last = Some((r.schema, r.batches));
@@ -204,11 +228,47 @@ impl Session {
         let mut out = Vec::new();
         for name in schema.table_names() {
             if let Some(provider) = runtime.block_on(schema.table(&name)).map_err(error)? {
-                out.push((name, Table { provider }));
+                out.push((
+                    name,
+                    Table {
+                        provider,
+                        runtime: None,
+                    },
+                ));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    /// diffsql's table functions (`cache_info`, `logit_lens`, `nmf`, `steer`, `latents`, ...).
+    fn table_function_names(&self) -> Vec<String> {
+        foreign::table_function_names(&self.ctx.state())
+    }
+
+    /// Calls the table function `name` on `arguments`, each (is a lifted subquery, Arrow table): a subquery's
+    /// rows, or a literal as a one-row column. The table it returns scans in this session.
+    fn table_function(&self, py: Python<'_>, name: String, arguments: Vec<(bool, Bound<PyAny>)>) -> PyResult<Table> {
+        let arguments = arguments
+            .iter()
+            .map(|(rows, table)| {
+                let (schema, batches) = read_arrow_stream(table)?;
+                Ok(if *rows {
+                    foreign::Argument::Rows(schema, batches)
+                } else {
+                    foreign::Argument::Literal(schema, batches)
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let state = self.ctx.state();
+        let runtime = self.runtime.handle().clone();
+        let provider = py
+            .detach(|| foreign::call(&state, &name, arguments, runtime))
+            .map_err(error)?;
+        Ok(Table {
+            provider,
+            runtime: Some(self.runtime.handle().clone()),
+        })
     }
 
     /// diffsql's scalar functions.
@@ -249,6 +309,65 @@ fn run(py: Python<'_>, overrides: Vec<String>, project_root: PathBuf) -> PyResul
     .map_err(anyhow_error)
 }
 
+/// Lifts the subquery arguments of calls to `functions` out of `sql`: (rewritten SQL, [(literal, subquery)]),
+/// or None when there are none.
+#[pyfunction]
+fn split_subqueries(sql: &str, functions: Vec<String>) -> Option<(String, Vec<(String, String)>)> {
+    foreign::split_subqueries(sql, &functions)
+}
+
+/// A parameter value from Python as a SQL literal.
+fn sql_value(key: &str, value: &Bound<PyAny>) -> PyResult<SqlValue> {
+    if let Ok(b) = value.cast::<PyBool>() {
+        return Ok(SqlValue::Boolean(b.is_true()));
+    }
+    if let Ok(n) = value.extract::<i64>() {
+        return Ok(SqlValue::Number(n.to_string(), false));
+    }
+    if let Ok(x) = value.extract::<f64>() {
+        // Debug formatting keeps the decimal point, so the literal stays a float.
+        return Ok(SqlValue::Number(format!("{x:?}"), false));
+    }
+    if let Ok(s) = value.extract::<String>() {
+        return Ok(SqlValue::SingleQuotedString(s));
+    }
+    Err(DiffsqlError::new_err(format!(
+        "parameter {key}: {} is not a string, number or boolean: saved queries take scalars",
+        value.get_type().name()?
+    )))
+}
+
+/// The statements of the saved query `name` with its parameters bound: those of its method (when it is in a
+/// method's folder; a method's dictionary is trained first if the cache lacks it and `params` does not name
+/// one) and `model`/`organism`/`side` from `overrides`, then `params` over them. Each comes with the table or
+/// view it defines, if any.
+#[pyfunction]
+fn saved_query(
+    py: Python<'_>,
+    queries: PathBuf,
+    configs: PathBuf,
+    name: &str,
+    overrides: Vec<String>,
+    params: Vec<(String, Bound<PyAny>)>,
+) -> PyResult<Vec<(String, Option<String>)>> {
+    let given: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
+    let configs = diffsql::config::ConfigDir::new(&configs);
+    let mut bound = py
+        .detach(|| diffsql::diffing::saved_query_params(&configs, name, &overrides, &given))
+        .map_err(anyhow_error)?;
+    for (key, value) in &params {
+        let value = sql_value(key, value)?;
+        bound.retain(|(k, _)| k != key);
+        bound.push((key.clone(), value));
+    }
+    let sql = diffsql::sql::queries::read(&queries, name).map_err(anyhow_error)?;
+    let statements = diffsql::sql::queries::bind_statements(&sql, &bound).map_err(anyhow_error)?;
+    Ok(statements
+        .iter()
+        .map(|s| (s.to_string(), diffsql::sql::queries::defines(s)))
+        .collect())
+}
+
 /// Sends progress bars to `callback(line)` (each rendered line; "" when a bar is cleared), or back to the
 /// terminal with None.
 #[pyfunction]
@@ -280,6 +399,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(ffi_version, m)?)?;
     m.add_function(wrap_pyfunction!(set_progress, m)?)?;
+    m.add_function(wrap_pyfunction!(split_subqueries, m)?)?;
+    m.add_function(wrap_pyfunction!(saved_query, m)?)?;
     m.add("DiffsqlError", m.py().get_type::<DiffsqlError>())?;
     Ok(())
 }

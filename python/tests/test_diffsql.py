@@ -139,6 +139,95 @@ def test_table_functions_run_in_diffsqls_session(cache, ctx):
         diffsql.sql("SELECT * FROM logit_lens([1.0, 2.0], 'shakespeare', 5)", cache, configs=ROOT / "configs")
 
 
+def test_every_table_function_is_registered_in_the_context(ctx):
+    assert ctx._diffsql_functions == ["cache_info", "generate", "latents", "logit_lens", "nmf", "patchscope",
+                                      "steer", "steer_search", "training_curve"]
+    # DataFusion's own table functions stay DataFusion's.
+    assert ctx.sql("SELECT count(*) AS n FROM generate_series(1, 5)").to_pandas()["n"][0] == 5
+
+
+def same_rows(ctx, cache, sql, sort=None):
+    """The rows of `sql` through the datafusion-python context and from the binary, as strings."""
+    got = ctx.sql(sql).to_pandas()
+    want = binary_csv(cache, sql)
+    assert list(got.columns) == list(want[0].keys()) and len(got) == len(want) > 0, (got, want[:3])
+    return got, want
+
+
+def test_table_functions_through_the_context_equal_the_binary(ctx, cache):
+    got, want = same_rows(ctx, cache, "SELECT table_name, organism, layer, rows FROM cache_info() "
+                                      "ORDER BY table_name, organism, layer")
+    assert [int(r["rows"]) for r in want] == got["rows"].tolist()
+    # A subquery of several rows keeps its order (each row an item), and runs in the calling context.
+    lens = ("SELECT item, sign, rank, token_id, logit FROM logit_lens((SELECT mean_diff(base, ft) FROM acts "
+            "WHERE layer = 2 AND organism = 'caps' GROUP BY pos ORDER BY pos LIMIT 3), 'shakespeare', 4) "
+            "ORDER BY item, sign, rank")
+    got, want = same_rows(ctx, cache, lens)
+    assert got["item"].max() == 2
+    assert got["token_id"].tolist() == [int(r["token_id"]) for r in want]
+    np.testing.assert_allclose(got["logit"], [float(r["logit"]) for r in want], rtol=1e-5)
+    # A literal vector, and the intervention functions with subquery vectors.
+    patch = ("SELECT scale, rank, token_id FROM patchscope('shakespeare/caps', (SELECT mean_diff(base, ft) FROM "
+             "acts WHERE layer = 1), 1, [0.5, 2.0], 3) ORDER BY scale, rank")
+    got, want = same_rows(ctx, cache, patch)
+    assert got["token_id"].tolist() == [int(r["token_id"]) for r in want]
+    steer = ("SELECT alpha, text FROM steer('shakespeare/caps', 'ROMEO:', (SELECT mean_diff(base, ft) FROM "
+             "acts WHERE layer = 1), 1, [0.0, 4.0], 6) ORDER BY alpha")
+    got, want = same_rows(ctx, cache, steer)
+    assert got["text"].tolist() == [r["text"] for r in want]
+    gen = "SELECT text FROM generate('shakespeare/base', 'JULIET:', 5)"
+    got, want = same_rows(ctx, cache, gen)
+    assert got["text"].tolist() == [r["text"] for r in want]
+
+
+def test_table_function_errors_name_the_function(ctx):
+    with pytest.raises(diffsql.DiffsqlError, match=r"logit_lens\(vector, model, k\) takes 3 arguments"):
+        ctx.sql("SELECT * FROM logit_lens([1.0], 'shakespeare')")
+    with pytest.raises(Exception, match="d_model is 128"):
+        ctx.sql("SELECT * FROM logit_lens([1.0, 2.0], 'shakespeare', 5)").collect()
+    with pytest.raises(Exception, match="nosuchtable"):
+        ctx.sql("SELECT * FROM logit_lens((SELECT v FROM nosuchtable), 'shakespeare', 5)")
+    with pytest.raises(diffsql.DiffsqlError, match="side"):
+        ctx.sql("SELECT * FROM generate('shakespeare/nosuch', 'x', 2)")
+
+
+def test_saved_queries_run_with_their_methods_parameters(cache, ctx, tmp_path):
+    for method in ("kl", "diff_mining"):
+        diffsql.run(organism="caps", pipeline__mode="diffing", cache_dir=cache, results_dir=tmp_path,
+                    **{"diffing/method": method}, project_root=ROOT, progress=False)
+    assert "kl/03_top_tokens" in ctx.queries() and "kl" in ctx.queries() and "layer_normdiff" in ctx.queries()
+    top = ctx.query("kl/03_top_tokens", organism="caps").to_arrow_table()
+    want = pq.read_table(tmp_path / "shakespeare/caps/kl/top_tokens.parquet")
+    assert top.column_names == want.column_names
+    assert top.column("kl").to_pylist() == want.column("kl").to_pylist()
+    assert top.column("context").to_pylist() == want.column("context").to_pylist()
+    # A keyword overrides the method's parameter.
+    assert ctx.query("kl/03_top_tokens", organism="caps", top_n=3).count() == 3
+    # nmf with a subquery argument inside a CTE, parameters bound: the method's topics.
+    topics = ctx.query("diff_mining/04_topics", "organism=caps").to_arrow_table()
+    want = pq.read_table(tmp_path / "shakespeare/caps/diff_mining/topics.parquet")
+    assert topics.column("token_id").to_pylist() == want.column("token_id").to_pylist()
+    np.testing.assert_allclose(topics.column("weight").to_numpy(), want.column("weight").to_numpy(), rtol=1e-5)
+    # A folder runs its files in order (tables defined are replaced on a rerun) and returns the last result.
+    for _ in range(2):
+        last = ctx.query("normdiff", organism="caps").to_pandas()
+    assert len(last) > 0
+    # A folder of your own: parameters outside a method are model, organism, side and the keywords.
+    mine = tmp_path / "my_queries"
+    mine.mkdir()
+    (mine / "tokens_of.sql").write_text("SELECT count(*) AS n FROM tokens WHERE organism = $organism AND pos < $upto")
+    own = diffsql.connect(cache, configs=ROOT / "configs", queries=mine)
+    assert own.queries() == ["tokens_of"]
+    n = own.query("tokens_of", organism="caps", upto=4).to_pandas()["n"][0]
+    assert n == ctx.sql("SELECT count(*) AS n FROM tokens WHERE organism = 'caps' AND pos < 4").to_pandas()["n"][0]
+    with pytest.raises(diffsql.DiffsqlError, match=r"unknown parameter \$upto: the parameters given are \$model"):
+        own.query("tokens_of", organism="caps")
+    with pytest.raises(diffsql.DiffsqlError, match="no saved query"):
+        ctx.query("nosuch")
+    with pytest.raises(diffsql.DiffsqlError, match="parameter top_n: list"):
+        ctx.query("kl/03_top_tokens", organism="caps", top_n=[1])
+
+
 def test_errors_are_clear(tmp_path, ctx):
     with pytest.raises(diffsql.DiffsqlError, match="does not exist: run `diffsql preprocess`"):
         diffsql.connect(tmp_path / "nowhere")

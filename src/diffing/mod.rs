@@ -13,9 +13,7 @@ use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::SessionContext;
-use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::Value as SqlValue;
-use datafusion::sql::sqlparser::dialect::GenericDialect;
 use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
@@ -23,6 +21,7 @@ pub mod plots;
 
 use crate::cache::writer::write_atomic;
 use crate::config::{ConfigDir, Settings};
+use crate::sql::queries::{bind_statements, defines};
 use crate::sql::register_model_functions;
 
 /// One result table a method wrote.
@@ -114,47 +113,47 @@ pub fn params(settings: &Settings) -> Result<Vec<(String, SqlValue)>> {
     Ok(out)
 }
 
-/// Replaces every `$name` placeholder in a parsed statement by its typed value, as a literal node of the
-/// syntax tree (never by editing SQL text), so placeholders work everywhere, table function arguments included.
-fn bind(statement: &mut DFStatement, params: &[(String, SqlValue)]) -> Result<()> {
-    use datafusion::sql::sqlparser::ast::{visit_expressions_mut, Expr as SqlExpr};
-    let DFStatement::Statement(statement) = statement else {
-        return Ok(());
-    };
-    let mut unknown = None;
-    let _ = visit_expressions_mut(statement.as_mut(), |e| {
-        if let SqlExpr::Value(v) = e {
-            if let SqlValue::Placeholder(name) = &v.value {
-                let key = name.trim_start_matches('$');
-                match params.iter().find(|(k, _)| k == key) {
-                    Some((_, value)) => v.value = value.clone(),
-                    None => unknown = Some(name.clone()),
-                }
-            }
-        }
-        std::ops::ControlFlow::<()>::Continue(())
-    });
-    if let Some(name) = unknown {
-        let known: Vec<String> = params.iter().map(|(k, _)| format!("${k}")).collect();
-        bail!(
-            "unknown parameter {name}: the method's parameters are {}",
-            known.join(", ")
-        );
+/// The parameters of the configured method's queries: [`params`] and, for a method that trains a dictionary
+/// (when `train` is set), its id and layer, training it first unless it is in the cache.
+fn method_params(settings: &Settings, train: bool) -> Result<Vec<(String, SqlValue)>> {
+    let mut params = params(settings)?;
+    if let Some(config) = settings.diffing.method.train.as_ref().filter(|_| train) {
+        let dictionary = train_dictionary(settings, config)?;
+        params.retain(|(k, _)| k != "dictionary" && k != "layer");
+        params.push((
+            "dictionary".into(),
+            SqlValue::SingleQuotedString(dictionary.id.to_string()),
+        ));
+        params.push(("layer".into(), SqlValue::Number(dictionary.layer.to_string(), false)));
     }
-    Ok(())
+    Ok(params)
 }
 
-/// Whether a statement only defines something (a table or view for the next files) rather than a result.
-fn is_definition(statement: &DFStatement) -> bool {
-    use datafusion::sql::sqlparser::ast::Statement;
-    match statement {
-        DFStatement::Statement(s) => matches!(
-            **s,
-            Statement::CreateTable(_) | Statement::CreateView { .. } | Statement::Drop { .. }
-        ),
-        DFStatement::CreateExternalTable(_) => true,
-        _ => false,
+/// The parameters a saved query sees outside a method run (from Python's `ctx.query`): `model`, `organism` and
+/// `side` from the settings `overrides` resolve to and, for a query of a method's folder (`kl/03_top_tokens`,
+/// `adl`), that method's parameters, its dictionary trained (or the trained one found) unless `given` names
+/// `dictionary`.
+pub fn saved_query_params(
+    configs: &ConfigDir,
+    name: &str,
+    overrides: &[String],
+    given: &[&str],
+) -> Result<Vec<(String, SqlValue)>> {
+    let method = name.split('/').next().unwrap_or(name);
+    let of_method = configs
+        .choices(crate::config::Group::DiffingMethod)?
+        .iter()
+        .any(|m| m == method);
+    let mut args = overrides.to_vec();
+    if of_method && !args.iter().any(|a| a.starts_with("diffing/method=")) {
+        args.push(format!("diffing/method={method}"));
     }
+    let settings = configs.resolve(&crate::config::parse_all(&args, false)?)?;
+    let mut params = method_params(&settings, of_method && !given.contains(&"dictionary"))?;
+    if !of_method {
+        params.retain(|(k, _)| ["model", "organism", "side"].contains(&k.as_str()));
+    }
+    Ok(params)
 }
 
 /// Runs `sql` (several statements) with `params` bound; returns the last statement's result, or None when
@@ -164,14 +163,9 @@ pub async fn run_with_params(
     sql: &str,
     params: &[(String, SqlValue)],
 ) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
-    let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})?;
-    if statements.is_empty() {
-        bail!("no SQL statement");
-    }
     let mut last = None;
-    for mut statement in statements {
-        bind(&mut statement, params)?;
-        let definition = is_definition(&statement);
+    for statement in bind_statements(sql, params)? {
+        let definition = defines(&statement).is_some();
         let plan = ctx.state().statement_to_plan(statement).await?;
         crate::sql::session::check_access(ctx, &plan)?;
         let df = ctx.execute_logical_plan(plan).await?;
@@ -208,16 +202,7 @@ pub async fn run(settings: &Settings, queries_dir: &Path, configs: &ConfigDir) -
         protected: vec![settings.results_dir.clone()],
     };
     check_required_tables(settings)?;
-    let mut params = params(settings)?;
-    if let Some(train) = &method.train {
-        let dictionary = train_dictionary(settings, train)?;
-        params.retain(|(k, _)| k != "dictionary" && k != "layer");
-        params.push((
-            "dictionary".into(),
-            SqlValue::SingleQuotedString(dictionary.id.to_string()),
-        ));
-        params.push(("layer".into(), SqlValue::Number(dictionary.layer.to_string(), false)));
-    }
+    let params = method_params(settings, true)?;
     let ctx = crate::sql::open_session_with(&settings.cache_dir, access)?;
     register_model_functions(&ctx, configs.clone());
     let out_dir = results_dir(settings);

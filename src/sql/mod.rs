@@ -3,6 +3,7 @@
 pub mod args;
 pub mod cache_info;
 pub mod dictionary;
+pub mod foreign;
 pub mod intervene;
 pub mod logit_lens;
 pub mod nmf;

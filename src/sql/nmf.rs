@@ -117,7 +117,7 @@ fn schema() -> SchemaRef {
     ]))
 }
 
-/// Keys to dense indices in order of first appearance.
+/// Keys to dense indices: in order of first appearance while reading, then renumbered in key order.
 #[derive(Default)]
 struct Index {
     of: HashMap<i64, u32>,
@@ -130,6 +130,21 @@ impl Index {
             self.keys.push(key);
             (self.keys.len() - 1) as u32
         })
+    }
+
+    /// Renumbers the keys in ascending order; returns each old index's new one.
+    fn sort(&mut self) -> Vec<u32> {
+        let mut order: Vec<usize> = (0..self.keys.len()).collect();
+        order.sort_unstable_by_key(|&i| self.keys[i]);
+        let mut renumbered = vec![0u32; order.len()];
+        for (new, &old) in order.iter().enumerate() {
+            renumbered[old] = new as u32;
+        }
+        self.keys.sort_unstable();
+        for index in self.of.values_mut() {
+            *index = renumbered[*index as usize];
+        }
+        renumbered
     }
 }
 
@@ -181,6 +196,13 @@ fn read_triplets(batches: &[RecordBatch]) -> Result<Triplets> {
             triplets.push((rows.get(row.value(i)), items.get(item.value(i)), v as f32));
         }
     }
+    // The factorisation must not depend on the order the subquery returned its rows in (a plan's partitions,
+    // or another engine running it): keys are numbered in key order and entries sorted.
+    let (row_of, item_of) = (rows.sort(), items.sort());
+    for (r, i, _) in &mut triplets {
+        (*r, *i) = (row_of[*r as usize], item_of[*i as usize]);
+    }
+    triplets.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then(a.2.total_cmp(&b.2)));
     Ok(Triplets {
         rows,
         items,

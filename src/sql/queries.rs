@@ -1,8 +1,11 @@
-//! Saved queries: `.sql` files under the queries directory, run by name.
+//! Saved queries: `.sql` files under the queries directory, run by name, with `$name` parameters bound.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use datafusion::sql::parser::{DFParser, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::Value as SqlValue;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 /// The SQL files a saved query name stands for: `NAME.sql`, or every `.sql` file in the folder `NAME/`
 /// in name order.
@@ -64,4 +67,62 @@ pub fn read(queries_dir: &Path, name: &str) -> Result<String> {
         sql.push('\n');
     }
     Ok(sql)
+}
+
+/// Replaces every `$name` placeholder in a parsed statement by its typed value, as a literal node of the
+/// syntax tree (never by editing SQL text), so placeholders work everywhere, table function arguments included.
+pub fn bind(statement: &mut DFStatement, params: &[(String, SqlValue)]) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{visit_expressions_mut, Expr as SqlExpr};
+    let DFStatement::Statement(statement) = statement else {
+        return Ok(());
+    };
+    let mut unknown = None;
+    let _ = visit_expressions_mut(statement.as_mut(), |e| {
+        if let SqlExpr::Value(v) = e {
+            if let SqlValue::Placeholder(name) = &v.value {
+                let key = name.trim_start_matches('$');
+                match params.iter().find(|(k, _)| k == key) {
+                    Some((_, value)) => v.value = value.clone(),
+                    None => unknown = Some(name.clone()),
+                }
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    if let Some(name) = unknown {
+        let known: Vec<String> = params.iter().map(|(k, _)| format!("${k}")).collect();
+        bail!(
+            "unknown parameter {name}: the parameters given are {}",
+            known.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The table or view a statement defines for the statements after it (a setup statement, whose result is not
+/// a finding; `DROP` counts, with an empty name), or None for a statement with a result.
+pub fn defines(statement: &DFStatement) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::Statement;
+    match statement {
+        DFStatement::Statement(s) => match &**s {
+            Statement::CreateTable(t) => Some(t.name.to_string()),
+            Statement::CreateView(v) => Some(v.name.to_string()),
+            Statement::Drop { .. } => Some(String::new()),
+            _ => None,
+        },
+        DFStatement::CreateExternalTable(t) => Some(t.name.to_string()),
+        _ => None,
+    }
+}
+
+/// The statements of `sql` with `params` bound (see [`bind`]).
+pub fn bind_statements(sql: &str, params: &[(String, SqlValue)]) -> Result<Vec<DFStatement>> {
+    let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})?;
+    if statements.is_empty() {
+        bail!("no SQL statement");
+    }
+    statements
+        .into_iter()
+        .map(|mut s| bind(&mut s, params).map(|()| s))
+        .collect()
 }

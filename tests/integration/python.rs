@@ -1,4 +1,5 @@
-//! The README's pyarrow + numpy snippet, run against a synthetic cache: the cache stays readable from Python.
+//! Python's doors: the README's pyarrow + numpy snippet, run against a synthetic cache (the cache stays readable
+//! without diffsql), and table functions called as datafusion-python calls them (`diffsql::sql::foreign`).
 
 use std::process::Command;
 
@@ -74,4 +75,65 @@ fn normdiff_of_a_preprocessed_cache_equals_numpy() {
             "layer {layer}: diffsql {a} vs numpy {b}"
         );
     }
+}
+
+/// The rows of a query in `ctx`.
+async fn rows(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Vec<datafusion::arrow::array::RecordBatch> {
+    ctx.sql(sql).await.unwrap().collect().await.unwrap()
+}
+
+fn int_literal(n: i64) -> diffsql::sql::foreign::Argument {
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    let batch = RecordBatch::try_from_iter([("value", std::sync::Arc::new(Int64Array::from(vec![n])) as _)]).unwrap();
+    diffsql::sql::foreign::Argument::Literal(batch.schema(), vec![batch])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_function_called_from_another_session_equals_sql() {
+    use diffsql::sql::foreign::{self, Argument};
+    let ctx = super::fixtures::session();
+    let triplets = "SELECT struct(seq_id, pos % 7, CAST(pos AS DOUBLE) + 1.0) FROM tokens \
+                    WHERE organism = 'base' ORDER BY seq_id DESC, pos DESC";
+    let want = rows(
+        &ctx,
+        &format!("SELECT * FROM nmf(({triplets}), 2, 60) ORDER BY topic, rank"),
+    )
+    .await;
+    // The subquery's rows as the caller hands them over (run elsewhere), the literals as one-row columns.
+    let arg_rows = rows(&ctx, triplets).await;
+    let arguments = vec![
+        Argument::Rows(arg_rows[0].schema(), arg_rows),
+        int_literal(2),
+        int_literal(60),
+    ];
+    let provider = foreign::call(&ctx.state(), "nmf", arguments, tokio::runtime::Handle::current()).unwrap();
+    // Scanned from a session that has none of diffsql's tables or functions.
+    let other = datafusion::prelude::SessionContext::new();
+    other.register_table("topics", provider).unwrap();
+    let got = rows(&other, "SELECT * FROM topics ORDER BY topic, rank").await;
+    let text = |b: &[datafusion::arrow::array::RecordBatch]| {
+        datafusion::arrow::util::pretty::pretty_format_batches(b)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(text(&got), text(&want));
+    assert!(text(&got).lines().count() > 6, "{}", text(&got));
+
+    assert!(foreign::table_function_names(&ctx.state()).contains(&"nmf".to_string()));
+    assert!(!foreign::table_function_names(&ctx.state()).contains(&"generate_series".to_string()));
+    let unknown = foreign::call(&ctx.state(), "nosuch", Vec::new(), tokio::runtime::Handle::current());
+    assert!(unknown
+        .unwrap_err()
+        .to_string()
+        .contains("diffsql has no table function nosuch"));
+    let misuse = foreign::call(
+        &ctx.state(),
+        "nmf",
+        vec![int_literal(1), int_literal(2)],
+        tokio::runtime::Handle::current(),
+    );
+    assert!(misuse
+        .unwrap_err()
+        .to_string()
+        .contains("nmf: the first argument must be a subquery"));
 }
