@@ -212,6 +212,15 @@ def test_saved_queries_run_with_their_methods_parameters(cache, ctx, tmp_path):
     for _ in range(2):
         last = ctx.query("normdiff", organism="caps").to_pandas()
     assert len(last) > 0
+    # A dictionary method: the query trains the PCA (the method run then finds it trained) and reads it through
+    # latents() in the context.
+    components = ctx.query("pca/01_components", organism="caps").to_arrow_table()
+    diffsql.run(organism="caps", pipeline__mode="diffing", cache_dir=cache, results_dir=tmp_path,
+                **{"diffing/method": "pca"}, project_root=ROOT, progress=False)
+    want = pq.read_table(tmp_path / "shakespeare/caps/pca/components.parquet")
+    assert components.num_rows == want.num_rows > 1
+    np.testing.assert_allclose(components.column("explained_variance").to_numpy(),
+                               want.column("explained_variance").to_numpy(), rtol=1e-6)
     # A folder of your own: parameters outside a method are model, organism, side and the keywords.
     mine = tmp_path / "my_queries"
     mine.mkdir()
