@@ -7,6 +7,8 @@
    (`\\timing`, so process start and session opening are left out on both sides); best of 3 after a warm-up.
 2. `diffsql.vectors` of one layer's base-model vectors vs reading the same Parquet files with pyarrow and
    decoding the fixed-size binary column with numpy (bfloat16 bits shifted into float32); best of 3.
+3. A table function with a subquery argument (`nmf` over per-token norms of one layer) through the context,
+   where the subquery runs first and its rows are handed over, vs the binary (`\timing`); best of 3.
 """
 
 import os
@@ -66,7 +68,14 @@ plain_vectors = best(plain)
 # The same vectors (a query without ORDER BY may return the files' rows in another order).
 a, b = plain(), diffsql.vectors(ctx.sql(query).to_arrow_table(), "act")
 assert a.shape == b.shape and np.array_equal(np.sort(a.sum(1, dtype=np.float64)), np.sort(b.sum(1, dtype=np.float64)))
+topics = (f"SELECT count(*) AS n, sum(weight) AS w FROM nmf((SELECT struct(seq_id, pos % 64, vec_norm(ft)) "
+          f"FROM acts WHERE layer = {layer} AND organism = 'caps'), 4, 30)")
+python_topics = best(lambda: ctx.sql(topics).collect())
+run = subprocess.run([binary, "--cache", str(cache), "sql", "-c", "\\timing on", *["-c", topics] * 4],
+                     capture_output=True, text=True, check=True)
+binary_topics = min(float(t) for t in re.findall(r"Time: ([\d.]+) s", run.stdout + run.stderr)[1:])
 print("| what | diffsql from Python | peer | ratio |")
 print("|---|---:|---:|---:|")
 print(f"| card query (normdiff per layer) | {python_card:.3f} s | binary {binary_card:.3f} s | {python_card / binary_card:.2f} |")
+print(f"| nmf over a subquery of one layer | {python_topics:.3f} s | binary {binary_topics:.3f} s | {python_topics / binary_topics:.2f} |")
 print(f"| one layer's vectors as (n, d) float32 | {python_vectors:.3f} s | pyarrow + numpy {plain_vectors:.3f} s | {python_vectors / plain_vectors:.2f} |")
