@@ -159,22 +159,25 @@ class SessionContext(datafusion.SessionContext):
         """Runs the saved query `name` (`queries/NAME.sql`, or every file of `queries/NAME/` in order) and
         returns the last statement's result. `$` parameters are bound as in `diffing/method=NAME`: the method's
         config, `model`/`organism`/`side` from `overrides` (`"organism=caps"`) or the `organism=`/`model=`
-        keywords, then any keyword over them (`top_n=20`). Tables and views a file defines are replaced."""
+        keywords, then any keyword over them (`top_n=20`). Tables and views a file defines are replaced; the
+        results of statements before the last are not computed. A dictionary method's dictionary is trained
+        first when the cache lacks it (progress drawn as for `run`), unless `dictionary=` names one."""
         settings = [f"cache_dir={self._cache_dir}", *overrides]
         for key in ("model", "organism"):
             if key in params:
                 settings.append(f"{key}={params.pop(key)}")
-        statements = _native.saved_query(
-            str(self._queries), str(self._configs), name, settings, list(params.items())
-        )
-        result = None
-        for i, (text, defines) in enumerate(statements):
+        bound = []
+        # Binding may train the method's dictionary: its progress is drawn like run()'s.
+        _with_progress(True, lambda: bound.extend(_native.saved_query(
+            str(self._queries), str(self._configs), name, settings, list(params.items()))))
+        for i, (text, defines) in enumerate(bound):
             if defines and self.table_exist(defines):
                 self.deregister_table(defines)
-            result = self.sql(text)
-            if defines is not None and i + 1 < len(statements):
-                result.collect()
-        return result
+            if i + 1 == len(bound):
+                return self.sql(text)
+            if defines is not None:  # a table or view the later statements read; other results are skipped
+                self.sql(text).collect()
+        raise DiffsqlError(f"saved query {name!r} has no statement")
 
 
 def connect(

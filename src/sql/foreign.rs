@@ -124,7 +124,7 @@ impl Argument {
                     .iter()
                     .find(|b| b.num_rows() > 0)
                     .map(|b| Arc::clone(b.column(0)))
-                    .ok_or_else(|| DataFusionError::Plan(format!("{function}: argument {index} has no value")))?;
+                    .ok_or_else(|| DataFusionError::Plan(format!("{function}: argument {} has no value", index + 1)))?;
                 Ok(Expr::Literal(ScalarValue::try_from_array(&column, 0)?, None))
             }
         }
