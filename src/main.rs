@@ -24,7 +24,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// after a free (mimalloc's default purge delay). Preprocessing frees and reallocates the same large buffers
 /// batch after batch (each batch's logits: tokens × vocabulary floats per model, ~800 MB for SmolLM2 at batch
 /// 32), and each came back as fresh pages the kernel had to zero: `clear_page_erms` was 13% of a SmolLM2 run
-/// in `perf`, 3.6% after; end to end 7% faster at the same peak memory (bench/README.md).
+/// in `perf`, 3.2–3.6% after; end to end 9–10% faster in interleaved runs, peak memory ~5% higher
+/// (bench/README.md).
 fn keep_freed_memory() {
     // mi_option_purge_delay in mimalloc 3.x's option enum (libmimalloc-sys names no constant for it).
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;

@@ -144,8 +144,8 @@ const FFI_BATCH_BYTES: usize = 4 << 20;
 #[pyclass(module = "diffsql._native")]
 struct Session {
     ctx: SessionContext,
-    /// Runs `sql` and the scans of table functions' results (datafusion-python polls those from its own
-    /// runtime, which this library's tokio cannot see).
+    /// Runs `sql`, the catalogue lookups and the scans of table functions' results (datafusion-python polls
+    /// those from its own runtime, which this library's tokio cannot see).
     runtime: Arc<tokio::runtime::Runtime>,
 }
 
@@ -224,10 +224,9 @@ impl Session {
             .catalog("datafusion")
             .and_then(|c| c.schema("public"))
             .ok_or_else(|| PyRuntimeError::new_err("the session has no default schema"))?;
-        let runtime = tokio::runtime::Builder::new_current_thread().build().map_err(error)?;
         let mut out = Vec::new();
         for name in schema.table_names() {
-            if let Some(provider) = runtime.block_on(schema.table(&name)).map_err(error)? {
+            if let Some(provider) = self.runtime.block_on(schema.table(&name)).map_err(error)? {
                 out.push((
                     name,
                     Table {

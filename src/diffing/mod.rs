@@ -78,20 +78,26 @@ fn num_layers(settings: &Settings) -> Result<usize> {
         })
 }
 
+/// The parameters every query sees, method or not: `model`, `organism`, and `side` (the organism as the
+/// intervention functions name it: `model/organism`).
+fn pair_params(settings: &Settings) -> Vec<(String, SqlValue)> {
+    let text = |s: String| SqlValue::SingleQuotedString(s);
+    vec![
+        ("model".to_string(), text(settings.model.name.clone())),
+        ("organism".to_string(), text(settings.organism.name.clone())),
+        (
+            "side".to_string(),
+            text(format!("{}/{}", settings.model.name, settings.organism.name)),
+        ),
+    ]
+}
+
 /// The typed parameters a method's queries see. A parameter named `layer` that is a fraction is resolved like
 /// `preprocessing.layers` (`int(f * (num_layers - 1))`) against the cached model's depth.
 pub fn params(settings: &Settings) -> Result<Vec<(String, SqlValue)>> {
     let text = |s: &str| SqlValue::SingleQuotedString(s.to_string());
     let number = |n: String| SqlValue::Number(n, false);
-    let mut out = vec![
-        ("model".to_string(), text(&settings.model.name)),
-        ("organism".to_string(), text(&settings.organism.name)),
-        // The organism as the intervention functions name a side: `model/organism`.
-        (
-            "side".to_string(),
-            text(&format!("{}/{}", settings.model.name, settings.organism.name)),
-        ),
-    ];
+    let mut out = pair_params(settings);
     for (k, v) in &settings.diffing.method.params {
         let value = match v {
             toml::Value::Float(f) if k == "layer" || k.ends_with("_layer") => {
@@ -149,11 +155,10 @@ pub fn saved_query_params(
         args.push(format!("diffing/method={method}"));
     }
     let settings = configs.resolve(&crate::config::parse_all(&args, false)?)?;
-    let mut params = method_params(&settings, of_method && !given.contains(&"dictionary"))?;
     if !of_method {
-        params.retain(|(k, _)| ["model", "organism", "side"].contains(&k.as_str()));
+        return Ok(pair_params(&settings));
     }
-    Ok(params)
+    method_params(&settings, !given.contains(&"dictionary"))
 }
 
 /// Runs `sql` (several statements) with `params` bound; returns the last statement's result, or None when

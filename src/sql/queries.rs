@@ -71,7 +71,7 @@ pub fn read(queries_dir: &Path, name: &str) -> Result<String> {
 
 /// Replaces every `$name` placeholder in a parsed statement by its typed value, as a literal node of the
 /// syntax tree (never by editing SQL text), so placeholders work everywhere, table function arguments included.
-pub fn bind(statement: &mut DFStatement, params: &[(String, SqlValue)]) -> Result<()> {
+fn bind(statement: &mut DFStatement, params: &[(String, SqlValue)]) -> Result<()> {
     use datafusion::sql::sqlparser::ast::{visit_expressions_mut, Expr as SqlExpr};
     let DFStatement::Statement(statement) = statement else {
         return Ok(());
@@ -115,7 +115,7 @@ pub fn defines(statement: &DFStatement) -> Option<String> {
     }
 }
 
-/// The statements of `sql` with `params` bound (see [`bind`]).
+/// The statements of `sql` with `params` bound: every `$name` placeholder replaced by its typed literal.
 pub fn bind_statements(sql: &str, params: &[(String, SqlValue)]) -> Result<Vec<DFStatement>> {
     let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})?;
     if statements.is_empty() {
