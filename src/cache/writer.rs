@@ -78,14 +78,14 @@ pub fn parse_compression(s: &str) -> Result<Compression> {
 /// A `Write` that hashes what passes through it, so a file's checksum costs no second read.
 struct HashingWriter<W> {
     inner: W,
-    hasher: Xxh3,
+    hasher: twox_hash::XxHash3_64,
     bytes: u64,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        std::hash::Hasher::write(&mut self.hasher, &buf[..n]);
         self.bytes += n as u64;
         Ok(n)
     }
@@ -307,7 +307,7 @@ impl PartitionWriter {
         let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         let sink = HashingWriter {
             inner: BufWriter::with_capacity(1 << 20, file),
-            hasher: Xxh3::new(),
+            hasher: twox_hash::XxHash3_64::new(),
             bytes: 0,
         };
         self.current = Some(ArrowWriter::try_new(
@@ -335,7 +335,7 @@ impl PartitionWriter {
             name: Self::file_name(self.files.len()),
             rows: self.rows_in_file as u64,
             bytes: sink.bytes,
-            xxh3: format!("{:016x}", sink.hasher.digest()),
+            xxh3: format!("{:016x}", std::hash::Hasher::finish(&sink.hasher)),
         });
         self.rows_in_file = 0;
         Ok(())
