@@ -122,6 +122,62 @@ fn normdiff_method_on_the_synthetic_cache_gives_the_closed_form() {
 }
 
 #[test]
+fn normdiff_mean_diff_pools_position_groups_by_their_token_counts() {
+    // With noise every position group has its own mean, so the layer's pooled mean is right only if each
+    // group counts by its tokens (30 at each of positions 0-4, 150 after): checked against mean_diff over
+    // the layer and over each position computed directly from the vectors.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("noisy");
+    let mut spec = super::fixtures::spec(diffsql_udfs::vector::ElementType::Float32);
+    spec.noise = 0.5;
+    diffsql::cache::synth::write(&diffsql::cache::CacheLayout::new(&cache), &spec, |_| {}).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    run(&settings("normdiff", "m", &cache, out.path()));
+    let md = read(&out.path().join("m/caps/normdiff/mean_diff.parquet"));
+    let ctx = diffsql::sql::session::open_session(&cache).unwrap();
+    let direct = |sql: String| -> Vec<f32> {
+        let batches = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async { ctx.sql(&sql).await.unwrap().collect().await.unwrap() });
+        let v = batches[0].column(0).as_fixed_size_list().value(0);
+        v.as_primitive::<datafusion::arrow::datatypes::Float32Type>()
+            .values()
+            .to_vec()
+    };
+    let mut rows = 0;
+    for b in &md {
+        let layers = b.column(0).as_primitive::<Int32Type>();
+        let positions =
+            datafusion::arrow::compute::cast(b.column(1), &datafusion::arrow::datatypes::DataType::Utf8).unwrap();
+        let positions = positions.as_string::<i32>();
+        let tokens = b.column(2).as_primitive::<Int64Type>();
+        let vectors = b.column_by_name("mean_diff").unwrap().as_fixed_size_list();
+        for i in 0..b.num_rows() {
+            let (layer, position) = (layers.value(i), positions.value(i));
+            let filter = if position == "all" {
+                String::new()
+            } else {
+                format!(" AND pos = {position}")
+            };
+            let expect = direct(format!(
+                "SELECT mean_diff(base, ft) FROM acts WHERE organism = 'caps' AND layer = {layer}{filter}"
+            ));
+            assert_eq!(tokens.value(i), if position == "all" { 300 } else { 30 });
+            let got = vectors.value(i);
+            let got = got.as_primitive::<datafusion::arrow::datatypes::Float32Type>().values();
+            for (j, (g, e)) in got.iter().zip(&expect).enumerate() {
+                assert!(
+                    (g - e).abs() <= 1e-6 + 1e-5 * e.abs(),
+                    "layer {layer} {position} [{j}]: {g} vs {e}"
+                );
+            }
+            rows += 1;
+        }
+    }
+    assert_eq!(rows, 4 * (1 + 5));
+}
+
+#[test]
 fn kl_method_statistics_match_a_direct_computation() {
     // Synthetic: KL = 0.01·(pos mod 7) for caps, positions 0..9 in every sequence.
     let out = tempfile::tempdir().unwrap();

@@ -256,9 +256,11 @@ pub enum VectorTerm {
     Value,
     /// The second argument minus the first, `ft − base`.
     Difference,
+    /// The first argument `v` weighted by the second, a number `w ≥ 0`: Σ w·v / Σ w.
+    Weighted,
 }
 
-/// Element-wise mean over the group of a vector (or a difference of two), summed in f64.
+/// Element-wise mean over the group of a vector (or a difference of two, or weighted vectors), summed in f64.
 #[derive(Debug)]
 pub struct MeanVector {
     function: &'static str,
@@ -266,7 +268,8 @@ pub struct MeanVector {
     return_type: DataType,
     dim: Option<usize>,
     sums: Vec<f64>,
-    counts: Vec<u64>,
+    /// Rows (or total weight) per group.
+    weights: Vec<f64>,
 }
 
 impl MeanVector {
@@ -279,22 +282,22 @@ impl MeanVector {
             return_type,
             dim,
             sums: Vec::new(),
-            counts: Vec::new(),
+            weights: Vec::new(),
         }
     }
 
-    /// The partial-state fields: the float64 sum vector and a uint64 count.
+    /// The partial-state fields: the float64 sum vector and the float64 row count (or total weight).
     pub fn state_fields(name: &str) -> Vec<FieldRef> {
         let item = Arc::new(Field::new_list_field(DataType::Float64, true));
         vec![
             Arc::new(Field::new(format_state_name(name, "sum"), DataType::List(item), true)),
-            Arc::new(Field::new(format_state_name(name, "count"), DataType::UInt64, true)),
+            Arc::new(Field::new(format_state_name(name, "weight"), DataType::Float64, true)),
         ]
     }
 
     fn grow(&mut self, n: usize) {
-        if self.counts.len() < n {
-            self.counts.resize(n, 0);
+        if self.weights.len() < n {
+            self.weights.resize(n, 0.0);
         }
         if let Some(d) = self.dim {
             if self.sums.len() < n * d {
@@ -312,10 +315,44 @@ impl MeanVector {
             Some(d) => Ok(d),
             None => {
                 self.dim = Some(len);
-                self.sums.resize(self.counts.len() * len, 0.0);
+                self.sums.resize(self.weights.len() * len, 0.0);
                 Ok(len)
             }
         }
+    }
+}
+
+impl MeanVector {
+    /// Adds `w[i] · v[i]` to group `groups[i]`; a row with a NULL vector or weight is skipped, and a negative
+    /// or non-finite weight is an error naming the function.
+    fn update_weighted(
+        &mut self,
+        v: &ArrayRef,
+        w: &Float64Array,
+        groups: &[usize],
+        filter: Option<&BooleanArray>,
+    ) -> Result<()> {
+        let function = self.function;
+        let vectors = Vectors::try_new(function, v.as_ref())?;
+        let mut scratch = Vec::new();
+        for (i, &g) in groups.iter().enumerate() {
+            if !passes(filter, i) || w.is_null(i) {
+                continue;
+            }
+            let weight = w.value(i);
+            if !(weight.is_finite() && weight >= 0.0) {
+                return exec_err!("{function}: weight {weight} is negative or not finite: weights must be numbers ≥ 0");
+            }
+            let Some(x) = vectors.row(i, &mut scratch) else {
+                continue;
+            };
+            let d = self.check_dim(x.len())?;
+            for (o, &value) in self.sums[g * d..(g + 1) * d].iter_mut().zip(x) {
+                *o += weight * value as f64;
+            }
+            self.weights[g] += weight;
+        }
+        Ok(())
     }
 }
 
@@ -336,6 +373,10 @@ impl GroupState for MeanVector {
             VectorTerm::Difference => {
                 let (a, b) = two_vector_args(function, values)?;
                 (a, Some(b))
+            }
+            VectorTerm::Weighted => {
+                let (v, w) = two_vector_args(function, values)?;
+                return self.update_weighted(v, w.as_primitive::<Float64Type>(), groups, filter);
             }
         };
         let va = Vectors::try_new(function, first.as_ref())?;
@@ -360,20 +401,20 @@ impl GroupState for MeanVector {
                     crate::kernels::add_diff(&mut self.sums[g * d..(g + 1) * d], x, y);
                 }
             }
-            self.counts[g] += 1;
+            self.weights[g] += 1.0;
         }
         Ok(())
     }
 
     fn merge(&mut self, states: &[ArrayRef], groups: &[usize], n: usize) -> Result<()> {
         self.grow(n);
-        let [sums, counts] = states else {
+        let [sums, weights] = states else {
             return exec_err!("{}: expected 2 state columns, got {}", self.function, states.len());
         };
         let sums = sums.as_list::<i32>();
-        let counts = counts.as_primitive::<UInt64Type>();
+        let weights = weights.as_primitive::<Float64Type>();
         for (i, &g) in groups.iter().enumerate() {
-            if !counts.is_valid(i) || counts.value(i) == 0 {
+            if !weights.is_valid(i) || weights.value(i) == 0.0 {
                 continue;
             }
             let part = sums.value(i);
@@ -382,7 +423,7 @@ impl GroupState for MeanVector {
             for (o, p) in self.sums[g * d..(g + 1) * d].iter_mut().zip(part.iter()) {
                 *o += p;
             }
-            self.counts[g] += counts.value(i);
+            self.weights[g] += weights.value(i);
         }
         Ok(())
     }
@@ -390,11 +431,11 @@ impl GroupState for MeanVector {
     fn evaluate(&self, range: Range<usize>) -> Result<ArrayRef> {
         let mut out = VectorBuilder::new(range.len());
         for g in range {
-            match (self.counts[g], self.dim) {
-                (0, _) | (_, None) => out.push_null(),
-                (c, Some(d)) => out.push_with(|values| {
-                    values.extend(self.sums[g * d..(g + 1) * d].iter().map(|s| (s / c as f64) as f32))
-                }),
+            match (self.weights[g], self.dim) {
+                (w, Some(d)) if w > 0.0 => {
+                    out.push_with(|values| values.extend(self.sums[g * d..(g + 1) * d].iter().map(|s| (s / w) as f32)))
+                }
+                _ => out.push_null(),
             }
         }
         out.finish(&self.return_type)
@@ -413,23 +454,23 @@ impl GroupState for MeanVector {
         )?;
         Ok(vec![
             Arc::new(lists),
-            Arc::new(UInt64Array::from(self.counts[range].to_vec())),
+            Arc::new(Float64Array::from(self.weights[range].to_vec())),
         ])
     }
 
     fn drain(&mut self, n: usize) {
-        self.counts.drain(..n);
+        self.weights.drain(..n);
         if let Some(d) = self.dim {
             self.sums.drain(..n * d);
         }
     }
 
     fn len(&self) -> usize {
-        self.counts.len()
+        self.weights.len()
     }
 
     fn size(&self) -> usize {
-        self.sums.capacity() * 8 + self.counts.capacity() * 8 + size_of::<Self>()
+        self.sums.capacity() * 8 + self.weights.capacity() * 8 + size_of::<Self>()
     }
 
     fn fresh(&self) -> Self {
