@@ -320,9 +320,7 @@ impl MeanVector {
             }
         }
     }
-}
 
-impl MeanVector {
     /// Adds `w[i] · v[i]` to group `groups[i]`; a row with a NULL vector or weight is skipped, and a negative
     /// or non-finite weight is an error naming the function.
     fn update_weighted(
@@ -376,7 +374,10 @@ impl GroupState for MeanVector {
             }
             VectorTerm::Weighted => {
                 let (v, w) = two_vector_args(function, values)?;
-                return self.update_weighted(v, w.as_primitive::<Float64Type>(), groups, filter);
+                let Some(w) = w.as_primitive_opt::<Float64Type>() else {
+                    return exec_err!("{function}: the weight must be a float64 number, got {}", w.data_type());
+                };
+                return self.update_weighted(v, w, groups, filter);
             }
         };
         let va = Vectors::try_new(function, first.as_ref())?;
