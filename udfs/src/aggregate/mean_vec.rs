@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use datafusion::arrow::datatypes::{DataType, FieldRef};
-use datafusion::common::Result;
+use datafusion::common::{plan_err, Result};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
     Accumulator, AggregateUDFImpl, Documentation, GroupsAccumulator, Signature, Volatility,
@@ -13,7 +13,6 @@ use datafusion::logical_expr::{
 use super::group_state::{Groups, MeanVector, Single, VectorTerm};
 use crate::doc::VECTOR_AGGREGATES;
 use crate::vector::{coerce_vector_arg, float32_vector_type};
-use datafusion::common::plan_err;
 
 /// Element-wise mean of the vectors of a group, optionally weighted.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -76,7 +75,8 @@ impl AggregateUDFImpl for MeanVec {
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        Ok(float32_vector_type(&arg_types[..1]))
+        // The vector alone decides the type; the weight, when given, is a number.
+        Ok(float32_vector_type(arg_types.get(..1).unwrap_or_default()))
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
