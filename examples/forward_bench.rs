@@ -5,9 +5,10 @@
 
 use std::time::Instant;
 
+use anyhow::Context;
 use candle_core::{DType, Tensor};
-use diffsql::model::{load, ComputeDevice, ModelSource};
-use diffsql::preprocess::compute_dtype;
+use diffsql_model::pair::compute_dtype;
+use diffsql_model::{load, ComputeDevice, ModelSource};
 
 // The allocator the diffsql binary uses. Without it glibc's malloc returned each forward's large activation
 // buffers to the OS and page-faulted them back in on the next, which cost up to 30% (it depended on what
@@ -24,8 +25,15 @@ fn main() -> anyhow::Result<()> {
         _ => anyhow::bail!("usage: forward_bench MODEL BATCH CONTEXT REPEATS [DEVICE [DTYPE]]"),
     };
     let (batch, context, repeats): (usize, usize, usize) = (batch.parse()?, context.parse()?, repeats.parse()?);
-    let device = device.parse::<ComputeDevice>()?.open()?;
-    let model = load(&ModelSource::parse(model)?, None, compute_dtype(dtype)?, &device)?;
+    let device = diffsql_model::device::open(device.parse::<ComputeDevice>()?)?;
+    let model = load(
+        &ModelSource::parse(model)?,
+        None,
+        compute_dtype(
+            diffsql_udfs::vector::ElementType::parse(dtype).context("DTYPE is float32, bfloat16 or float16")?,
+        ),
+        &device,
+    )?;
     let vocab = model.decoder.spec().vocab as u32;
     let ids: Vec<u32> = (0..batch * context)
         .map(|i| (i as u32).wrapping_mul(2654435761) % vocab)

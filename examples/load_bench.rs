@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::DType;
-use diffsql::model::{Decoder, ModelFiles, ModelSource};
+use diffsql_model::{Decoder, ModelFiles, ModelSource};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -6,13 +6,14 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use diffsql::cache::synth::{self, SynthSpec};
-use diffsql::cache::writer::parse_compression;
-use diffsql::cache::CacheLayout;
-use diffsql::config::{self, ConfigDir, Override};
 use diffsql::pipeline;
-use diffsql::sql::shell::{one_line, Flow, Shell};
-use diffsql::sql::{open_session_with, queries, Format, SqlAccess};
+use diffsql_core::cache::synth::{self, SynthSpec};
+use diffsql_core::cache::writer::parquet_compression;
+use diffsql_core::cache::CacheLayout;
+use diffsql_core::config::{self, ConfigDir, Override, VectorCompression};
+use diffsql_model::one_line;
+use diffsql_sql::shell::{Flow, Shell};
+use diffsql_sql::{open_session_with, queries, Format, SqlAccess};
 use diffsql_udfs::vector::ElementType;
 
 /// mimalloc keeps freed pages for reuse: scans allocate large vector buffers batch after batch, and the
@@ -187,15 +188,15 @@ struct SynthArgs {
     #[arg(long, default_value_t = 64)]
     d_model: usize,
     /// float32, float16 or bfloat16.
-    #[arg(long, default_value = "float32")]
-    dtype: String,
+    #[arg(long, default_value = "float32", value_parser = parse_dtype)]
+    dtype: ElementType,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long, default_value_t = 1 << 17)]
     rows_per_file: usize,
     /// Compression of the vectors: none, snappy, zstd or zstd(N).
     #[arg(long, default_value = "none")]
-    compression: String,
+    compression: VectorCompression,
     /// Standard deviation of noise added to organism vectors (0 keeps the exact known answers).
     #[arg(long, default_value_t = 0.0)]
     noise: f32,
@@ -230,14 +231,18 @@ fn run() -> Result<ExitCode> {
     let pipeline_fixed = |mode: Option<&str>| -> Result<Vec<Override>> {
         let mut fixed = Vec::new();
         if let Some(c) = &cli.cache {
-            fixed.push(config::overrides::parse(&format!("cache_dir={}", c.display()))?);
+            fixed.push(Override::set("cache_dir", toml::Value::String(c.display().to_string())));
         }
         if let Some(m) = mode {
-            fixed.push(config::overrides::parse(&format!("pipeline.mode={m}"))?);
+            fixed.push(Override::set("pipeline.mode", toml::Value::String(m.to_string())));
         }
         Ok(fixed)
     };
-    let cache = cli.cache.clone().unwrap_or_else(|| PathBuf::from("cache"));
+    // Commands that only read or write a cache take it from --cache, else from config.toml's cache_dir.
+    let cache = match &cli.cache {
+        Some(c) => c.clone(),
+        None => configs.cache_dir()?,
+    };
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
         Some(Command::Preprocess(args)) => {
@@ -260,7 +265,7 @@ fn run() -> Result<ExitCode> {
             let mut all = config::parse_all(&overrides, false)?;
             all.extend(pipeline_fixed(None)?);
             let settings = configs.resolve(&all)?;
-            print!("{}", runtime()?.block_on(diffsql::report::report(&settings))?);
+            print!("{}", runtime()?.block_on(diffsql_diffing::report::report(&settings))?);
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Generate(args)) => {
@@ -268,14 +273,14 @@ fn run() -> Result<ExitCode> {
             all.extend(pipeline_fixed(None)?);
             let settings = configs.resolve(&all)?;
             let sampling = match args.temperature {
-                None => diffsql::model::generate::Sampling::Greedy,
-                Some(temperature) => diffsql::model::generate::Sampling::Sample {
+                None => diffsql_model::generate::Sampling::Greedy,
+                Some(temperature) => diffsql_model::generate::Sampling::Sample {
                     temperature,
                     top_p: args.top_p,
                     seed: args.seed,
                 },
             };
-            let (results, timings) = diffsql::generation::side_by_side(
+            let (results, timings) = diffsql_model::generation::side_by_side(
                 &settings,
                 &configs.project_root(),
                 &args.prompts,
@@ -286,11 +291,19 @@ fn run() -> Result<ExitCode> {
             let organism = &settings.organism.name;
             let width = organism.len().max(4);
             for (i, r) in results.iter().enumerate() {
-                println!("prompt {}: {}", i + 1, diffsql::data::token_text::quoted(&r.prompt));
-                println!("  {:width$}  {}", "base", diffsql::data::token_text::quoted(&r.base));
+                println!(
+                    "prompt {}: {}",
+                    i + 1,
+                    diffsql_model::data::token_text::quoted(&r.prompt)
+                );
+                println!(
+                    "  {:width$}  {}",
+                    "base",
+                    diffsql_model::data::token_text::quoted(&r.base)
+                );
                 println!(
                     "  {organism:width$}  {}",
-                    diffsql::data::token_text::quoted(&r.organism)
+                    diffsql_model::data::token_text::quoted(&r.organism)
                 );
             }
             for (side, t) in ["base", organism.as_str()].iter().zip(timings) {
@@ -334,7 +347,7 @@ fn run() -> Result<ExitCode> {
         }) => runtime()?.block_on(async {
             let sql = queries::read(&cli.queries, &name)?;
             let ctx = shell_session(&cache, &configs, false)?;
-            diffsql::sql::register_model_functions(&ctx, configs.clone());
+            diffsql_sql::register_model_functions(&ctx, configs.clone());
             let mut shell = Shell::new(ctx, cli.queries.clone(), format);
             shell.execute(&sql).await?;
             Ok(ExitCode::SUCCESS)
@@ -346,7 +359,7 @@ fn run() -> Result<ExitCode> {
             if args.query_timeout == 0 {
                 bail!("--query-timeout must be at least 1 second");
             }
-            let options = diffsql::serve::ServeOptions {
+            let options = diffsql_serve::ServeOptions {
                 address: args.bind,
                 port: args.port,
                 cache_dir: settings.cache_dir.clone(),
@@ -357,7 +370,7 @@ fn run() -> Result<ExitCode> {
                 query_timeout: std::time::Duration::from_secs(args.query_timeout),
                 open: args.open,
             };
-            runtime()?.block_on(diffsql::serve::serve(options))?;
+            runtime()?.block_on(diffsql_serve::serve(options))?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Synth(args)) => synth_cache(&cache, args),
@@ -374,8 +387,8 @@ fn check_cache(cache: &Path, repair: bool) -> Result<ExitCode> {
     }
     let started = std::time::Instant::now();
     let layout = CacheLayout::new(cache);
-    let report = diffsql::cache::verify::check(&layout, repair)?;
-    let (dictionaries, damaged_dictionaries) = diffsql::train::store::check(&layout, repair)?;
+    let report = diffsql_core::cache::verify::check(&layout, repair)?;
+    let (dictionaries, damaged_dictionaries) = diffsql_train::store::check(&layout, repair)?;
     for d in &report.damaged {
         println!("damaged  {}  {}", d.key, d.problem);
     }
@@ -398,7 +411,7 @@ fn check_cache(cache: &Path, repair: bool) -> Result<ExitCode> {
         "checked {} partitions, {} files, {} and {dictionaries} dictionaries in {:.1} s: {damaged} damaged{}",
         report.partitions,
         report.files,
-        diffsql::pipeline::bytes(report.bytes),
+        indicatif::HumanBytes(report.bytes),
         started.elapsed().as_secs_f64(),
         match (damaged == 0, repair) {
             (true, _) => String::new(),
@@ -431,7 +444,7 @@ fn shell_session(cache: &Path, configs: &ConfigDir, read_only: bool) -> Result<d
 
 async fn sql(cache: &Path, queries_dir: &Path, configs: &ConfigDir, args: SqlArgs) -> Result<ExitCode> {
     let ctx = shell_session(cache, configs, args.read_only)?;
-    diffsql::sql::register_model_functions(&ctx, configs.clone());
+    diffsql_sql::register_model_functions(&ctx, configs.clone());
     let mut shell = Shell::new(ctx, queries_dir.to_path_buf(), args.format);
     shell.set_timing(args.timing);
     if !args.commands.is_empty() || !args.files.is_empty() {
@@ -516,10 +529,12 @@ fn history_path() -> Option<PathBuf> {
         .or_else(|| dirs::data_dir().map(|d| d.join("diffsql").join("history")))
 }
 
+fn parse_dtype(s: &str) -> Result<ElementType> {
+    ElementType::parse(s).with_context(|| format!("unknown dtype {s:?}: use float32, float16 or bfloat16"))
+}
+
 fn synth_cache(cache: &Path, args: SynthArgs) -> Result<ExitCode> {
-    let Some(dtype) = ElementType::parse(&args.dtype) else {
-        bail!("unknown dtype {:?}: use float32, float16 or bfloat16", args.dtype);
-    };
+    let dtype = args.dtype;
     let spec = SynthSpec {
         model: args.model,
         organisms: args.organisms,
@@ -530,9 +545,9 @@ fn synth_cache(cache: &Path, args: SynthArgs) -> Result<ExitCode> {
         dtype,
         seed: args.seed,
         noise: args.noise,
-        options: diffsql::cache::WriteOptions {
+        options: diffsql_core::cache::WriteOptions {
             rows_per_file: args.rows_per_file,
-            vector_compression: parse_compression(&args.compression)?,
+            vector_compression: parquet_compression(args.compression),
             ..Default::default()
         },
         ..Default::default()

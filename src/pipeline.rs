@@ -5,28 +5,12 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use crate::config::overrides::{Override, Target};
-use crate::config::{expand, parse_all, ConfigDir, Mode, Settings};
-
-/// A human-readable size.
-pub fn bytes(n: u64) -> String {
-    let mut v = n as f64;
-    for unit in ["B", "KiB", "MiB", "GiB"] {
-        if v < 1024.0 || unit == "GiB" {
-            return if unit == "B" {
-                format!("{n} B")
-            } else {
-                format!("{v:.1} {unit}")
-            };
-        }
-        v /= 1024.0;
-    }
-    unreachable!()
-}
+use diffsql_core::config::overrides::{Override, Target};
+use diffsql_core::config::{expand, parse_all, ConfigDir, Mode, Settings};
 
 /// Runs preprocessing for resolved settings and prints its summary.
 pub fn preprocess(settings: &Settings, configs: &ConfigDir) -> Result<()> {
-    let s = crate::preprocess::run(settings, &configs.project_root())?;
+    let s = diffsql_preprocess::run(settings, &configs.project_root())?;
     let who = format!("{} / {}", settings.model.name, settings.organism.name);
     if s.is_noop() {
         eprintln!(
@@ -41,7 +25,7 @@ pub fn preprocess(settings: &Settings, configs: &ConfigDir) -> Result<()> {
             s.tokens,
             s.partitions_written,
             s.rows_written,
-            bytes(s.bytes_written),
+            indicatif::HumanBytes(s.bytes_written),
             s.seconds,
             s.tokens as f64 / s.seconds.max(1e-9),
             if s.base_reused {
@@ -59,7 +43,7 @@ pub fn preprocess(settings: &Settings, configs: &ConfigDir) -> Result<()> {
 /// Runs the configured diffing method and prints where its results went.
 pub fn diff(settings: &Settings, queries: &Path, configs: &ConfigDir) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let r = runtime.block_on(crate::diffing::run(settings, queries, configs))?;
+    let r = runtime.block_on(diffsql_diffing::run(settings, queries, configs))?;
     eprintln!(
         "diffing {} / {} / {}: {} tables, {} plots in {} ({:.2} s)",
         r.model,
@@ -120,13 +104,13 @@ pub fn multirun(
             if runs.len() == 1 {
                 return Err(e);
             }
-            eprintln!("[{}/{}] failed: {}", i + 1, runs.len(), crate::sql::shell::one_line(&e));
+            eprintln!("[{}/{}] failed: {}", i + 1, runs.len(), diffsql_model::one_line(&e));
             failures.push((label, e));
         }
     }
     if !failures.is_empty() {
         for (label, e) in &failures {
-            eprintln!("failed: {label}: {}", crate::sql::shell::one_line(e));
+            eprintln!("failed: {label}: {}", diffsql_model::one_line(e));
         }
         bail!("{} of {} runs failed", failures.len(), runs.len());
     }

@@ -17,8 +17,8 @@ use datafusion_ffi::proto::logical_extension_codec::FFI_LogicalExtensionCodec;
 use datafusion_ffi::table_provider::FFI_TableProvider;
 use datafusion_ffi::udaf::FFI_AggregateUDF;
 use datafusion_ffi::udf::FFI_ScalarUDF;
-use diffsql::cache::tables::{VectorTable, VectorTableKind};
-use diffsql::sql::foreign;
+use diffsql_sql::tables::{VectorTable, VectorTableKind};
+use diffsql_sql::foreign;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyCapsule};
@@ -166,18 +166,18 @@ fn read_arrow_stream(object: &Bound<PyAny>) -> PyResult<(SchemaRef, Vec<RecordBa
 impl Session {
     #[new]
     fn new(cache_dir: PathBuf, configs: PathBuf) -> PyResult<Self> {
-        let access = diffsql::sql::SqlAccess {
+        let access = diffsql_sql::SqlAccess {
             read_only: true,
             protected: Vec::new(),
         };
-        let ctx = diffsql::sql::open_session_with(&cache_dir, access).map_err(anyhow_error)?;
-        diffsql::sql::register_model_functions(&ctx, diffsql::config::ConfigDir::new(&configs));
+        let ctx = diffsql_sql::open_session_with(&cache_dir, access).map_err(anyhow_error)?;
+        diffsql_sql::register_model_functions(&ctx, diffsql_core::config::ConfigDir::new(&configs));
         // Every scan batch crosses the FFI at a fixed cost: 4 MiB of vectors per batch instead of 1 MiB.
         for (name, kind) in [
             ("activations", VectorTableKind::Activations),
             ("acts", VectorTableKind::Acts),
         ] {
-            let layout = diffsql::cache::CacheLayout::new(&cache_dir);
+            let layout = diffsql_core::cache::CacheLayout::new(&cache_dir);
             let table = VectorTable::open(layout, kind)
                 .map_err(anyhow_error)?
                 .with_batch_bytes(FFI_BATCH_BYTES);
@@ -202,7 +202,7 @@ impl Session {
             .detach(|| -> anyhow::Result<_> {
                 self.runtime.block_on(async {
                     let mut last = None;
-                    diffsql::sql::run_statements(&ctx, &query, |r| {
+                    diffsql_sql::run_statements(&ctx, &query, |r| {
                         last = Some((r.schema, r.batches));
                         Ok(())
                     })
@@ -300,8 +300,8 @@ impl Session {
 #[pyfunction]
 fn run(py: Python<'_>, overrides: Vec<String>, project_root: PathBuf) -> PyResult<()> {
     py.detach(|| -> anyhow::Result<()> {
-        let configs = diffsql::config::ConfigDir::new(project_root.join("configs"));
-        let parsed = diffsql::config::parse_all(&overrides, false)?;
+        let configs = diffsql_core::config::ConfigDir::new(project_root.join("configs"));
+        let parsed = diffsql_core::config::parse_all(&overrides, false)?;
         let settings = configs.resolve(&parsed)?;
         diffsql::pipeline::run_one(&settings, &configs, &project_root.join("queries"))
     })
@@ -350,20 +350,20 @@ fn saved_query(
     params: Vec<(String, Bound<PyAny>)>,
 ) -> PyResult<Vec<(String, Option<String>)>> {
     let given: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
-    let configs = diffsql::config::ConfigDir::new(&configs);
+    let configs = diffsql_core::config::ConfigDir::new(&configs);
     let mut bound = py
-        .detach(|| diffsql::diffing::saved_query_params(&configs, name, &overrides, &given))
+        .detach(|| diffsql_diffing::saved_query_params(&configs, name, &overrides, &given))
         .map_err(anyhow_error)?;
     for (key, value) in &params {
         let value = sql_value(key, value)?;
         bound.retain(|(k, _)| k != key);
         bound.push((key.clone(), value));
     }
-    let sql = diffsql::sql::queries::read(&queries, name).map_err(anyhow_error)?;
-    let statements = diffsql::sql::queries::bind_statements(&sql, &bound).map_err(anyhow_error)?;
+    let sql = diffsql_sql::queries::read(&queries, name).map_err(anyhow_error)?;
+    let statements = diffsql_sql::queries::bind_statements(&sql, &bound).map_err(anyhow_error)?;
     Ok(statements
         .iter()
-        .map(|s| (s.to_string(), diffsql::sql::queries::defines(s)))
+        .map(|s| (s.to_string(), diffsql_sql::queries::defines(s)))
         .collect())
 }
 
@@ -372,7 +372,7 @@ fn saved_query(
 #[pyfunction]
 #[pyo3(signature = (callback = None))]
 fn set_progress(callback: Option<Py<PyAny>>) {
-    diffsql::progress::set_observer(callback.map(|callback| -> diffsql::progress::Observer {
+    diffsql_core::progress::set_observer(callback.map(|callback| -> diffsql_core::progress::Observer {
         Arc::new(move |line: &str| {
             Python::attach(|py| {
                 // A failing callback must not stop the work it reports on.

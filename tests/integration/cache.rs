@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use diffsql::cache::synth::{self, SynthSpec};
-use diffsql::cache::tables::{VectorTable, VectorTableKind};
-use diffsql::cache::vectors::VectorEncoding;
-use diffsql::cache::{ActivationBatch, ActivationWriter, CacheLayout, PartitionKey, Table};
+use diffsql_core::cache::synth::{self, SynthSpec};
+use diffsql_core::cache::vectors::VectorEncoding;
+use diffsql_core::cache::{ActivationBatch, ActivationWriter, CacheLayout, PartitionKey, Table};
+use diffsql_sql::tables::{VectorTable, VectorTableKind};
 use diffsql_udfs::vector::ElementType;
 
 use super::fixtures::{small_files, D_MODEL};
@@ -71,17 +71,23 @@ fn second_writer_of_a_partition_is_refused() {
 }
 
 #[test]
-fn stale_lock_of_a_dead_process_is_taken_over() {
+fn a_lock_file_without_a_holder_does_not_stop_a_writer() {
+    // What a killed writer leaves: the file, with its pid, but no lock (the kernel dropped it).
     let dir = tempfile::tempdir().unwrap();
     let layout = CacheLayout::new(dir.path());
     let key = PartitionKey::activations("m", "caps", 1);
     std::fs::create_dir_all(layout.staging_dir()).unwrap();
-    let lock = layout
-        .staging_dir()
-        .join(format!("{}.lock", key.to_string().replace('/', ",")));
-    std::fs::write(&lock, "999999999").unwrap();
+    std::fs::write(layout.partition_lock_path(&key), "999999999").unwrap();
+    std::fs::create_dir_all(layout.partition_staging_dir(&key)).unwrap();
+    std::fs::write(layout.partition_staging_dir(&key).join("part-00000.parquet"), b"half").unwrap();
     let enc = VectorEncoding::new(ElementType::Float32, 4);
-    ActivationWriter::create(&layout, key, enc, small_files()).unwrap();
+    let w = ActivationWriter::create(&layout, key.clone(), enc, small_files()).unwrap();
+    w.finish().unwrap();
+    assert!(layout.manifest(&key).unwrap().is_some());
+    assert!(
+        !layout.partition_lock_path(&key).exists(),
+        "the lock file goes with its writer"
+    );
 }
 
 #[test]
@@ -196,7 +202,7 @@ async fn compressed_vectors_read_back_the_same_as_plain_ones() {
     for (name, compression) in [("plain", "none"), ("zstd", "zstd(3)"), ("snappy", "snappy")] {
         let layout = CacheLayout::new(dir.path().join(name));
         let mut options = small_files();
-        options.vector_compression = diffsql::cache::writer::parse_compression(compression).unwrap();
+        options.vector_compression = diffsql_core::cache::writer::parquet_compression(compression.parse().unwrap());
         let spec = SynthSpec {
             tokens: 200,
             layers: vec![2],
@@ -246,7 +252,7 @@ fn synthetic_noise_breaks_ties_but_keeps_the_shift() {
     synth::write(&CacheLayout::new(dir.path()), &spec, |_| {}).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let batches = rt.block_on(async {
-        let ctx = diffsql::sql::open_session(dir.path()).unwrap();
+        let ctx = diffsql_sql::open_session(dir.path()).unwrap();
         let df = ctx
             .sql("SELECT avg(diff_norm(base, ft)), stddev(diff_norm(base, ft)) FROM acts")
             .await

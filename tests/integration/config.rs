@@ -4,12 +4,12 @@
 use std::cell::RefCell;
 use std::process::Command;
 
-use diffsql::config::{parse_all, Mode};
 use diffsql::pipeline::multirun;
+use diffsql_core::config::{parse_all, Mode};
 
 use super::preprocess::configs;
 
-fn resolve(args: &[&str]) -> anyhow::Result<diffsql::config::Settings> {
+fn resolve(args: &[&str]) -> anyhow::Result<diffsql_core::config::Settings> {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     configs().resolve(&parse_all(&args, false)?)
 }
@@ -53,23 +53,26 @@ fn overrides_choose_groups_and_set_keys() {
     assert_eq!(s.defaults.dataset, ["shakespeare_chat"]);
     assert_eq!(s.preprocessing.batch_size, 2);
     assert_eq!(
-        diffsql::config::resolve_layers(&s.preprocessing.layers, 4).unwrap(),
+        diffsql_core::config::resolve_layers(&s.preprocessing.layers, 4).unwrap(),
         vec![0, 1, 3]
     );
     assert_eq!(s.pipeline.mode, Mode::Preprocessing);
-    assert_eq!(s.preprocessing.device, diffsql::model::ComputeDevice::Cpu);
+    assert_eq!(s.preprocessing.device, diffsql_core::config::ComputeDevice::Cpu);
     let on_gpu = resolve(&["preprocessing.device=cuda:1"]).unwrap();
-    assert_eq!(on_gpu.preprocessing.device, diffsql::model::ComputeDevice::Cuda(1));
+    assert_eq!(
+        on_gpu.preprocessing.device,
+        diffsql_core::config::ComputeDevice::Cuda(1)
+    );
     assert_eq!(s.diffing.method.params["top_n"], toml::Value::Integer(7));
     assert_eq!(s.diffing.method.params["extra"], toml::Value::String("hello".into()));
 }
 
 #[test]
 fn every_shipped_config_resolves() {
-    for g in diffsql::config::Group::ALL {
+    for g in diffsql_core::config::Group::ALL {
         for name in configs().choices(g).unwrap() {
             let arg = match g {
-                diffsql::config::Group::Dataset => format!("dataset=[{name}]"),
+                diffsql_core::config::Group::Dataset => format!("dataset=[{name}]"),
                 _ => format!("{}={name}", g.name()),
             };
             resolve(&[&arg]).unwrap_or_else(|e| panic!("{arg}: {e:#}"));
@@ -189,7 +192,7 @@ fn hub_datasets_resolve_from_a_hub_shaped_cache_offline() {
     std::fs::write(snap.join("train-00000-of-00001.jsonl"), "{\"text\": \"hello\"}\n").unwrap();
     std::fs::write(snap.join("test-00000-of-00001.jsonl"), "{\"text\": \"bye\"}\n").unwrap();
     let want_train = |p: &str| p.ends_with(".jsonl") && p.contains("train");
-    let files = diffsql::hub::repo_files_in(
+    let files = diffsql_core::hub::repo_files_in(
         dir.path(),
         "org/stories",
         hf_hub::RepoType::Dataset,
@@ -200,7 +203,7 @@ fn hub_datasets_resolve_from_a_hub_shaped_cache_offline() {
     .unwrap();
     assert_eq!(files.len(), 1);
     assert!(files[0].ends_with("data/train-00000-of-00001.jsonl"));
-    let e = diffsql::hub::repo_files_in(
+    let e = diffsql_core::hub::repo_files_in(
         dir.path(),
         "org/other",
         hf_hub::RepoType::Dataset,

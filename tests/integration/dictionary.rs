@@ -2,8 +2,8 @@
 //! directions, resuming a killed run, the SQL functions over a trained dictionary, and bad input.
 
 use candle_core::{Device, Tensor, Var};
-use diffsql::train::host::HostTrainer;
-use diffsql::train::sparse_coder::{Adam, CoderSpec, SparseCoder, Sparsity, StepSettings};
+use diffsql_train::host::HostTrainer;
+use diffsql_train::sparse_coder::{Adam, CoderSpec, SparseCoder, Sparsity, StepSettings};
 use serde_json::Value;
 
 fn floats(v: &Value) -> Vec<f32> {
@@ -113,6 +113,7 @@ fn forward_loss_and_one_adam_step_equal_pytorch() {
                 &[case["auxk"].as_f64().unwrap() as f32],
                 1e-5,
             );
+            assert_eq!(fresh.vars().len(), SparseCoder::VAR_NAMES.len());
             for (key, var) in SparseCoder::VAR_NAMES.iter().zip(fresh.vars()) {
                 assert_close(
                     &format!("{name} {key} after one sparse Adam step"),
@@ -168,6 +169,7 @@ fn forward_loss_and_one_adam_step_equal_pytorch() {
         let mut adam = Adam::new(&coder.vars()).unwrap();
         adam.step(&coder.vars(), &grads, case["lr"].as_f64().unwrap()).unwrap();
         coder.normalise_decoder().unwrap();
+        assert_eq!(coder.vars().len(), SparseCoder::VAR_NAMES.len());
         for (key, var) in SparseCoder::VAR_NAMES.iter().zip(coder.vars()) {
             assert_close(
                 &format!("{name} {key} after one Adam step"),
@@ -180,12 +182,12 @@ fn forward_loss_and_one_adam_step_equal_pytorch() {
 }
 
 mod planted {
-    use diffsql::cache::layout::CacheLayout;
-    use diffsql::cache::planted::{self, PlantedSpec, PlantedTruth};
-    use diffsql::cache::synth::SynthSpec;
-    use diffsql::config::{DictionaryKind, LayerSpec, TrainConfig};
-    use diffsql::train::store;
-    use diffsql::train::{ensure, Outcome, TrainRequest};
+    use diffsql_core::cache::layout::CacheLayout;
+    use diffsql_core::cache::planted::{self, PlantedSpec, PlantedTruth};
+    use diffsql_core::cache::synth::SynthSpec;
+    use diffsql_core::config::{DictionaryKind, LayerSpec, TrainConfig};
+    use diffsql_train::store;
+    use diffsql_train::{ensure, Outcome, TrainRequest};
     use diffsql_udfs::vector::ElementType;
 
     pub const LAYER: i32 = 1;
@@ -253,6 +255,7 @@ mod planted {
     }
 
     pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len(), "cosine of vectors of different lengths");
         let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
         let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
         let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -284,12 +287,12 @@ mod planted {
 /// (relative decoder norm < 0.1), and every shared one in both decoders, classed shared (0.3 .. 0.7).
 #[test]
 fn crosscoder_recovers_planted_ft_only_and_shared_directions() {
-    use diffsql::config::DictionaryKind;
+    use diffsql_core::config::DictionaryKind;
     let dir = tempfile::tempdir().unwrap();
     let (layout, truth) = planted::cache(dir.path());
     let manifest = planted::train(&layout, planted::config(DictionaryKind::Crosscoder));
-    let latents = diffsql::train::store::read_latents(&layout, &manifest).unwrap();
-    let rel = diffsql::train::store::scalar_values(&latents, "rel_norm").unwrap();
+    let latents = diffsql_train::store::read_latents(&layout, &manifest).unwrap();
+    let rel = diffsql_train::store::scalar_values(&latents, "rel_norm").unwrap();
     let d = 32;
     eprintln!("validation {:?}", manifest.validation);
     for (j, v) in truth.ft_only.iter().enumerate() {
@@ -306,8 +309,8 @@ fn crosscoder_recovers_planted_ft_only_and_shared_directions() {
         );
     }
     // A shared direction: the latent best aligned on both sides together.
-    let dec_base = diffsql::train::store::column_values(&latents, "dec_base").unwrap();
-    let dec_ft = diffsql::train::store::column_values(&latents, "dec_ft").unwrap();
+    let dec_base = diffsql_train::store::column_values(&latents, "dec_base").unwrap();
+    let dec_ft = diffsql_train::store::column_values(&latents, "dec_ft").unwrap();
     let mut failures = Vec::new();
     for (j, u) in truth.shared.iter().enumerate() {
         let (latent, cos_base, cos_ft) = dec_base
@@ -341,11 +344,11 @@ fn crosscoder_recovers_planted_ft_only_and_shared_directions() {
 /// The SAE on ft − base finds every planted difference direction (decoder cosine >= 0.9).
 #[test]
 fn sae_on_differences_recovers_the_planted_directions() {
-    use diffsql::config::DictionaryKind;
+    use diffsql_core::config::DictionaryKind;
     let dir = tempfile::tempdir().unwrap();
     let (layout, truth) = planted::cache(dir.path());
     let manifest = planted::train(&layout, planted::config(DictionaryKind::SaeDifference));
-    let latents = diffsql::train::store::read_latents(&layout, &manifest).unwrap();
+    let latents = diffsql_train::store::read_latents(&layout, &manifest).unwrap();
     for (j, v) in truth.ft_only.iter().enumerate() {
         let (latent, cos) = planted::best_latent(&latents, "dec", 32, v);
         eprintln!("difference direction {j}: latent {latent} cosine {cos:.3}");
@@ -362,12 +365,12 @@ fn sae_on_differences_recovers_the_planted_directions() {
 /// norm >= 0.9), and they explain almost all held-out variance.
 #[test]
 fn pca_top_components_span_the_planted_directions() {
-    use diffsql::config::DictionaryKind;
+    use diffsql_core::config::DictionaryKind;
     let dir = tempfile::tempdir().unwrap();
     let (layout, truth) = planted::cache(dir.path());
     let manifest = planted::train(&layout, planted::config(DictionaryKind::Pca));
-    let latents = diffsql::train::store::read_latents(&layout, &manifest).unwrap();
-    let components = diffsql::train::store::column_values(&latents, "dec").unwrap();
+    let latents = diffsql_train::store::read_latents(&layout, &manifest).unwrap();
+    let components = diffsql_train::store::column_values(&latents, "dec").unwrap();
     for (j, v) in truth.ft_only.iter().enumerate() {
         let projected: f32 = components
             .chunks_exact(32)
@@ -390,8 +393,8 @@ fn pca_top_components_span_the_planted_directions() {
 /// uninterrupted run; a second request for a finished dictionary is a no-op.
 #[test]
 fn a_stopped_training_resumes_to_the_same_dictionary_and_a_finished_one_is_a_no_op() {
-    use diffsql::config::DictionaryKind;
-    use diffsql::train::{ensure, Outcome};
+    use diffsql_core::config::DictionaryKind;
+    use diffsql_train::{ensure, Outcome};
     let whole = tempfile::tempdir().unwrap();
     let (layout, _) = planted::cache(whole.path());
     let mut config = planted::config(DictionaryKind::SaeDifference);
@@ -427,8 +430,8 @@ fn a_stopped_training_resumes_to_the_same_dictionary_and_a_finished_one_is_a_no_
 /// unknown dictionary: each a one-line error naming the thing and the fix.
 #[test]
 fn bad_training_input_is_a_one_line_error() {
-    use diffsql::config::{DictionaryKind, LayerSpec};
-    use diffsql::train::ensure;
+    use diffsql_core::config::{DictionaryKind, LayerSpec};
+    use diffsql_train::ensure;
     let dir = tempfile::tempdir().unwrap();
     let (layout, _) = planted::cache(dir.path());
     let mut r = planted::request(planted::config(DictionaryKind::Crosscoder));
@@ -453,30 +456,30 @@ fn bad_training_input_is_a_one_line_error() {
     assert!(err.contains("dataset nope is not in"), "{err}");
 
     let m = planted::train(&layout, planted::config(DictionaryKind::Pca));
-    let path = diffsql::train::store::dictionary_dir(&layout, &m.id).join("latents.parquet");
+    let path = diffsql_train::store::dictionary_dir(&layout, &m.id).join("latents.parquet");
     let mut bytes = std::fs::read(&path).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xFF;
     std::fs::write(&path, bytes).unwrap();
     // `diffsql check` finds it, and --repair removes it (the method then trains it again).
-    let (checked, damaged) = diffsql::train::store::check(&layout, false).unwrap();
+    let (checked, damaged) = diffsql_train::store::check(&layout, false).unwrap();
     assert_eq!((checked, damaged.len()), (1, 1));
     assert!(
         damaged[0].problem.contains("does not match its manifest"),
         "{}",
         damaged[0].problem
     );
-    let err = format!("{:#}", diffsql::train::store::read_latents(&layout, &m).unwrap_err());
+    let err = format!("{:#}", diffsql_train::store::read_latents(&layout, &m).unwrap_err());
     assert!(
         err.contains("does not match its manifest") && err.contains("train it again"),
         "{err}"
     );
 
-    diffsql::train::store::check(&layout, true).unwrap();
-    assert!(diffsql::train::store::list(&layout).unwrap().is_empty());
-    assert!(!diffsql::train::store::dictionary_dir(&layout, &m.id).exists());
+    diffsql_train::store::check(&layout, true).unwrap();
+    assert!(diffsql_train::store::list(&layout).unwrap().is_empty());
+    assert!(!diffsql_train::store::dictionary_dir(&layout, &m.id).exists());
     planted::train(&layout, planted::config(DictionaryKind::Pca));
-    let err = format!("{:#}", diffsql::train::store::resolve(&layout, "nope").unwrap_err());
+    let err = format!("{:#}", diffsql_train::store::resolve(&layout, "nope").unwrap_err());
     assert!(
         err.contains("unknown dictionary \"nope\"") && err.contains("planted/caps/pca_L1"),
         "{err}"
@@ -488,7 +491,7 @@ fn bad_training_input_is_a_one_line_error() {
 /// large offset: mean and covariance to 1e-6 relative, variances and components to 1e-5.
 #[test]
 fn pca_equals_numpy() {
-    use diffsql::train::pca::Covariance;
+    use diffsql_train::pca::Covariance;
     let text = std::fs::read_to_string("tests/fixtures/dictionary/pca_reference.json").unwrap();
     let r: Value = serde_json::from_str(&text).unwrap();
     let d = r["d"].as_u64().unwrap() as usize;
@@ -501,6 +504,7 @@ fn pca_equals_numpy() {
     let (mean, c) = cov.finish().unwrap();
     let f64s = |v: &Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
     for (what, got, want) in [("mean", mean, f64s(&r["mean"])), ("covariance", c, f64s(&r["cov"]))] {
+        assert_eq!(got.len(), want.len(), "{what}: length");
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{what}: {g} vs numpy {w}");
         }
@@ -512,6 +516,7 @@ fn pca_equals_numpy() {
     assert_close("ratio", &ratio, &floats(&r["ratio"]), 1e-5);
     // Eigenvectors are defined up to sign (diffsql orients them along the mean): compare each up to sign.
     let want = floats(&r["components"]);
+    assert_eq!(p.vectors.len(), want.len(), "components: length");
     for (c, (got, want)) in p.vectors.chunks_exact(d).zip(want.chunks_exact(d)).enumerate() {
         let sign = if got.iter().zip(want).map(|(a, b)| a * b).sum::<f32>() < 0.0 {
             -1.0
@@ -527,7 +532,7 @@ fn pca_equals_numpy() {
 /// directions and classes them ft-only.
 #[test]
 fn l1_crosscoder_finds_the_planted_ft_only_directions() {
-    use diffsql::config::{DictionaryKind, SparsityKind};
+    use diffsql_core::config::{DictionaryKind, SparsityKind};
     let dir = tempfile::tempdir().unwrap();
     let (layout, truth) = planted::cache(dir.path());
     let mut config = planted::config(DictionaryKind::Crosscoder);
@@ -537,8 +542,8 @@ fn l1_crosscoder_finds_the_planted_ft_only_directions() {
     config.epochs = 6;
     let manifest = planted::train(&layout, config);
     assert_eq!(manifest.threshold, None, "an L1 crosscoder has no BatchTopK threshold");
-    let latents = diffsql::train::store::read_latents(&layout, &manifest).unwrap();
-    let rel = diffsql::train::store::scalar_values(&latents, "rel_norm").unwrap();
+    let latents = diffsql_train::store::read_latents(&layout, &manifest).unwrap();
+    let rel = diffsql_train::store::scalar_values(&latents, "rel_norm").unwrap();
     eprintln!("L1 validation {:?}", manifest.validation);
     for (j, v) in truth.ft_only.iter().enumerate() {
         let (latent, cos) = planted::best_latent(&latents, "dec_ft", 32, v);

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
-use diffsql::config::{parse_all, Settings};
+use diffsql_core::config::{parse_all, Settings};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::fixtures::caches;
@@ -21,11 +21,11 @@ fn settings(method: &str, model: &str, cache: &Path, results: &Path) -> Settings
     s
 }
 
-fn run(s: &Settings) -> diffsql::diffing::MethodResult {
+fn run(s: &Settings) -> diffsql_diffing::MethodResult {
     let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(diffsql::diffing::run(s, &queries, &configs()))
+        .block_on(diffsql_diffing::run(s, &queries, &configs()))
         .unwrap()
 }
 
@@ -130,11 +130,11 @@ fn normdiff_mean_diff_pools_position_groups_by_their_token_counts() {
     let cache = dir.path().join("noisy");
     let mut spec = super::fixtures::spec(diffsql_udfs::vector::ElementType::Float32);
     spec.noise = 0.5;
-    diffsql::cache::synth::write(&diffsql::cache::CacheLayout::new(&cache), &spec, |_| {}).unwrap();
+    diffsql_core::cache::synth::write(&diffsql_core::cache::CacheLayout::new(&cache), &spec, |_| {}).unwrap();
     let out = tempfile::tempdir().unwrap();
     run(&settings("normdiff", "m", &cache, out.path()));
     let md = read(&out.path().join("m/caps/normdiff/mean_diff.parquet"));
-    let ctx = diffsql::sql::session::open_session(&cache).unwrap();
+    let ctx = diffsql_sql::session::open_session(&cache).unwrap();
     let direct = |sql: String| -> Vec<f32> {
         let batches = tokio::runtime::Runtime::new()
             .unwrap()
@@ -165,6 +165,7 @@ fn normdiff_mean_diff_pools_position_groups_by_their_token_counts() {
             assert_eq!(tokens.value(i), if position == "all" { 300 } else { 30 });
             let got = vectors.value(i);
             let got = got.as_primitive::<datafusion::arrow::datatypes::Float32Type>().values();
+            assert_eq!(got.len(), expect.len(), "layer {layer} {position}: d_model");
             for (j, (g, e)) in got.iter().zip(&expect).enumerate() {
                 assert!(
                     (g - e).abs() <= 1e-6 + 1e-5 * e.abs(),
@@ -273,7 +274,7 @@ fn adl_cache() -> &'static (tempfile::TempDir, std::path::PathBuf) {
                 format!("cache_dir={}", cache.display()),
             ];
             let s = configs().resolve(&parse_all(&args, false).unwrap()).unwrap();
-            diffsql::preprocess::run(&s, &configs().project_root()).unwrap();
+            diffsql_preprocess::run(&s, &configs().project_root()).unwrap();
         }
         (dir, cache)
     })
@@ -750,12 +751,12 @@ fn logit_diff_tables_follow_diff_top_k() {
     let cache = dir.path().join("c");
     let root = configs().project_root();
     let with_k = |k: usize| small_settings(&cache, &["organism=caps", &format!("preprocessing.diff_top_k={k}")]);
-    diffsql::preprocess::run(&with_k(0), &root).unwrap();
+    diffsql_preprocess::run(&with_k(0), &root).unwrap();
     let s = settings("diff_mining", "shakespeare", &cache, &dir.path().join("r"));
     let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
     let e = tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(diffsql::diffing::run(&s, &queries, &configs()))
+        .block_on(diffsql_diffing::run(&s, &queries, &configs()))
         .unwrap_err();
     let e = format!("{e:#}");
     assert!(
@@ -764,11 +765,11 @@ fn logit_diff_tables_follow_diff_top_k() {
         "{e}"
     );
     assert!(!e.contains('\n'));
-    let added = diffsql::preprocess::run(&with_k(5), &root).unwrap();
+    let added = diffsql_preprocess::run(&with_k(5), &root).unwrap();
     assert_eq!(added.partitions_written, 2);
     let lens = super::preprocess::query(&cache, "SELECT DISTINCT cardinality(top_ids) AS n FROM logit_diff");
     assert_eq!(column_f64(&lens, "n"), vec![5.0]);
-    let e = format!("{:#}", diffsql::preprocess::run(&with_k(7), &root).unwrap_err());
+    let e = format!("{:#}", diffsql_preprocess::run(&with_k(7), &root).unwrap_err());
     assert!(
         e.contains(
             "was written with preprocessing.diff_top_k=5 but this run asks for 7: set preprocessing.diff_top_k=5"
@@ -776,10 +777,10 @@ fn logit_diff_tables_follow_diff_top_k() {
         "{e}"
     );
     assert_eq!(
-        diffsql::preprocess::run(&with_k(5), &root).unwrap().partitions_written,
+        diffsql_preprocess::run(&with_k(5), &root).unwrap().partitions_written,
         0
     );
-    let e = format!("{:#}", diffsql::preprocess::run(&with_k(5000), &root).unwrap_err());
+    let e = format!("{:#}", diffsql_preprocess::run(&with_k(5000), &root).unwrap_err());
     assert!(e.contains("preprocessing.diff_top_k is at most 1024"), "{e}");
 }
 

@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use datafusion::prelude::SessionContext;
-use diffsql::cache::synth::{self, SynthSpec};
-use diffsql::cache::tables::{VectorTable, VectorTableKind};
-use diffsql::cache::vectors::VectorEncoding;
-use diffsql::cache::{ActivationBatch, ActivationWriter, CacheLayout, PartitionKey, WriteOptions};
+use diffsql_core::cache::synth::{self, SynthSpec};
+use diffsql_core::cache::vectors::VectorEncoding;
+use diffsql_core::cache::{ActivationBatch, ActivationWriter, CacheLayout, PartitionKey, WriteOptions};
+use diffsql_sql::tables::{VectorTable, VectorTableKind};
 use diffsql_udfs::vector::ElementType;
 
 /// Rows per file and per row group of the fixtures: small, so that every table has several files and
@@ -80,11 +80,11 @@ pub fn caches() -> &'static Caches {
 /// the float32 cache, for `tests/slt/dictionaries.slt`. ft − base is there the constant 2·e₁ (synth).
 fn train_dictionaries(layout: &CacheLayout) {
     for kind in ["pca", "sae_difference", "crosscoder"] {
-        let config: diffsql::config::TrainConfig = toml::from_str(&format!(
+        let config: diffsql_core::config::TrainConfig = toml::from_str(&format!(
             "kind = \"{kind}\"\nlayer = 1\nexpansion = 2\nk = 2\nbatch_size = 64\nepochs = 2\nwarmup_steps = 2\nlr = 1e-3\ncomponents = 2\nvalidation_fraction = 0.1"
         ))
         .unwrap();
-        let request = diffsql::train::TrainRequest {
+        let request = diffsql_train::TrainRequest {
             model: "m".into(),
             organism: "caps".into(),
             layer: 1,
@@ -93,7 +93,7 @@ fn train_dictionaries(layout: &CacheLayout) {
             progress: false,
             stop_after_steps: None,
         };
-        diffsql::train::ensure(layout, &request).unwrap();
+        diffsql_train::ensure(layout, &request).unwrap();
     }
 }
 
@@ -128,7 +128,7 @@ fn write_mismatched(path: &Path) {
 /// `acts_bf16`, `acts_f16`, `activations_bf16` and `acts_mismatch`.
 pub fn session() -> SessionContext {
     let c = caches();
-    let ctx = diffsql::sql::open_session(&c.f32).unwrap();
+    let ctx = diffsql_sql::open_session(&c.f32).unwrap();
     let register = |name: &str, path: &Path, kind| {
         let table = VectorTable::open(CacheLayout::new(path), kind).unwrap();
         ctx.register_table(name, Arc::new(table)).unwrap();

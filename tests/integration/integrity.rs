@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use diffsql::cache::synth;
-use diffsql::cache::CacheLayout;
+use diffsql_core::cache::synth;
+use diffsql_core::cache::CacheLayout;
 use diffsql_udfs::vector::ElementType;
 
 use super::fixtures::spec;
@@ -109,7 +109,7 @@ fn a_truncated_file_stops_preprocessing_until_repaired_and_rebuilt() {
     copy_dir(&preprocessed().cache, &cache);
     let root = configs().project_root();
     let settings = small_settings(&cache, &["organism=caps"]);
-    let clean = diffsql::preprocess::run(&settings, &root).unwrap();
+    let clean = diffsql_preprocess::run(&settings, &root).unwrap();
     assert!(clean.is_noop());
     let file = first_file(&cache.join("activations/model=shakespeare/organism=caps/layer=1"));
     let len = std::fs::metadata(&file).unwrap().len();
@@ -119,12 +119,12 @@ fn a_truncated_file_stops_preprocessing_until_repaired_and_rebuilt() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    let e = format!("{:#}", diffsql::preprocess::run(&settings, &root).unwrap_err());
+    let e = format!("{:#}", diffsql_preprocess::run(&settings, &root).unwrap_err());
     assert!(e.contains("truncated") && e.contains("check --repair"), "{e}");
     let o = diffsql(&cache).args(["check", "--repair"]).output().unwrap();
     assert!(o.status.success(), "{}", out(&o).1);
     assert!(out(&o).0.contains("removed"), "{}", out(&o).0);
-    let rebuilt = diffsql::preprocess::run(&settings, &root).unwrap();
+    let rebuilt = diffsql_preprocess::run(&settings, &root).unwrap();
     assert_eq!(rebuilt.partitions_written, 1, "only the removed partition is rebuilt");
     let card = "SELECT layer, normdiff(base, ft) FROM acts WHERE organism = 'caps' GROUP BY layer ORDER BY layer";
     assert_eq!(sql(&cache, card, &[]).1, sql(&preprocessed().cache, card, &[]).1);

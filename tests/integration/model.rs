@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use diffsql::model::load::{resolve_hub_in, ModelSource};
-use diffsql::model::{load, LoadedModel};
+use diffsql_model::load::{resolve_hub_in, ModelSource};
+use diffsql_model::{load, LoadedModel};
 
 /// Largest allowed |diffsql − transformers| at any layer, position and dimension, in f32.
 const TOLERANCE: f32 = 1e-4;
@@ -318,7 +318,7 @@ fn write_gguf(name: &str, arch: &str, out: &Path) {
 /// [`write_gguf`] with extra metadata entries (tokenizer settings).
 fn write_gguf_with(name: &str, arch: &str, out: &Path, extra: Vec<(String, candle_core::quantized::gguf_file::Value)>) {
     use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-    use diffsql::model::gguf::{hf_name, permute};
+    use diffsql_model::gguf::{hf_name, permute};
     let dir = fixture(name);
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
@@ -408,9 +408,9 @@ fn write_gguf_with(name: &str, arch: &str, out: &Path, extra: Vec<(String, candl
 }
 
 /// The token ids preprocessing caches for one plain-text sample (BOS as the model's settings decide).
-pub fn preprocessing_ids(files: &diffsql::model::ModelFiles, text: &str) -> Vec<u32> {
-    use diffsql::data::source::Sample;
-    use diffsql::data::tokenize::{tokenize, Limits};
+pub fn preprocessing_ids(files: &diffsql_model::ModelFiles, text: &str) -> Vec<u32> {
+    use diffsql_model::data::source::Sample;
+    use diffsql_model::data::tokenize::{tokenize, Limits};
     let limits = Limits {
         context_len: 4096,
         max_samples: usize::MAX,
@@ -432,7 +432,7 @@ pub fn preprocessing_ids(files: &diffsql::model::ModelFiles, text: &str) -> Vec<
 #[test]
 fn a_gguf_beside_a_bare_tokenizer_json_takes_bos_and_template_from_its_metadata() {
     use candle_core::quantized::gguf_file::Value;
-    use diffsql::model::ModelFiles;
+    use diffsql_model::ModelFiles;
     let text = "To be, or not to be";
     for add_bos in [true, false] {
         let dir = tempfile::tempdir().unwrap();
@@ -501,8 +501,8 @@ fn gguf_files_load_like_the_checkpoints_they_came_from() {
 
 mod generation {
     use super::*;
-    use diffsql::model::generate::{generate, GenerateOptions, Sampling};
-    use diffsql::model::KvCache;
+    use diffsql_model::generate::{generate, GenerateOptions, Sampling};
+    use diffsql_model::KvCache;
 
     fn greedy(max_new_tokens: usize) -> GenerateOptions {
         GenerateOptions {
@@ -569,7 +569,7 @@ mod generation {
                 let w = rows[0].len();
                 Tensor::from_vec(rows.concat(), (rows.len(), w), &Device::Cpu).unwrap()
             };
-            let mut cache = KvCache::new(d);
+            let mut cache = KvCache::new(d.num_layers());
             let mut input = tensor(&ids);
             for step in 0..6 {
                 let hidden = d.forward_cached(&input, &tensor(&mask), &mut cache).unwrap();
@@ -651,7 +651,7 @@ mod generation {
 
 mod interventions {
     use super::*;
-    use diffsql::model::{Edit, Intervention, KvCache, Positions};
+    use diffsql_model::{Edit, Intervention, KvCache, Positions};
 
     fn logits_of(model: &LoadedModel, ids: &[u32], interventions: &[Intervention]) -> Tensor {
         let d = &model.decoder;
@@ -659,7 +659,7 @@ mod interventions {
         let input = Tensor::from_vec(ids.to_vec(), (1, n), &Device::Cpu).unwrap();
         let mask = Tensor::ones((1, n), DType::U32, &Device::Cpu).unwrap();
         let hidden = d
-            .forward_intervened(&input, &mask, &mut KvCache::new(d), interventions)
+            .forward_intervened(&input, &mask, &mut KvCache::new(d.num_layers()), interventions)
             .unwrap();
         d.logits(&hidden).unwrap()
     }
@@ -734,7 +734,7 @@ mod interventions {
             d.forward_intervened(
                 &input,
                 &mask,
-                &mut KvCache::new(d),
+                &mut KvCache::new(d.num_layers()),
                 &[Intervention {
                     vector: vec![1.0; 3],
                     ..iv(Edit::Add, 1.0, Positions::All)
@@ -748,7 +748,7 @@ mod interventions {
             d.forward_intervened(
                 &input,
                 &mask,
-                &mut KvCache::new(d),
+                &mut KvCache::new(d.num_layers()),
                 &[Intervention {
                     layer: 9,
                     ..iv(Edit::Add, 1.0, Positions::All)
@@ -762,7 +762,7 @@ mod interventions {
     /// Steering during generation: α = 0 generates what no intervention does; a large α changes the text.
     #[test]
     fn steering_applies_during_generation() {
-        use diffsql::model::generate::{generate, GenerateOptions, Sampling};
+        use diffsql_model::generate::{generate, GenerateOptions, Sampling};
         let model = load_fixture("llama");
         let h = model.decoder.spec().hidden;
         let prompts = vec![vec![5u32, 17, 42], vec![7, 21]];

@@ -8,10 +8,11 @@ use std::sync::OnceLock;
 use candle_core::{Device, Tensor, D};
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float32Type, Float64Type, Int32Type};
-use diffsql::cache::{CacheLayout, PartitionKey};
-use diffsql::config::{parse_all, ConfigDir, Settings};
-use diffsql::preprocess::{load_pair, tokenize_datasets};
-use diffsql::sql::open_session;
+use diffsql_core::cache::{CacheLayout, PartitionKey};
+use diffsql_core::config::{parse_all, ConfigDir, Settings};
+use diffsql_model::pair::load_pair;
+use diffsql_preprocess::tokenize_datasets;
+use diffsql_sql::open_session;
 
 pub fn configs() -> ConfigDir {
     ConfigDir::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs"))
@@ -47,7 +48,7 @@ pub fn preprocessed() -> &'static Preprocessed {
         let cache = dir.path().join("cache");
         for organism in ["caps", "roman_concrete"] {
             let s = small_settings(&cache, &[&format!("organism={organism}")]);
-            diffsql::preprocess::run(&s, &configs().project_root()).unwrap();
+            diffsql_preprocess::run(&s, &configs().project_root()).unwrap();
         }
         Preprocessed { _dir: dir, cache }
     })
@@ -114,7 +115,7 @@ fn cached_activations_and_next_token_statistics_equal_the_runtime() {
         }
     }
     // KL(ft‖base) and next-token log-probs, from full logits with candle's own log_softmax.
-    let lp = |m: &diffsql::model::decoder::Decoder, h: &Tensor| {
+    let lp = |m: &diffsql_model::decoder::Decoder, h: &Tensor| {
         candle_nn::ops::log_softmax(&m.logits(h).unwrap(), D::Minus1)
             .unwrap()
             .squeeze(0)
@@ -151,7 +152,7 @@ fn rerun_is_a_noop_and_the_second_organism_reused_the_base() {
     let layout = CacheLayout::new(&p.cache);
     let base_key = PartitionKey::activations("shakespeare", "base", 2);
     let before = layout.manifest(&base_key).unwrap().unwrap();
-    let s = diffsql::preprocess::run(
+    let s = diffsql_preprocess::run(
         &small_settings(&p.cache, &["organism=roman_concrete"]),
         &configs().project_root(),
     )
@@ -179,16 +180,16 @@ fn a_second_organism_run_skips_the_base_model() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("c");
     let root = configs().project_root();
-    let first = diffsql::preprocess::run(&small_settings(&cache, &["organism=caps"]), &root).unwrap();
+    let first = diffsql_preprocess::run(&small_settings(&cache, &["organism=caps"]), &root).unwrap();
     assert!(!first.base_reused);
-    let second = diffsql::preprocess::run(&small_settings(&cache, &["organism=roman_concrete"]), &root).unwrap();
+    let second = diffsql_preprocess::run(&small_settings(&cache, &["organism=roman_concrete"]), &root).unwrap();
     assert!(second.base_reused);
     // Four layers, tokens and the two logit_diff tables of the organism only (final_hidden is kept for the
     // base model).
     assert_eq!(second.partitions_written, 7);
     // KL computed from the cached base final hidden state equals KL computed with the base model run.
     let other = dir.path().join("d");
-    diffsql::preprocess::run(&small_settings(&other, &["organism=roman_concrete"]), &root).unwrap();
+    diffsql_preprocess::run(&small_settings(&other, &["organism=roman_concrete"]), &root).unwrap();
     let sql = "SELECT kl FROM tokens WHERE organism = 'roman_concrete' ORDER BY dataset, seq_id, pos";
     let (a, b) = (f32s(&query(&cache, sql), 0), f32s(&query(&other, sql), 0));
     assert_eq!(a.len(), b.len());
@@ -209,7 +210,7 @@ fn a_second_organism_run_skips_the_base_model() {
 #[test]
 fn changed_settings_against_a_complete_base_are_refused() {
     let p = preprocessed();
-    let e = diffsql::preprocess::run(
+    let e = diffsql_preprocess::run(
         &small_settings(&p.cache, &["organism=caps", "preprocessing.context_len=40"]),
         &configs().project_root(),
     )
@@ -220,27 +221,38 @@ fn changed_settings_against_a_complete_base_are_refused() {
 }
 
 #[test]
-fn a_partition_being_written_is_locked() {
+fn a_run_waits_for_another_writer_of_its_partitions() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("c");
     let layout = CacheLayout::new(&cache);
-    let held = diffsql::cache::ActivationWriter::create(
+    let held = diffsql_core::cache::ActivationWriter::create(
         &layout,
         PartitionKey::activations("shakespeare", "caps", 0),
-        diffsql::cache::vectors::VectorEncoding::new(diffsql_udfs::vector::ElementType::Float32, 128),
+        diffsql_core::cache::vectors::VectorEncoding::new(diffsql_udfs::vector::ElementType::Float32, 128),
         Default::default(),
     )
     .unwrap();
-    let e =
-        diffsql::preprocess::run(&small_settings(&cache, &["organism=caps"]), &configs().project_root()).unwrap_err();
-    assert!(format!("{e:#}").contains("lock"), "{e:#}");
-    drop(held);
-    diffsql::preprocess::run(&small_settings(&cache, &["organism=caps"]), &configs().project_root()).unwrap();
+    // The other writer gives up its partition (unfinished) half a second later; the run waits, then writes it.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        drop(held);
+    });
+    let started = std::time::Instant::now();
+    diffsql_preprocess::run(&small_settings(&cache, &["organism=caps"]), &configs().project_root()).unwrap();
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(500),
+        "the run waited for the lock"
+    );
+    release.join().unwrap();
+    assert!(layout
+        .manifest(&PartitionKey::activations("shakespeare", "caps", 0))
+        .unwrap()
+        .is_some());
 }
 
 #[test]
 fn an_unwritable_cache_dir_is_a_clear_error() {
-    let e = diffsql::preprocess::run(
+    let e = diffsql_preprocess::run(
         &small_settings(Path::new("/proc/diffsql-cache"), &["organism=caps"]),
         &configs().project_root(),
     )
@@ -292,26 +304,25 @@ fn an_interrupted_run_resumes_to_the_same_result() {
         ]
     };
     let project = configs().project_root();
-    let mut child = Command::new(bin())
+    // The run dies (abort, as kill -9: no cleanup) after its writer has written 3 of its 32 batches.
+    let crashed = Command::new(bin())
         .args(args(&cache))
+        .env(diffsql_preprocess::sink::CRASH_AFTER_BATCHES_VAR, "3")
         .current_dir(&project)
-        .spawn()
+        .output()
         .unwrap();
-    // Kill it once it has started writing partitions.
-    let staging = cache.join(".staging");
-    let started = std::time::Instant::now();
-    loop {
-        let writing = std::fs::read_dir(&staging)
-            .map(|d| d.flatten().any(|e| e.path().join("part-00000.parquet").exists()))
-            .unwrap_or(false);
-        if writing || started.elapsed().as_secs() > 60 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    assert!(!crashed.status.success(), "the run was to die after 3 batches");
     let layout = CacheLayout::new(&cache);
+    let staging = layout.staging_dir();
+    let half_written = std::fs::read_dir(&staging)
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().join("part-00000.parquet").exists());
+    assert!(
+        half_written,
+        "the dead run left partitions half written under {}",
+        staging.display()
+    );
     assert!(
         layout
             .manifest(&PartitionKey::tokens("shakespeare", "caps"))
@@ -349,7 +360,63 @@ fn an_interrupted_run_resumes_to_the_same_result() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to do"));
-    assert!(!staging.join("tokens,model=shakespeare,organism=caps").exists());
+    assert!(!layout
+        .partition_staging_dir(&PartitionKey::tokens("shakespeare", "caps"))
+        .exists());
+}
+
+/// Two runs started together on an empty cache: the second waits for the partitions the first is writing,
+/// skips those it finished, and both succeed; the cache is the one a single run writes.
+#[test]
+fn two_runs_started_together_both_succeed_and_write_each_partition_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("c");
+    let args = |cache: &Path| {
+        vec![
+            "preprocess".to_string(),
+            "organism=caps".into(),
+            "dataset=[shakespeare_pretrain]".into(),
+            "preprocessing.max_samples=16".into(),
+            format!("cache_dir={}", cache.display()),
+        ]
+    };
+    let project = configs().project_root();
+    let spawn = || {
+        Command::new(bin())
+            .args(args(&cache))
+            .current_dir(&project)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (spawn(), spawn());
+    for child in [first, second] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let clean = dir.path().join("clean");
+    let out = Command::new(bin())
+        .args(args(&clean))
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let check = Command::new(bin())
+        .args(["--cache", &cache.display().to_string(), "check"])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let sql = "SELECT layer, normdiff(base, ft) FROM acts GROUP BY layer ORDER BY layer";
+    let vals = |bs: &[RecordBatch]| bs[0].column(1).as_primitive::<Float64Type>().values().to_vec();
+    assert_eq!(vals(&query(&cache, sql)), vals(&query(&clean, sql)));
+    let sql = "SELECT sum(kl) FROM tokens WHERE organism = 'caps'";
+    let kl = |c: &Path| query(c, sql)[0].column(0).as_primitive::<Float64Type>().value(0);
+    assert_eq!(kl(&cache), kl(&clean));
+    let staging = CacheLayout::new(&cache).staging_dir();
+    assert!(
+        std::fs::read_dir(staging).unwrap().next().is_none(),
+        "nothing left in staging"
+    );
 }
 
 #[test]
@@ -392,7 +459,7 @@ fn cheap_checks_run_before_any_weights_are_read() {
         args.extend(extra);
         format!(
             "{:#}",
-            diffsql::preprocess::run(&small_settings(&cache, &args), &configs().project_root()).unwrap_err()
+            diffsql_preprocess::run(&small_settings(&cache, &args), &configs().project_root()).unwrap_err()
         )
     };
     let msg = run(&["dataset=[shakespeare_chat]"]);
@@ -422,7 +489,7 @@ fn zero_limits_and_oversized_top_k_are_refused_up_front() {
         ),
         ("preprocessing.top_k=100000", "preprocessing.top_k is at most 1024"),
     ] {
-        let e = diffsql::preprocess::run(
+        let e = diffsql_preprocess::run(
             &small_settings(&cache, &["organism=caps", arg]),
             &configs().project_root(),
         )

@@ -1,5 +1,5 @@
 //! Python's doors: the README's pyarrow + numpy snippet, run against a synthetic cache (the cache stays readable
-//! without diffsql), and table functions called as datafusion-python calls them (`diffsql::sql::foreign`).
+//! without diffsql), and table functions called as datafusion-python calls them (`diffsql_sql::foreign`).
 
 use std::process::Command;
 
@@ -68,6 +68,7 @@ fn normdiff_of_a_preprocessed_cache_equals_numpy() {
     );
     let ours = batches[0].column(1).as_primitive::<Float64Type>().values().to_vec();
     assert_eq!(ours.len(), 4);
+    assert_eq!(numpy.len(), ours.len(), "numpy printed one value per layer");
     for (layer, (a, b)) in ours.iter().zip(&numpy).enumerate() {
         assert!(*a > 0.1, "layer {layer}: organism and base differ");
         assert!(
@@ -82,15 +83,15 @@ async fn rows(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Vec<dataf
     ctx.sql(sql).await.unwrap().collect().await.unwrap()
 }
 
-fn int_literal(n: i64) -> diffsql::sql::foreign::Argument {
+fn int_literal(n: i64) -> diffsql_sql::foreign::Argument {
     use datafusion::arrow::array::{Int64Array, RecordBatch};
     let batch = RecordBatch::try_from_iter([("value", std::sync::Arc::new(Int64Array::from(vec![n])) as _)]).unwrap();
-    diffsql::sql::foreign::Argument::Literal(batch.schema(), vec![batch])
+    diffsql_sql::foreign::Argument::Literal(batch.schema(), vec![batch])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_function_called_from_another_session_equals_sql() {
-    use diffsql::sql::foreign::{self, Argument};
+    use diffsql_sql::foreign::{self, Argument};
     let ctx = super::fixtures::session();
     let triplets = "SELECT struct(seq_id, pos % 7, CAST(pos AS DOUBLE) + 1.0) FROM tokens \
                     WHERE organism = 'base' ORDER BY seq_id DESC, pos DESC";

@@ -3,13 +3,16 @@
 //!
 //! ```sh
 //! tools/fetch-real-models.sh DIR && python3 tools/real_model_reference.py DIR
-//! DIFFSQL_REAL_MODELS=DIR cargo test --test integration real_models -- --nocapture
+//! DIFFSQL_REAL_MODELS=DIR cargo test --test integration real_models -- --ignored --nocapture
 //! ```
+//!
+//! The tests are `#[ignore]`d so that `cargo test` never counts them as passed without their models; run with
+//! `--ignored` they fail, naming the variable, when `DIFFSQL_REAL_MODELS` is not set.
 
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use diffsql::model::{load, ModelFiles, ModelSource};
+use diffsql_model::{load, ModelFiles, ModelSource};
 
 /// Largest allowed max|diffsql − transformers| / max|transformers| per layer and for the logits, in f32.
 const RELATIVE_TOLERANCE: f32 = 1e-4;
@@ -25,12 +28,17 @@ fn max_abs(t: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// The directory of the prepared real models.
+fn real_models_dir() -> PathBuf {
+    std::env::var_os("DIFFSQL_REAL_MODELS")
+        .map(PathBuf::from)
+        .expect("set DIFFSQL_REAL_MODELS to the directory tools/fetch-real-models.sh filled (see this file's header)")
+}
+
 #[test]
+#[ignore = "needs the real GGUF models: DIFFSQL_REAL_MODELS=DIR cargo test --test integration real_models -- --ignored"]
 fn real_models_match_transformers_and_decode_the_same_text() {
-    let Some(root) = std::env::var_os("DIFFSQL_REAL_MODELS").map(PathBuf::from) else {
-        eprintln!("skipped: set DIFFSQL_REAL_MODELS (see tests/integration/real_models.rs)");
-        return;
-    };
+    let root = real_models_dir();
     for name in ["smollm2-135m", "gemma3-270m"] {
         let dir = root.join(name);
         let model = load(
@@ -111,15 +119,15 @@ fn real_models_match_transformers_and_decode_the_same_text() {
             "{name}: greedy continuation differs from transformers"
         );
         // The KV-cached generation engine gives the same continuation.
-        let options = diffsql::model::generate::GenerateOptions {
+        let options = diffsql_model::generate::GenerateOptions {
             max_new_tokens: expected.len() - prompt_len,
-            sampling: diffsql::model::generate::Sampling::Greedy,
+            sampling: diffsql_model::generate::Sampling::Greedy,
             eos: Vec::new(),
             pad: 0,
             interventions: Vec::new(),
         };
         let generated =
-            diffsql::model::generate::generate(&model.decoder, &[tokens[..prompt_len].to_vec()], &options).unwrap();
+            diffsql_model::generate::generate(&model.decoder, &[tokens[..prompt_len].to_vec()], &options).unwrap();
         assert_eq!(
             generated[0],
             expected[prompt_len..],
@@ -129,11 +137,9 @@ fn real_models_match_transformers_and_decode_the_same_text() {
 }
 
 #[test]
+#[ignore = "needs the real GGUF models: DIFFSQL_REAL_MODELS=DIR cargo test --test integration real_models -- --ignored"]
 fn real_gguf_models_are_tokenised_as_transformers_reads_the_gguf() {
-    let Some(root) = std::env::var_os("DIFFSQL_REAL_MODELS").map(PathBuf::from) else {
-        eprintln!("skipped: set DIFFSQL_REAL_MODELS (see tests/integration/real_models.rs)");
-        return;
-    };
+    let root = real_models_dir();
     for name in ["smollm2-135m", "gemma3-270m"] {
         let dir = root.join(name);
         let files = ModelFiles::open(&ModelSource::Gguf(dir.join("model.gguf"))).unwrap();

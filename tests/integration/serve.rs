@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Float32Type;
-use diffsql::config::parse_all;
+use diffsql_core::config::parse_all;
 use tower::ServiceExt;
 
 use super::preprocess::{configs, preprocessed};
@@ -32,7 +32,7 @@ fn dashboard() -> Dashboard {
     let settings = configs().resolve(&parse_all(&args, false).unwrap()).unwrap();
     let queries = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
     runtime()
-        .block_on(diffsql::diffing::run(&settings, &queries, &configs()))
+        .block_on(diffsql_diffing::run(&settings, &queries, &configs()))
         .unwrap();
     Dashboard {
         router: router_over(&cache, results.path(), &settings.model.name),
@@ -43,7 +43,7 @@ fn dashboard() -> Dashboard {
 
 /// The dashboard's router over a cache and a results folder, as `diffsql serve` builds it.
 fn router_over(cache: &std::path::Path, results: &std::path::Path, model: &str) -> axum::Router {
-    let state = diffsql::serve::AppState::new(diffsql::serve::ServeOptions {
+    let state = diffsql_serve::AppState::new(diffsql_serve::ServeOptions {
         address: [127, 0, 0, 1].into(),
         port: 0,
         cache_dir: cache.to_path_buf(),
@@ -55,7 +55,7 @@ fn router_over(cache: &std::path::Path, results: &std::path::Path, model: &str) 
         open: false,
     })
     .unwrap();
-    diffsql::serve::router(Arc::new(state))
+    diffsql_serve::router(Arc::new(state))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -123,7 +123,7 @@ fn dashboard_pages_answer_on_the_bundled_pair() {
     // Sorted by kl, descending: the first row is the cache's largest KL.
     let (status, page) = d.get("/results/shakespeare/caps/kl/table/top_tokens?sort=kl&desc=1");
     assert_eq!(status, StatusCode::OK);
-    let ctx = diffsql::sql::open_session(&d.cache).unwrap();
+    let ctx = diffsql_sql::open_session(&d.cache).unwrap();
     let top = runtime()
         .block_on(async {
             ctx.sql(
@@ -329,17 +329,17 @@ fn the_token_browser_colours_by_a_dictionary_latent() {
     let settings = configs().resolve(&parse_all(&args, false).unwrap()).unwrap();
     let queries = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
     runtime()
-        .block_on(diffsql::diffing::run(&settings, &queries, &configs()))
+        .block_on(diffsql_diffing::run(&settings, &queries, &configs()))
         .unwrap();
-    let layout = diffsql::cache::CacheLayout::new(&cache);
-    let pca = diffsql::train::store::list(&layout).unwrap().pop().expect("the PCA");
+    let layout = diffsql_core::cache::CacheLayout::new(&cache);
+    let pca = diffsql_train::store::list(&layout).unwrap().pop().expect("the PCA");
     let d = Dashboard {
         router: router_over(&cache, &results, &settings.model.name),
         _results: dir,
         cache: cache.clone(),
     };
     // Component 1's coordinate at position 3 of the first sequence, straight from SQL.
-    let ctx = diffsql::sql::open_session(&cache).unwrap();
+    let ctx = diffsql_sql::open_session(&cache).unwrap();
     let batches = runtime()
         .block_on(async {
             ctx.sql(&format!(

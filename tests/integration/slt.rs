@@ -69,7 +69,7 @@ impl sqllogictest::AsyncDB for Db {
         let mut results = Vec::new();
         // `__CACHE__` in a test file stands for the session's cache directory.
         let sql = sql.replace("__CACHE__", &fixtures::caches().f32.display().to_string());
-        diffsql::sql::run_statements(&self.ctx, &sql, |r| {
+        diffsql_sql::run_statements(&self.ctx, &sql, |r| {
             results.push(r);
             Ok(())
         })

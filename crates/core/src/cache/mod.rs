@@ -1,0 +1,17 @@
+//! The activation cache on disk: its Hive-partitioned layout, manifests, atomic writers and file checks
+//! (the DataFusion tables over it are `diffsql-sql`'s).
+
+pub mod atomic;
+pub mod layout;
+pub mod lock;
+pub mod manifest;
+pub mod partition;
+pub mod planted;
+pub mod synth;
+pub mod vectors;
+pub mod verify;
+pub mod writer;
+
+pub use layout::{CacheLayout, PartitionKey, Table};
+pub use manifest::Manifest;
+pub use writer::{ActivationBatch, ActivationWriter, PartitionWriter, WriteOptions};

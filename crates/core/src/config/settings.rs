@@ -1,0 +1,244 @@
+//! The typed settings a run uses, deserialised once from the merged config tree (unknown keys are errors).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::compression::VectorCompression;
+use super::device::ComputeDevice;
+pub use super::layers::{resolve_layers, LayerSpec};
+pub use diffsql_udfs::vector::ElementType;
+
+/// Everything a run needs, resolved from `configs/` and the overrides.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The group choices this run was resolved with.
+    pub defaults: Defaults,
+    pub model: ModelConfig,
+    pub organism: OrganismConfig,
+    /// The chosen datasets, by name, in `defaults.dataset` order.
+    pub dataset: BTreeMap<String, DatasetConfig>,
+    pub diffing: Diffing,
+    pub pipeline: Pipeline,
+    pub preprocessing: Preprocessing,
+    /// Where the cache lives (relative paths are relative to the working directory).
+    pub cache_dir: PathBuf,
+    /// Where diffing results are written.
+    pub results_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    pub model: String,
+    pub organism: String,
+    pub dataset: Vec<String>,
+    #[serde(rename = "diffing/method")]
+    pub diffing_method: String,
+}
+
+/// A base model: `configs/model/NAME.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// A local directory, a `.gguf` file, or a Hugging Face repo id.
+    pub source: String,
+    /// Hub revision (branch, tag or commit).
+    #[serde(default = "main_revision")]
+    pub revision: String,
+    /// Compute dtype: float32, bfloat16 or float16.
+    #[serde(default = "float32")]
+    pub dtype: ElementType,
+}
+
+/// A finetuned model organism: `configs/organism/NAME.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrganismConfig {
+    pub name: String,
+    /// What the finetune taught, in a line.
+    pub description: String,
+    /// How it was made (e.g. SDF: synthetic document finetuning; style).
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    /// The dataset config holding its training data, if one exists.
+    #[serde(default)]
+    pub training_dataset: Option<String>,
+    /// The finetuned checkpoint of each base model it exists for, by model config name.
+    #[serde(default)]
+    pub finetuned: BTreeMap<String, Finetuned>,
+}
+
+/// Where one organism's weights come from for one base model: a full model or a PEFT LoRA adapter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finetuned {
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub adapter: Option<String>,
+    #[serde(default = "main_revision")]
+    pub revision: String,
+}
+
+/// A dataset: `configs/dataset/NAME.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// A local file (`.jsonl`, `.txt`, `.parquet`) or a Hugging Face dataset repo id.
+    pub source: String,
+    /// jsonl, text or parquet; `auto` decides by the file extension.
+    #[serde(default = "auto")]
+    pub format: String,
+    /// The split name recorded in the cache (and, for hub datasets, the files to read).
+    #[serde(default = "train")]
+    pub split: String,
+    #[serde(default = "text_field")]
+    pub text_field: String,
+    /// Field of chat conversations (a list of {role, content}); rendered with the model's chat template.
+    #[serde(default = "messages_field")]
+    pub messages_field: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Diffing {
+    pub method: MethodConfig,
+}
+
+/// A diffing method: `configs/diffing/method/NAME.toml`, running the queries in `queries/NAME/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Parameters substituted into the queries as `$name`.
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Value>,
+    /// Charts drawn from the result tables.
+    #[serde(default)]
+    pub plots: Vec<super::plots::PlotSpec>,
+    /// A dictionary trained (or found in the cache) before the queries run; they see it as `$dictionary`.
+    #[serde(default)]
+    pub train: Option<super::train::TrainConfig>,
+    /// Cache tables the queries read for this model and organism beyond `activations` and `tokens`
+    /// (`logit_diff`, `logit_diff_totals`): checked before any query runs, with how to write them.
+    #[serde(default)]
+    pub requires: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Preprocessing,
+    Diffing,
+    Full,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Preprocessing => "preprocessing",
+            Mode::Diffing => "diffing",
+            Mode::Full => "full",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocessing {
+    /// Layers whose residual-stream output is cached.
+    pub layers: Vec<LayerSpec>,
+    /// Storage dtype of cached vectors: bfloat16, float16 or float32.
+    pub dtype: ElementType,
+    /// Tokens per sequence at most (longer samples are truncated).
+    pub context_len: usize,
+    pub batch_size: usize,
+    /// Samples per dataset at most.
+    pub max_samples: usize,
+    /// Tokens per dataset at most.
+    pub max_tokens: usize,
+    /// Next-token candidates kept per token and model in `tokens`.
+    pub top_k: usize,
+    /// Vocabulary tokens kept per token in `logit_diff` (the largest ft − base logit differences, what
+    /// `diff_mining` counts); 0 writes no `logit_diff` tables.
+    #[serde(default)]
+    pub diff_top_k: usize,
+    /// Compression of the cached vectors: none, snappy, zstd or zstd(N).
+    pub compression: VectorCompression,
+    /// Where the models run: cpu, cuda or cuda:N (checked when the config is read).
+    #[serde(default)]
+    pub device: ComputeDevice,
+}
+
+fn main_revision() -> String {
+    "main".into()
+}
+fn float32() -> ElementType {
+    ElementType::Float32
+}
+fn auto() -> String {
+    "auto".into()
+}
+fn train() -> String {
+    "train".into()
+}
+fn text_field() -> String {
+    "text".into()
+}
+fn messages_field() -> String {
+    "messages".into()
+}
+
+impl Settings {
+    /// The chosen datasets in order.
+    pub fn datasets(&self) -> Vec<&DatasetConfig> {
+        self.defaults.dataset.iter().map(|n| &self.dataset[n]).collect()
+    }
+
+    /// The organism's checkpoint for the chosen base model.
+    pub fn finetuned(&self) -> Result<&Finetuned> {
+        self.organism.finetuned.get(&self.model.name).ok_or_else(|| {
+            let known: Vec<_> = self.organism.finetuned.keys().cloned().collect();
+            anyhow::anyhow!(
+                "organism {} has no finetuned checkpoint for model {} (it has one for: {}): add [finetuned.{}] to configs/organism/{}.toml",
+                self.organism.name,
+                self.model.name,
+                if known.is_empty() { "none".into() } else { known.join(", ") },
+                self.model.name,
+                self.organism.name
+            )
+        })
+    }
+}
+
+/// A source as written in a config, made relative to the project (the parent of `configs/`) when it names
+/// a path that exists there; otherwise it is returned as written (a hub id or an absolute path).
+pub fn locate(source: &str, project_root: &Path) -> String {
+    let p = Path::new(source);
+    if p.is_relative() {
+        let candidate = project_root.join(p);
+        if candidate.exists() {
+            return candidate.to_string_lossy().into_owned();
+        }
+    }
+    source.to_string()
+}

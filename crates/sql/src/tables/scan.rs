@@ -1,0 +1,511 @@
+//! The execution plan that reads vector partitions: `activations` file by file, and `acts` by reading each
+//! organism file beside the base file holding the same tokens, zipping rows without any join.
+
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, AsArray, Int32Array, RecordBatch, RecordBatchOptions, StringArray};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{exec_datafusion_err, DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
+
+use diffsql_core::cache::layout::PartitionKey;
+use diffsql_core::cache::vectors::VectorEncoding;
+use diffsql_core::cache::writer::VECTOR_COLUMN;
+
+/// Columns of an activations file, in file order.
+const FILE_COLUMNS: [&str; 6] = ["dataset", "split", "seq_id", "pos", "token_id", VECTOR_COLUMN];
+
+/// What one output column of a vector table is made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnSource {
+    Model,
+    Organism,
+    Layer,
+    /// A key column of the (organism's) file, by index in [`FILE_COLUMNS`].
+    Key(usize),
+    /// The vector of the file being read (`act`, or `ft` in `acts`).
+    Vector,
+    /// The vector of the paired base file (`base` in `acts`).
+    BaseVector,
+}
+
+/// A contiguous run of row groups of one file, or of a base/organism pair of files with equal row groups.
+#[derive(Debug, Clone)]
+pub struct ScanUnit {
+    pub partition: PartitionKey,
+    pub file: PathBuf,
+    pub base_file: Option<PathBuf>,
+    pub row_groups: Vec<usize>,
+    pub rows: usize,
+    pub encoding: VectorEncoding,
+}
+
+/// Reads vector partitions as record batches of the table's schema.
+#[derive(Debug)]
+pub struct VectorScanExec {
+    table: &'static str,
+    schema: SchemaRef,
+    sources: Vec<ColumnSource>,
+    /// Units for each output partition.
+    units: Vec<Vec<ScanUnit>>,
+    vector_type: DataType,
+    batch_size: usize,
+    limit: Option<usize>,
+    properties: Arc<PlanProperties>,
+}
+
+impl VectorScanExec {
+    /// A scan producing `schema` (already projected), whose columns come from `sources`.
+    pub fn new(
+        table: &'static str,
+        schema: SchemaRef,
+        sources: Vec<ColumnSource>,
+        units: Vec<Vec<ScanUnit>>,
+        vector_type: DataType,
+        batch_size: usize,
+        limit: Option<usize>,
+    ) -> Self {
+        let partitions = units.len().max(1);
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self {
+            table,
+            schema,
+            sources,
+            units,
+            vector_type,
+            batch_size,
+            limit,
+            properties: Arc::new(properties),
+        }
+    }
+
+    fn total_rows(&self) -> usize {
+        self.units.iter().flatten().map(|u| u.rows).sum()
+    }
+}
+
+impl DisplayAs for VectorScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let units: usize = self.units.iter().map(Vec::len).sum();
+        write!(
+            f,
+            "VectorScanExec: table={}, units={units}, rows={}",
+            self.table,
+            self.total_rows()
+        )?;
+        if let Some(l) = self.limit {
+            write!(f, ", limit={l}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for VectorScanExec {
+    fn name(&self) -> &str {
+        "VectorScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let units = self.units.get(partition).cloned().unwrap_or_default();
+        let reader = UnitReader {
+            schema: Arc::clone(&self.schema),
+            sources: self.sources.clone(),
+            vector_type: self.vector_type.clone(),
+            batch_size: self.batch_size,
+            remaining: self.limit.unwrap_or(usize::MAX),
+            units: units.into_iter(),
+            current: None,
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            futures::stream::iter(reader),
+        )))
+    }
+}
+
+/// `batch`, cut to the `remaining` rows a scan's limit still allows, which it then counts down.
+pub(super) fn within_limit(batch: RecordBatch, remaining: &mut usize) -> RecordBatch {
+    let batch = if batch.num_rows() > *remaining {
+        batch.slice(0, *remaining)
+    } else {
+        batch
+    };
+    *remaining -= batch.num_rows();
+    batch
+}
+
+/// The open files of one unit.
+struct OpenUnit {
+    unit: ScanUnit,
+    file: Option<ParquetRecordBatchReader>,
+    base: Option<ParquetRecordBatchReader>,
+    /// Rows read from `file` but not yet emitted (when base and organism batches do not line up).
+    file_pending: Option<RecordBatch>,
+    base_pending: Option<RecordBatch>,
+    /// Rows still to emit when no file column is read.
+    rows_left: usize,
+}
+
+struct UnitReader {
+    schema: SchemaRef,
+    sources: Vec<ColumnSource>,
+    vector_type: DataType,
+    batch_size: usize,
+    remaining: usize,
+    units: std::vec::IntoIter<ScanUnit>,
+    current: Option<OpenUnit>,
+}
+
+impl Iterator for UnitReader {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.remaining == 0 {
+                return None;
+            }
+            if self.current.is_none() {
+                let unit = self.units.next()?;
+                match self.open(unit) {
+                    Ok(open) => self.current = Some(open),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            match self.next_batch() {
+                Ok(Some(batch)) => return Some(Ok(within_limit(batch, &mut self.remaining))),
+                Ok(None) => self.current = None,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+impl UnitReader {
+    fn open(&self, unit: ScanUnit) -> Result<OpenUnit> {
+        let mut file_columns: Vec<usize> = self
+            .sources
+            .iter()
+            .filter_map(|s| match s {
+                ColumnSource::Key(i) => Some(*i),
+                ColumnSource::Vector => Some(FILE_COLUMNS.len() - 1),
+                _ => None,
+            })
+            .collect();
+        file_columns.sort_unstable();
+        file_columns.dedup();
+        let file = (!file_columns.is_empty())
+            .then(|| self.reader(&unit.file, &unit.row_groups, &file_columns))
+            .transpose()?;
+        let base = if self.sources.contains(&ColumnSource::BaseVector) {
+            let path = unit
+                .base_file
+                .as_ref()
+                .ok_or_else(|| exec_datafusion_err!("acts: no base file for {}", unit.partition))?;
+            Some(self.reader(path, &unit.row_groups, &[FILE_COLUMNS.len() - 1])?)
+        } else {
+            None
+        };
+        let rows_left = unit.rows;
+        Ok(OpenUnit {
+            unit,
+            file,
+            base,
+            file_pending: None,
+            base_pending: None,
+            rows_left,
+        })
+    }
+
+    fn reader(&self, path: &Path, row_groups: &[usize], columns: &[usize]) -> Result<ParquetRecordBatchReader> {
+        let map = MappedFile::open(path)?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(map.bytes()).map_err(|e| corrupt(path, e))?;
+        // Map the pages this unit reads in one call rather than one page fault at a time.
+        for &rg in row_groups {
+            for &col in columns {
+                if let Some(chunk) = builder
+                    .metadata()
+                    .row_groups()
+                    .get(rg)
+                    .and_then(|g| g.columns().get(col))
+                {
+                    let (start, len) = chunk.byte_range();
+                    map.populate(start as usize, len as usize);
+                }
+            }
+        }
+        let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
+        builder
+            .with_row_groups(row_groups.to_vec())
+            .with_projection(mask)
+            .with_batch_size(self.batch_size)
+            .build()
+            .map_err(|e| corrupt(path, e))
+    }
+
+    /// The next batch of the current unit, or `None` when it is exhausted.
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let open = self.current.as_mut().expect("a unit is open");
+        let (file_batch, base_batch, rows) = match (&mut open.file, &mut open.base) {
+            (None, None) => {
+                let rows = open.rows_left.min(self.batch_size);
+                if rows == 0 {
+                    return Ok(None);
+                }
+                open.rows_left -= rows;
+                (None, None, rows)
+            }
+            (Some(_), None) => match take_next(&mut open.file, &mut open.file_pending, &open.unit.file)? {
+                Some(b) => {
+                    let n = b.num_rows();
+                    (Some(b), None, n)
+                }
+                None => return Ok(None),
+            },
+            (None, Some(_)) => match take_next(&mut open.base, &mut open.base_pending, base_path(&open.unit))? {
+                Some(b) => {
+                    let n = b.num_rows();
+                    (None, Some(b), n)
+                }
+                None => return Ok(None),
+            },
+            (Some(_), Some(_)) => {
+                let f = take_next(&mut open.file, &mut open.file_pending, &open.unit.file)?;
+                let b = take_next(&mut open.base, &mut open.base_pending, base_path(&open.unit))?;
+                match (f, b) {
+                    (None, None) => return Ok(None),
+                    (Some(f), Some(b)) => {
+                        let n = f.num_rows().min(b.num_rows());
+                        if f.num_rows() > n {
+                            open.file_pending = Some(f.slice(n, f.num_rows() - n));
+                        }
+                        if b.num_rows() > n {
+                            open.base_pending = Some(b.slice(n, b.num_rows() - n));
+                        }
+                        (Some(f.slice(0, n)), Some(b.slice(0, n)), n)
+                    }
+                    _ => {
+                        return Err(DataFusionError::Execution(format!(
+                            "acts: {} and its base file have different row counts; rerun preprocessing for {}",
+                            open.unit.file.display(),
+                            open.unit.partition
+                        )))
+                    }
+                }
+            }
+        };
+        let unit = &open.unit;
+        let columns = self
+            .sources
+            .iter()
+            .map(|source| -> Result<ArrayRef> {
+                Ok(match source {
+                    ColumnSource::Model => Arc::new(StringArray::from(vec![unit.partition.model.as_str(); rows])),
+                    ColumnSource::Organism => {
+                        Arc::new(StringArray::from(vec![
+                            unit.partition.organism.as_deref().unwrap_or("");
+                            rows
+                        ]))
+                    }
+                    ColumnSource::Layer => Arc::new(Int32Array::from(vec![unit.partition.layer.unwrap_or(-1); rows])),
+                    ColumnSource::Key(i) => column(file_batch.as_ref(), FILE_COLUMNS[*i])?,
+                    ColumnSource::Vector => {
+                        vectors(&self.vector_type, column(file_batch.as_ref(), VECTOR_COLUMN)?, unit)?
+                    }
+                    ColumnSource::BaseVector => {
+                        vectors(&self.vector_type, column(base_batch.as_ref(), VECTOR_COLUMN)?, unit)?
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        Ok(Some(RecordBatch::try_new_with_options(
+            Arc::clone(&self.schema),
+            columns,
+            &options,
+        )?))
+    }
+}
+
+/// Stored vectors of `unit` as the table's vector type.
+fn vectors(vector_type: &DataType, stored: ArrayRef, unit: &ScanUnit) -> Result<ArrayRef> {
+    let stored = stored.as_fixed_size_binary();
+    let decoded = if *vector_type == unit.encoding.sql_type() {
+        unit.encoding.decode(stored)
+    } else {
+        unit.encoding.decode_to_f32_list(stored)
+    };
+    decoded.map_err(|e| DataFusionError::Execution(format!("{}: {e:#}", unit.file.display())))
+}
+
+fn base_path(unit: &ScanUnit) -> &Path {
+    unit.base_file.as_ref().unwrap_or(&unit.file)
+}
+
+fn take_next(
+    reader: &mut Option<ParquetRecordBatchReader>,
+    pending: &mut Option<RecordBatch>,
+    path: &Path,
+) -> Result<Option<RecordBatch>> {
+    if let Some(p) = pending.take() {
+        return Ok(Some(p));
+    }
+    match reader.as_mut().and_then(|r| r.next()) {
+        None => Ok(None),
+        Some(Ok(b)) => Ok(Some(b)),
+        Some(Err(e)) => Err(corrupt(path, e)),
+    }
+}
+
+fn column(batch: Option<&RecordBatch>, name: &str) -> Result<ArrayRef> {
+    batch
+        .and_then(|b| b.column_by_name(name))
+        .cloned()
+        .ok_or_else(|| exec_datafusion_err!("column {name} missing from a cache file"))
+}
+
+/// A cache file mapped into memory: Parquet pages are read straight from the page cache, without a copy
+/// into freshly allocated buffers. Cache files are immutable once their partition is in place.
+struct MappedFile(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+}
+
+impl MappedFile {
+    fn open(path: &Path) -> Result<Self> {
+        let f = File::open(path).map_err(|e| io_error(path, e))?;
+        // SAFETY: cache files are written once under .staging/ and renamed into place; nothing writes
+        // them afterwards. A file truncated behind diffsql's back is outside what this can guard against.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io_error(path, e))?;
+        Ok(Self(Arc::new(map)))
+    }
+
+    /// The whole file as `Bytes` sharing this mapping.
+    fn bytes(&self) -> bytes::Bytes {
+        bytes::Bytes::from_owner(MappedFile(Arc::clone(&self.0)))
+    }
+
+    /// Prefaults a byte range (best effort: older kernels lack MADV_POPULATE_READ).
+    fn populate(&self, start: usize, len: usize) {
+        let end = (start + len).min(self.0.len());
+        if start < end {
+            self.0
+                .advise_range(memmap2::Advice::PopulateRead, start, end - start)
+                .ok();
+        }
+    }
+}
+
+fn io_error(path: &std::path::Path, e: std::io::Error) -> DataFusionError {
+    DataFusionError::Execution(format!("cannot open cache file {}: {e}", path.display()))
+}
+
+fn corrupt(path: &std::path::Path, e: impl fmt::Display) -> DataFusionError {
+    DataFusionError::Execution(format!(
+        "cache file {} is unreadable ({e}); delete its partition directory and rerun preprocessing",
+        path.display()
+    ))
+}
+
+/// Spreads scan units over `partitions` output partitions, largest (by `weight`) first onto the least
+/// loaded, so each partition reads about the same number of rows; within a partition units are read in
+/// `order` (file order), so reads stay sequential.
+pub fn balance<U>(
+    mut units: Vec<U>,
+    partitions: usize,
+    weight: impl Fn(&U) -> usize,
+    order: impl Fn(&U, &U) -> std::cmp::Ordering,
+) -> Vec<Vec<U>> {
+    let partitions = partitions.max(1).min(units.len().max(1));
+    units.sort_by(|a, b| weight(b).cmp(&weight(a)).then_with(|| order(a, b)));
+    let mut bins: Vec<(usize, Vec<U>)> = (0..partitions).map(|_| (0, Vec::new())).collect();
+    for u in units {
+        let bin = bins.iter_mut().min_by_key(|(load, _)| *load).expect("at least one bin");
+        bin.0 += weight(&u);
+        bin.1.push(u);
+    }
+    bins.into_iter()
+        .map(|(_, mut v)| {
+            v.sort_by(&order);
+            v
+        })
+        .collect()
+}
+
+/// Row-group sizes of a Parquet file.
+pub fn row_group_rows(path: &Path) -> Result<Vec<usize>> {
+    let f = File::open(path).map_err(|e| io_error(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| corrupt(path, e))?;
+    Ok(builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|rg| rg.num_rows() as usize)
+        .collect())
+}
+
+/// Splits a file's row groups into runs of about `target_rows` rows.
+pub fn chunk_row_groups(sizes: &[usize], target_rows: usize) -> Vec<(Vec<usize>, usize)> {
+    let mut out = Vec::new();
+    let mut current = (Vec::new(), 0usize);
+    for (i, &n) in sizes.iter().enumerate() {
+        current.0.push(i);
+        current.1 += n;
+        if current.1 >= target_rows {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.0.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_every_row_group_once() {
+        let chunks = chunk_row_groups(&[10, 10, 10, 5], 15);
+        assert_eq!(chunks, vec![(vec![0, 1], 20), (vec![2, 3], 15)]);
+        assert!(chunk_row_groups(&[], 15).is_empty());
+    }
+}
