@@ -88,6 +88,20 @@ pub struct Finetuned {
     pub revision: String,
 }
 
+/// How a dataset's files are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetFormat {
+    /// By each file's extension (`.jsonl`/`.json`, `.txt`, `.parquet`).
+    #[default]
+    Auto,
+    #[serde(alias = "json")]
+    Jsonl,
+    #[serde(alias = "txt")]
+    Text,
+    Parquet,
+}
+
 /// A dataset: `configs/dataset/NAME.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,9 +111,9 @@ pub struct DatasetConfig {
     pub description: String,
     /// A local file (`.jsonl`, `.txt`, `.parquet`) or a Hugging Face dataset repo id.
     pub source: String,
-    /// jsonl, text or parquet; `auto` decides by the file extension.
-    #[serde(default = "auto")]
-    pub format: String,
+    /// jsonl, text or parquet; `auto` decides by each file's extension.
+    #[serde(default)]
+    pub format: DatasetFormat,
     /// The split name recorded in the cache (and, for hub datasets, the files to read).
     #[serde(default = "train")]
     pub split: String,
@@ -195,9 +209,6 @@ fn main_revision() -> String {
 fn float32() -> ElementType {
     ElementType::Float32
 }
-fn auto() -> String {
-    "auto".into()
-}
 fn train() -> String {
     "train".into()
 }
@@ -241,4 +252,42 @@ pub fn locate(source: &str, project_root: &Path) -> String {
         }
     }
     source.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dataset_format_is_one_of_the_readers_and_a_wrong_one_lists_them() {
+        let parse = |format: &str| {
+            toml::from_str::<DatasetConfig>(&format!("name = \"d\"\nsource = \"d.jsonl\"\nformat = \"{format}\""))
+        };
+        assert_eq!(parse("json").unwrap().format, DatasetFormat::Jsonl);
+        assert_eq!(parse("parquet").unwrap().format, DatasetFormat::Parquet);
+        let e = parse("csv").unwrap_err().to_string();
+        assert!(e.contains("csv") && e.contains("jsonl") && e.contains("parquet"), "{e}");
+        let auto = toml::from_str::<DatasetConfig>("name = \"d\"\nsource = \"d.jsonl\"").unwrap();
+        assert_eq!(auto.format, DatasetFormat::Auto);
+    }
+
+    #[test]
+    fn storage_dtype_and_compression_are_checked_when_read() {
+        #[derive(Debug, Deserialize)]
+        struct Both {
+            #[allow(dead_code)]
+            dtype: ElementType,
+            #[allow(dead_code)]
+            compression: VectorCompression,
+        }
+        assert!(toml::from_str::<Both>("dtype = \"bf16\"\ncompression = \"zstd(3)\"").is_ok());
+        let e = toml::from_str::<Both>("dtype = \"int8\"\ncompression = \"none\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("int8") && e.contains("bfloat16"), "{e}");
+        let e = toml::from_str::<Both>("dtype = \"f32\"\ncompression = \"lz4\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lz4") && e.contains("zstd(N)"), "{e}");
+    }
 }

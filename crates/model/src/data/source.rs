@@ -9,7 +9,7 @@ use datafusion::arrow::array::{Array, AsArray, ListArray, StructArray};
 use datafusion::arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use diffsql_core::config::settings::{locate, DatasetConfig};
+use diffsql_core::config::settings::{locate, DatasetConfig, DatasetFormat};
 
 /// One chat turn.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -32,20 +32,22 @@ enum Format {
     Parquet,
 }
 
+/// How one file is read: the configured format, or (`auto`) the file's extension.
 fn format_of(cfg: &DatasetConfig, file: &Path) -> Result<Format> {
-    let by_name = match cfg.format.as_str() {
-        "auto" => file.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        f => f,
-    };
-    Ok(match by_name {
-        "jsonl" | "json" => Format::Jsonl,
-        "text" | "txt" => Format::Text,
-        "parquet" => Format::Parquet,
-        other => bail!(
-            "dataset {}: cannot read {} as {other:?}: set format to jsonl, text or parquet",
-            cfg.name,
-            file.display()
-        ),
+    Ok(match cfg.format {
+        DatasetFormat::Jsonl => Format::Jsonl,
+        DatasetFormat::Text => Format::Text,
+        DatasetFormat::Parquet => Format::Parquet,
+        DatasetFormat::Auto => match file.extension().and_then(|e| e.to_str()).unwrap_or("") {
+            "jsonl" | "json" => Format::Jsonl,
+            "txt" | "text" => Format::Text,
+            "parquet" => Format::Parquet,
+            other => bail!(
+                "dataset {}: cannot tell how to read {} from its extension {other:?}: set format to jsonl, text or parquet",
+                cfg.name,
+                file.display()
+            ),
+        },
     })
 }
 
@@ -252,7 +254,7 @@ mod tests {
             name: "d".into(),
             description: String::new(),
             source: source.to_string_lossy().into_owned(),
-            format: "auto".into(),
+            format: DatasetFormat::Auto,
             split: "train".into(),
             text_field: "text".into(),
             messages_field: "messages".into(),
