@@ -285,7 +285,8 @@ impl Run<'_> {
         adam: &mut Adam,
         state: &mut CheckpointState,
     ) -> Result<Option<u64>> {
-        let config = self.config().clone();
+        let base = self.base;
+        let config = &base.config;
         let mut stream = source.stream(
             Split::Train,
             kind,
@@ -320,7 +321,8 @@ impl Run<'_> {
         state: &mut CheckpointState,
         rows: Vec<f32>,
     ) -> Result<Option<u64>> {
-        let config = self.config().clone();
+        let base = self.base;
+        let config = &base.config;
         let n = rows.len() / self.spec.width();
         let settings = StepSettings {
             k: self.schedule.k(state.step),

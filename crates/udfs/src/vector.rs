@@ -16,16 +16,29 @@ use datafusion::logical_expr::ColumnarValue;
 use half::f16;
 
 /// The element encodings a vector column may have (also the dtype settings name: `float32`/`f32`,
-/// `float16`/`f16`, `bfloat16`/`bf16`).
+/// `float16`/`f16`, `bfloat16`/`bf16`; read and written through [`ElementType::parse`] and
+/// [`ElementType::name`], the one table of names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum ElementType {
-    #[serde(rename = "float32", alias = "f32")]
     Float32,
-    #[serde(rename = "float16", alias = "f16")]
     Float16,
     /// Raw bfloat16 bits stored in `UInt16`.
-    #[serde(rename = "bfloat16", alias = "bf16")]
     BFloat16,
+}
+
+impl TryFrom<String> for ElementType {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        Self::parse(&s).ok_or_else(|| format!("unknown dtype {s:?}: use float32, float16 or bfloat16"))
+    }
+}
+
+impl From<ElementType> for &'static str {
+    fn from(e: ElementType) -> Self {
+        e.name()
+    }
 }
 
 impl ElementType {
