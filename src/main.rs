@@ -50,6 +50,10 @@ struct Cli {
     /// Directory of configs (config.toml and the groups model/, organism/, dataset/, diffing/method/).
     #[arg(long, global = true, env = "DIFFSQL_CONFIGS", default_value = "configs")]
     configs: PathBuf,
+    /// Hash every cache file this process reads, ignoring the verdicts kept in the cache (files are then
+    /// hashed once per process; also `DIFFSQL_REHASH=1`); `diffsql check` always hashes everything.
+    #[arg(long, global = true)]
+    rehash: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -227,6 +231,9 @@ fn pin_thread_count() {
 
 fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
+    if cli.rehash {
+        diffsql_core::cache::verify::set_policy(diffsql_core::cache::verify::VerifyPolicy::EveryProcess);
+    }
     let configs = ConfigDir::new(&cli.configs);
     let pipeline_fixed = |mode: Option<&str>| -> Result<Vec<Override>> {
         let mut fixed = Vec::new();

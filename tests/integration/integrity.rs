@@ -102,6 +102,76 @@ fn flipped_bytes_in_activations_or_tokens_are_an_error_naming_the_file() {
     assert_eq!(stdout, format!("n\n{}\n", super::fixtures::TOKENS));
 }
 
+/// The files a query process checked and hashed, from its `--timing` line.
+fn checked_and_hashed(cache: &Path, query: &str, extra: &[&str]) -> (usize, usize) {
+    let mut args = vec!["--timing"];
+    args.extend_from_slice(extra);
+    let (ok, _, stderr) = sql(cache, query, &args);
+    assert!(ok, "{stderr}");
+    let number = |after: &str| -> usize {
+        let rest = &stderr[stderr.find(after).unwrap_or_else(|| panic!("no {after:?} in {stderr}")) + after.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (number("cache files checked "), number(", hashed "))
+}
+
+#[test]
+fn a_second_process_hashes_no_unchanged_file_and_hashes_a_changed_one() {
+    let (_dir, cache) = synth_cache();
+    // Files younger than the racy window keep no verdict (they could change again within a clock tick).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let card = "SELECT layer, normdiff(base, ft) FROM acts GROUP BY layer ORDER BY layer";
+    // A query checks a base file once per organism beside it; the process hashes each file once.
+    let (checked, hashed) = checked_and_hashed(&cache, card, &[]);
+    assert!(
+        hashed > 0 && hashed <= checked,
+        "first process: checked {checked}, hashed {hashed}"
+    );
+    let partition = cache.join("activations/model=m/organism=caps/layer=1");
+    assert!(partition.join("_verified.json").exists());
+    assert_eq!(
+        checked_and_hashed(&cache, card, &[]),
+        (checked, 0),
+        "an unchanged cache was hashed again"
+    );
+    // The same bytes under a new inode: that file alone is hashed again, and passes.
+    let file = first_file(&partition);
+    let copy = partition.join("copy.tmp");
+    std::fs::copy(&file, &copy).unwrap();
+    std::fs::rename(&copy, &file).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(checked_and_hashed(&cache, card, &[]), (checked, 1));
+    assert_eq!(checked_and_hashed(&cache, card, &[]), (checked, 0));
+    // --rehash (and DIFFSQL_REHASH=1) ignores kept verdicts.
+    assert_eq!(checked_and_hashed(&cache, card, &["--rehash"]), (checked, hashed));
+    // A damaged copy of the same size renamed over the file, its mtime restored: refused.
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&copy, &bytes).unwrap();
+    std::fs::rename(&copy, &file).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let (ok, stdout, stderr) = sql(&cache, card, &[]);
+    assert!(!ok, "a damaged file passed on a kept verdict: {stdout}");
+    assert!(
+        stderr.contains("is damaged") && stderr.contains(&file.display().to_string()),
+        "{stderr}"
+    );
+    // A corrupt verdict file is ignored: the damage is still found.
+    std::fs::write(partition.join("_verified.json"), b"{").unwrap();
+    assert!(!sql(&cache, card, &[]).0);
+}
+
 #[test]
 fn a_truncated_file_stops_preprocessing_until_repaired_and_rebuilt() {
     let dir = tempfile::tempdir().unwrap();

@@ -165,52 +165,79 @@ pub fn fit(v: &SparseMatrix, rank: usize, iterations: usize, seed: u64) -> Resul
 
 /// The updates from given factors: per iteration T ← T ∘ (WᵀV) / (WᵀW·T + ε), then W ← W ∘ (V·Tᵀ) /
 /// (W·T·Tᵀ + ε).
-pub fn fit_from(v: &SparseMatrix, rank: usize, mut w: Vec<f64>, mut t: Vec<f64>, iterations: usize) -> Factorisation {
+///
+/// T is kept transposed (columns × rank) while fitting, so that the rank values of one column, which every
+/// stored entry of W's update reads, share a cache line; scratch vectors are per rayon task, not per row. The
+/// loss after each iteration comes almost free from W's update: its numerator V·Tᵀ is already the cross term's
+/// factor (Σ_stored V·(W·T) = Σ_r W[r,:]·(V·Tᵀ)[r,:]), so no third pass over the entries is made.
+pub fn fit_from(v: &SparseMatrix, rank: usize, mut w: Vec<f64>, t: Vec<f64>, iterations: usize) -> Factorisation {
     let (rows, columns) = (v.rows, v.columns);
     let norm = v.squared_norm();
     let mut loss = Vec::with_capacity(iterations);
+    // Tᵀ: row c holds T[:, c].
+    let mut tt = vec![0f64; columns * rank];
+    for k in 0..rank {
+        for c in 0..columns {
+            tt[c * rank + k] = t[k * columns + c];
+        }
+    }
+    let mut wtw = gram_of_rows(&w, rows, rank);
     for _ in 0..iterations {
         // T's update, column-parallel: numerator column c = Σ_r W[r,:]·V[r,c]; denominator = (WᵀW)·T[:,c].
-        let wtw = gram_of_rows(&w, rows, rank);
-        let t_columns: Vec<Vec<f64>> = (0..columns)
-            .into_par_iter()
-            .map(|c| {
-                let mut numerator = vec![0f64; rank];
+        tt.par_chunks_mut(rank).enumerate().with_min_len(64).for_each_init(
+            || vec![0f64; rank],
+            |numerator, (c, tc)| {
+                numerator.fill(0.0);
                 for &(r, x) in v.column(c) {
                     let wr = &w[r as usize * rank..(r as usize + 1) * rank];
                     for (n, &wk) in numerator.iter_mut().zip(wr) {
                         *n += wk * x as f64;
                     }
                 }
-                (0..rank)
-                    .map(|k| {
-                        let denominator: f64 = (0..rank).map(|j| wtw[k * rank + j] * t[j * columns + c]).sum();
-                        t[k * columns + c] * numerator[k] / (denominator + EPSILON)
-                    })
-                    .collect()
-            })
-            .collect();
-        for (c, column) in t_columns.into_iter().enumerate() {
-            for (k, x) in column.into_iter().enumerate() {
-                t[k * columns + c] = x;
-            }
-        }
-        // W's update, row-parallel: numerator row r = Σ_c V[r,c]·T[:,c]; denominator = W[r,:]·(T·Tᵀ).
-        let ttt = gram_of_columns(&t, rank, columns);
-        w.par_chunks_mut(rank).enumerate().for_each(|(r, wr)| {
-            let mut numerator = vec![0f64; rank];
-            for &(c, x) in v.row(r) {
-                for (k, n) in numerator.iter_mut().enumerate() {
-                    *n += x as f64 * t[k * columns + c as usize];
+                let denominators: Vec<f64> = (0..rank)
+                    .map(|k| (0..rank).map(|j| wtw[k * rank + j] * tc[j]).sum())
+                    .collect();
+                for ((tk, n), d) in tc.iter_mut().zip(numerator.iter()).zip(denominators) {
+                    *tk *= n / (d + EPSILON);
                 }
-            }
-            let old = wr.to_vec();
-            for (k, wk) in wr.iter_mut().enumerate() {
-                let denominator: f64 = (0..rank).map(|j| old[j] * ttt[j * rank + k]).sum();
-                *wk *= numerator[k] / (denominator + EPSILON);
-            }
-        });
-        loss.push(frobenius_loss(v, &w, &t, rank, norm));
+            },
+        );
+        // W's update, row-parallel: numerator row r = Σ_c V[r,c]·T[:,c]; denominator = W[r,:]·(T·Tᵀ).
+        let ttt = gram_of_rows(&tt, columns, rank);
+        let cross: f64 = w
+            .par_chunks_mut(rank)
+            .enumerate()
+            .with_min_len(64)
+            .map_init(
+                || (vec![0f64; rank], vec![0f64; rank]),
+                |(numerator, old), (r, wr)| {
+                    numerator.fill(0.0);
+                    for &(c, x) in v.row(r) {
+                        let tc = &tt[c as usize * rank..(c as usize + 1) * rank];
+                        for (n, &tk) in numerator.iter_mut().zip(tc) {
+                            *n += x as f64 * tk;
+                        }
+                    }
+                    old.copy_from_slice(wr);
+                    let mut cross = 0f64;
+                    for (k, wk) in wr.iter_mut().enumerate() {
+                        let denominator: f64 = (0..rank).map(|j| old[j] * ttt[j * rank + k]).sum();
+                        *wk *= numerator[k] / (denominator + EPSILON);
+                        cross += *wk * numerator[k];
+                    }
+                    cross
+                },
+            )
+            .sum();
+        wtw = gram_of_rows(&w, rows, rank);
+        let trace: f64 = (0..rank * rank).map(|i| wtw[i] * ttt[i]).sum();
+        loss.push((norm - 2.0 * cross + trace).max(0.0));
+    }
+    let mut t = vec![0f64; rank * columns];
+    for c in 0..columns {
+        for k in 0..rank {
+            t[k * columns + c] = tt[c * rank + k];
+        }
     }
     Factorisation { rank, w, t, loss }
 }

@@ -3,6 +3,8 @@
 //! The engine reads lines from any source; `main` feeds it from rustyline on a terminal and from
 //! standard input otherwise, so piped sessions behave exactly like typed ones.
 
+use diffsql_core::cache::vector_pages::page_counts;
+use diffsql_core::cache::verify;
 use diffsql_model::one_line;
 use std::io::Write;
 use std::path::PathBuf;
@@ -149,16 +151,26 @@ impl Shell {
         let format = self.format;
         let timing = self.timing;
         let mut started = Instant::now();
+        let mut checks = verify::stats();
+        let mut pages = page_counts();
         run_statements(&self.ctx, sql, |result| {
             let mut out = std::io::stdout().lock();
             write_result(&mut out, format, &result.schema, &result.batches)?;
             out.flush()?;
             if timing {
+                let (now, pages_now) = (verify::stats(), page_counts());
+                let done = now - checks;
                 eprintln!(
-                    "Time: {:.3} s ({} rows)",
+                    "Time: {:.3} s ({} rows; cache files checked {}, hashed {} ({:.1} MB); vector pages read in place {}, copied {})",
                     started.elapsed().as_secs_f64(),
-                    result.rows()
+                    result.rows(),
+                    done.files_checked,
+                    done.files_hashed,
+                    done.bytes_hashed as f64 / 1e6,
+                    pages_now.in_place - pages.in_place,
+                    pages_now.copied - pages.copied
                 );
+                (checks, pages) = (now, pages_now);
             }
             started = Instant::now();
             Ok(())

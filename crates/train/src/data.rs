@@ -20,6 +20,7 @@ use rand::{Rng, SeedableRng};
 use diffsql_core::cache::layout::{CacheLayout, PartitionKey, Table};
 use diffsql_core::cache::vectors::VectorEncoding;
 use diffsql_core::cache::verify::verify_partition;
+use diffsql_core::cache::writer::VECTOR_COLUMN;
 
 /// What one training row holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,16 +170,24 @@ impl TrainingSource {
             let base_file = CacheFile::open(base_dir.join(&base_entry.name))?;
             let builder = ft_file.reader()?;
             let groups = builder.metadata().num_row_groups();
-            // dataset and seq_id: columns 0 and 2 of an activations file.
-            let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 2]);
+            let mask = ProjectionMask::columns(builder.parquet_schema(), ["dataset", "seq_id"]);
             let reader = builder.with_projection(mask).with_batch_size(1 << 16).build()?;
             let mut split: Vec<(bool, bool)> = Vec::new();
             for batch in reader {
                 let batch = batch?;
-                let dataset =
-                    datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Utf8)?;
+                let column = |name: &str| {
+                    batch
+                        .column_by_name(name)
+                        .cloned()
+                        .with_context(|| format!("{} has no {name} column", ft_file.path.display()))
+                };
+                let dataset = datafusion::arrow::compute::cast(
+                    &column("dataset")?,
+                    &datafusion::arrow::datatypes::DataType::Utf8,
+                )?;
                 let dataset = dataset.as_string::<i32>();
-                let seq = batch.column(1).as_primitive::<Int64Type>();
+                let seq = column("seq_id")?;
+                let seq = seq.as_primitive::<Int64Type>();
                 for i in 0..batch.num_rows() {
                     let name = dataset.value(i);
                     seen.insert(name.to_string());
@@ -317,8 +326,7 @@ fn read_vectors(file: &CacheFile, row_group: usize, encoding: VectorEncoding, ou
     out.clear();
     let path = &file.path;
     let builder = file.reader()?;
-    let column = builder.parquet_schema().num_columns() - 1;
-    let mask = ProjectionMask::roots(builder.parquet_schema(), [column]);
+    let mask = ProjectionMask::columns(builder.parquet_schema(), [VECTOR_COLUMN]);
     let reader = builder
         .with_row_groups(vec![row_group])
         .with_projection(mask)

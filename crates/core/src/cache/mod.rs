@@ -2,12 +2,14 @@
 //! (the DataFusion tables over it are `diffsql-sql`'s).
 
 pub mod atomic;
+mod file_writer;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod partition;
 pub mod planted;
 pub mod synth;
+pub mod vector_pages;
 pub mod vectors;
 pub mod verify;
 pub mod writer;

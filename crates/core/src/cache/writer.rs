@@ -1,15 +1,13 @@
 //! Writes cache partitions atomically: files go to a staging directory, the manifest is written last, and
 //! the directory is renamed into place, so readers never see a partial partition.
 
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use datafusion::arrow::array::{AsArray, Int32Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{Int32Type, Int64Type, Schema, SchemaRef};
-use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -17,6 +15,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::atomic::move_into_place;
 pub use super::atomic::write_atomic;
+use super::file_writer::{vector_page_rows, FileSink};
 use super::layout::{token_key_fields, CacheLayout, PartitionKey, MANIFEST_FILE};
 pub use super::lock::WriteLock;
 use super::manifest::{FileEntry, Manifest, FORMAT_VERSION};
@@ -63,26 +62,6 @@ pub fn parquet_compression(c: VectorCompression) -> Compression {
         VectorCompression::Zstd(None) => Compression::ZSTD(ZstdLevel::default()),
         // The level was checked when the setting was parsed.
         VectorCompression::Zstd(Some(level)) => Compression::ZSTD(ZstdLevel::try_new(level).unwrap_or_default()),
-    }
-}
-
-/// A `Write` that hashes what passes through it, so a file's checksum costs no second read.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: twox_hash::XxHash3_64,
-    bytes: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        std::hash::Hasher::write(&mut self.hasher, &buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
 
@@ -144,7 +123,7 @@ pub struct PartitionWriter {
     options: WriteOptions,
     staging: PathBuf,
     final_dir: PathBuf,
-    current: Option<ArrowWriter<HashingWriter<BufWriter<File>>>>,
+    current: Option<FileSink>,
     rows_in_file: usize,
     files: Vec<FileEntry>,
     rows: u64,
@@ -152,6 +131,8 @@ pub struct PartitionWriter {
     /// The fingerprint of the tokens a partition without token keys was computed from.
     declared_fingerprint: Option<String>,
     encoding: Option<VectorEncoding>,
+    /// Whether the vector column's values are aligned in the file (uncompressed vectors, stored first).
+    aligned_vectors: bool,
     _lock: WriteLock,
 }
 
@@ -203,6 +184,9 @@ impl PartitionWriter {
             .map(VectorEncoding::from_field)
             .transpose()?;
         let props = writer_properties(&options, encoding.is_some());
+        let aligned_vectors = encoding.is_some()
+            && options.vector_compression == Compression::UNCOMPRESSED
+            && schema.fields().first().is_some_and(|f| f.name() == VECTOR_COLUMN);
         Ok(Self {
             key,
             schema,
@@ -217,6 +201,7 @@ impl PartitionWriter {
             fingerprint: has_keys.then(TokenFingerprint::default),
             declared_fingerprint: None,
             encoding,
+            aligned_vectors,
             _lock: lock,
         })
     }
@@ -246,7 +231,9 @@ impl PartitionWriter {
             let room = self.options.rows_per_file - self.rows_in_file;
             let take = room.min(batch.num_rows() - offset);
             let writer = self.current.as_mut().expect("opened above");
-            writer.write(&batch.slice(offset, take))?;
+            writer
+                .write(&batch.slice(offset, take))
+                .with_context(|| format!("cannot write a file of {}", self.key))?;
             self.rows_in_file += take;
             offset += take;
             if self.rows_in_file == self.options.rows_per_file {
@@ -285,38 +272,29 @@ impl PartitionWriter {
 
     fn open_file(&mut self) -> Result<()> {
         let path = self.staging.join(Self::file_name(self.files.len()));
-        let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        let sink = HashingWriter {
-            inner: BufWriter::with_capacity(1 << 20, file),
-            hasher: twox_hash::XxHash3_64::new(),
-            bytes: 0,
-        };
-        self.current = Some(ArrowWriter::try_new(
-            sink,
+        self.current = Some(FileSink::create(
+            &path,
             Arc::clone(&self.schema),
-            Some(self.props.clone()),
+            self.props.clone(),
+            self.options.row_group_rows,
+            self.aligned_vectors,
         )?);
         self.rows_in_file = 0;
         Ok(())
     }
 
     fn close_file(&mut self) -> Result<()> {
-        let Some(writer) = self.current.take() else {
+        let Some(sink) = self.current.take() else {
             return Ok(());
         };
-        let mut sink = writer
-            .into_inner()
-            .with_context(|| format!("cannot finish a file of {}", self.key))?;
-        sink.flush()
-            .with_context(|| format!("cannot write a file of {} (disk full?)", self.key))?;
-        let file = sink.inner.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()
-            .with_context(|| format!("cannot sync a file of {} (disk full?)", self.key))?;
+        let (bytes, xxh3) = sink
+            .finish()
+            .with_context(|| format!("cannot finish a file of {} (disk full?)", self.key))?;
         self.files.push(FileEntry {
             name: Self::file_name(self.files.len()),
             rows: self.rows_in_file as u64,
-            bytes: sink.bytes,
-            xxh3: format!("{:016x}", std::hash::Hasher::finish(&sink.hasher)),
+            bytes,
+            xxh3,
         });
         self.rows_in_file = 0;
         Ok(())
@@ -351,9 +329,11 @@ impl PartitionWriter {
 
 fn writer_properties(options: &WriteOptions, has_vectors: bool) -> WriterProperties {
     // Key columns are small and always compressed; vectors follow `vector_compression`.
+    // Row groups are cut by `FileSink`, which also keeps a row group's vectors in one page.
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(options.row_group_rows));
+        .set_max_row_group_row_count(None)
+        .set_data_page_row_count_limit(vector_page_rows(options.row_group_rows));
     if has_vectors {
         let col = ColumnPath::from(VECTOR_COLUMN);
         // Uncompressed vectors are stored PLAIN: decoding them is a copy. Compressed ones are
@@ -366,6 +346,7 @@ fn writer_properties(options: &WriteOptions, has_vectors: bool) -> WriterPropert
             .set_column_compression(col.clone(), options.vector_compression)
             .set_column_dictionary_enabled(col.clone(), false)
             .set_column_encoding(col.clone(), encoding)
+            .set_column_data_page_size_limit(col.clone(), usize::MAX)
             .set_column_statistics_enabled(col, EnabledStatistics::None);
     }
     b.build()
@@ -390,10 +371,12 @@ pub struct ActivationWriter {
 }
 
 impl ActivationWriter {
-    /// The Arrow schema of an activations file with vectors of `encoding`.
+    /// The Arrow schema of an activations file with vectors of `encoding`: the vectors first (so that their
+    /// pages can be aligned, see `file_writer`), then the token keys. Readers find columns by name: caches
+    /// written before 2026-12 hold the vectors last.
     pub fn file_schema(encoding: VectorEncoding) -> SchemaRef {
-        let mut fields = token_key_fields();
-        fields.push(encoding.storage_field(VECTOR_COLUMN));
+        let mut fields = vec![encoding.storage_field(VECTOR_COLUMN)];
+        fields.extend(token_key_fields());
         Arc::new(Schema::new(fields))
     }
 
@@ -427,12 +410,12 @@ impl ActivationWriter {
         let record = RecordBatch::try_new(
             Arc::clone(&self.inner.schema),
             vec![
+                Arc::new(self.encoding.encode(batch.vectors)?),
                 Arc::new(StringArray::from(vec![batch.dataset; rows])),
                 Arc::new(StringArray::from(vec![batch.split; rows])),
                 Arc::new(Int64Array::from(batch.seq_id.to_vec())),
                 Arc::new(Int32Array::from(batch.pos.to_vec())),
                 Arc::new(Int32Array::from(batch.token_id.to_vec())),
-                Arc::new(self.encoding.encode(batch.vectors)?),
             ],
         )?;
         self.inner.write(&record)

@@ -15,15 +15,18 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
+use parquet::file::metadata::ParquetMetaData;
+use parquet::schema::types::SchemaDescriptor;
 
 use diffsql_core::cache::layout::PartitionKey;
+use diffsql_core::cache::vector_pages::{readable_in_place, VectorPages};
 use diffsql_core::cache::vectors::VectorEncoding;
 use diffsql_core::cache::writer::VECTOR_COLUMN;
 
-/// Columns of an activations file, in file order.
-const FILE_COLUMNS: [&str; 6] = ["dataset", "split", "seq_id", "pos", "token_id", VECTOR_COLUMN];
+/// Key columns of an activations file (found by name: their place in the file changed in 2026-12).
+const KEY_COLUMNS: [&str; 5] = ["dataset", "split", "seq_id", "pos", "token_id"];
 
 /// What one output column of a vector table is made from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +34,7 @@ pub enum ColumnSource {
     Model,
     Organism,
     Layer,
-    /// A key column of the (organism's) file, by index in [`FILE_COLUMNS`].
+    /// A key column of the (organism's) file, by index in [`KEY_COLUMNS`].
     Key(usize),
     /// The vector of the file being read (`act`, or `ft` in `acts`).
     Vector,
@@ -169,14 +172,30 @@ pub(super) fn within_limit(batch: RecordBatch, remaining: &mut usize) -> RecordB
     batch
 }
 
+/// One source of rows of a unit: a Parquet reader of some columns of a file, or a file's vectors read in
+/// place ([`VectorPages`]). The streams of a unit yield the same rows in the same order, in batches that need
+/// not line up.
+struct Stream {
+    batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send>,
+    /// Rows read but not yet emitted.
+    pending: Option<RecordBatch>,
+}
+
+impl Stream {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if let Some(p) = self.pending.take() {
+            return Ok(Some(p));
+        }
+        self.batches.next().transpose()
+    }
+}
+
 /// The open files of one unit.
 struct OpenUnit {
     unit: ScanUnit,
-    file: Option<ParquetRecordBatchReader>,
-    base: Option<ParquetRecordBatchReader>,
-    /// Rows read from `file` but not yet emitted (when base and organism batches do not line up).
-    file_pending: Option<RecordBatch>,
-    base_pending: Option<RecordBatch>,
+    streams: Vec<Stream>,
+    /// Where each output column comes from: a stream and a column of its batches.
+    columns: Vec<Option<(usize, &'static str)>>,
     /// Rows still to emit when no file column is read.
     rows_left: usize,
 }
@@ -217,122 +236,150 @@ impl Iterator for UnitReader {
 
 impl UnitReader {
     fn open(&self, unit: ScanUnit) -> Result<OpenUnit> {
-        let mut file_columns: Vec<usize> = self
+        let keys: Vec<&'static str> = self
             .sources
             .iter()
             .filter_map(|s| match s {
-                ColumnSource::Key(i) => Some(*i),
-                ColumnSource::Vector => Some(FILE_COLUMNS.len() - 1),
+                ColumnSource::Key(i) => Some(KEY_COLUMNS[*i]),
                 _ => None,
             })
             .collect();
-        file_columns.sort_unstable();
-        file_columns.dedup();
-        let file = (!file_columns.is_empty())
-            .then(|| self.reader(&unit.file, &unit.row_groups, &file_columns))
-            .transpose()?;
-        let base = if self.sources.contains(&ColumnSource::BaseVector) {
+        let mut streams = Vec::new();
+        let mut key_stream = None;
+        if !keys.is_empty() {
+            key_stream = Some(streams.len());
+            streams.push(self.columns_stream(&unit.file, &unit.row_groups, &keys)?);
+        }
+        let mut vector_stream = None;
+        if self.sources.contains(&ColumnSource::Vector) {
+            vector_stream = Some(streams.len());
+            streams.push(self.vector_stream(&unit.file, &unit)?);
+        }
+        let mut base_stream = None;
+        if self.sources.contains(&ColumnSource::BaseVector) {
             let path = unit
                 .base_file
-                .as_ref()
+                .clone()
                 .ok_or_else(|| exec_datafusion_err!("acts: no base file for {}", unit.partition))?;
-            Some(self.reader(path, &unit.row_groups, &[FILE_COLUMNS.len() - 1])?)
-        } else {
-            None
-        };
+            base_stream = Some(streams.len());
+            streams.push(self.vector_stream(&path, &unit)?);
+        }
+        let columns = self
+            .sources
+            .iter()
+            .map(|s| match s {
+                ColumnSource::Key(i) => key_stream.map(|k| (k, KEY_COLUMNS[*i])),
+                ColumnSource::Vector => vector_stream.map(|k| (k, VECTOR_COLUMN)),
+                ColumnSource::BaseVector => base_stream.map(|k| (k, VECTOR_COLUMN)),
+                _ => None,
+            })
+            .collect();
         let rows_left = unit.rows;
         Ok(OpenUnit {
             unit,
-            file,
-            base,
-            file_pending: None,
-            base_pending: None,
+            streams,
+            columns,
             rows_left,
         })
     }
 
-    fn reader(&self, path: &Path, row_groups: &[usize], columns: &[usize]) -> Result<ParquetRecordBatchReader> {
+    /// The named columns of `path`'s row groups, through Parquet's reader.
+    fn columns_stream(&self, path: &Path, row_groups: &[usize], names: &[&str]) -> Result<Stream> {
         let map = MappedFile::open(path)?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(map.bytes()).map_err(|e| corrupt(path, e))?;
-        // Map the pages this unit reads in one call rather than one page fault at a time.
-        for &rg in row_groups {
-            for &col in columns {
-                if let Some(chunk) = builder
-                    .metadata()
-                    .row_groups()
-                    .get(rg)
-                    .and_then(|g| g.columns().get(col))
-                {
-                    let (start, len) = chunk.byte_range();
-                    map.populate(start as usize, len as usize);
-                }
-            }
-        }
-        let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
-        builder
+        let roots = root_indices(builder.parquet_schema(), names, path)?;
+        map.populate_columns(builder.metadata(), row_groups, &roots);
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        let reader = builder
             .with_row_groups(row_groups.to_vec())
             .with_projection(mask)
             .with_batch_size(self.batch_size)
             .build()
-            .map_err(|e| corrupt(path, e))
+            .map_err(|e| corrupt(path, e))?;
+        let path = path.to_path_buf();
+        Ok(Stream {
+            batches: Box::new(reader.map(move |b| b.map_err(|e| corrupt(&path, e)))),
+            pending: None,
+        })
+    }
+
+    /// The vectors of `path`'s row groups of `unit`: in place where the pages allow it, else through
+    /// Parquet's reader.
+    fn vector_stream(&self, path: &Path, unit: &ScanUnit) -> Result<Stream> {
+        let map = MappedFile::open(path)?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(map.bytes()).map_err(|e| corrupt(path, e))?;
+        let roots = root_indices(builder.parquet_schema(), &[VECTOR_COLUMN], path)?;
+        let metadata = Arc::clone(builder.metadata());
+        if readable_in_place(&metadata, &unit.row_groups, roots[0]) {
+            map.populate_columns(&metadata, &unit.row_groups, &roots);
+            let field = builder
+                .schema()
+                .field_with_name(VECTOR_COLUMN)
+                .map_err(|e| corrupt(path, e))?
+                .clone();
+            let pages = VectorPages::new(
+                map.bytes(),
+                metadata,
+                roots[0],
+                Arc::new(field),
+                unit.encoding.dtype.width(),
+                &unit.row_groups,
+                self.batch_size,
+            )
+            .map_err(|e| corrupt(path, e))?;
+            let path = path.to_path_buf();
+            return Ok(Stream {
+                batches: Box::new(pages.map(move |b| b.map_err(|e| corrupt(&path, format!("{e:#}"))))),
+                pending: None,
+            });
+        }
+        drop(builder);
+        self.columns_stream(path, &unit.row_groups, &[VECTOR_COLUMN])
     }
 
     /// The next batch of the current unit, or `None` when it is exhausted.
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         let open = self.current.as_mut().expect("a unit is open");
-        let (file_batch, base_batch, rows) = match (&mut open.file, &mut open.base) {
-            (None, None) => {
-                let rows = open.rows_left.min(self.batch_size);
-                if rows == 0 {
-                    return Ok(None);
-                }
-                open.rows_left -= rows;
-                (None, None, rows)
+        let mut batches = Vec::with_capacity(open.streams.len());
+        let rows = if open.streams.is_empty() {
+            let rows = open.rows_left.min(self.batch_size);
+            if rows == 0 {
+                return Ok(None);
             }
-            (Some(_), None) => match take_next(&mut open.file, &mut open.file_pending, &open.unit.file)? {
-                Some(b) => {
-                    let n = b.num_rows();
-                    (Some(b), None, n)
-                }
-                None => return Ok(None),
-            },
-            (None, Some(_)) => match take_next(&mut open.base, &mut open.base_pending, base_path(&open.unit))? {
-                Some(b) => {
-                    let n = b.num_rows();
-                    (None, Some(b), n)
-                }
-                None => return Ok(None),
-            },
-            (Some(_), Some(_)) => {
-                let f = take_next(&mut open.file, &mut open.file_pending, &open.unit.file)?;
-                let b = take_next(&mut open.base, &mut open.base_pending, base_path(&open.unit))?;
-                match (f, b) {
-                    (None, None) => return Ok(None),
-                    (Some(f), Some(b)) => {
-                        let n = f.num_rows().min(b.num_rows());
-                        if f.num_rows() > n {
-                            open.file_pending = Some(f.slice(n, f.num_rows() - n));
-                        }
-                        if b.num_rows() > n {
-                            open.base_pending = Some(b.slice(n, b.num_rows() - n));
-                        }
-                        (Some(f.slice(0, n)), Some(b.slice(0, n)), n)
-                    }
-                    _ => {
-                        return Err(DataFusionError::Execution(format!(
-                            "acts: {} and its base file have different row counts; rerun preprocessing for {}",
-                            open.unit.file.display(),
-                            open.unit.partition
-                        )))
-                    }
+            open.rows_left -= rows;
+            rows
+        } else {
+            for stream in &mut open.streams {
+                batches.push(stream.next_batch()?);
+            }
+            if batches.iter().all(Option::is_none) {
+                return Ok(None);
+            }
+            if batches.iter().any(Option::is_none) {
+                return Err(DataFusionError::Execution(format!(
+                    "acts: {} and its base file have different row counts; rerun preprocessing for {}",
+                    open.unit.file.display(),
+                    open.unit.partition
+                )));
+            }
+            let rows = batches.iter().flatten().map(RecordBatch::num_rows).min().unwrap_or(0);
+            // Keep what a stream read beyond the shortest batch for the next call.
+            for (stream, batch) in open.streams.iter_mut().zip(&mut batches) {
+                let b = batch.as_mut().expect("checked above");
+                if b.num_rows() > rows {
+                    stream.pending = Some(b.slice(rows, b.num_rows() - rows));
+                    *b = b.slice(0, rows);
                 }
             }
+            rows
         };
         let unit = &open.unit;
         let columns = self
             .sources
             .iter()
-            .map(|source| -> Result<ArrayRef> {
+            .zip(&open.columns)
+            .map(|(source, from)| -> Result<ArrayRef> {
+                let read = || column(from.and_then(|(s, name)| batches[s].as_ref().map(|b| (b, name))));
                 Ok(match source {
                     ColumnSource::Model => Arc::new(StringArray::from(vec![unit.partition.model.as_str(); rows])),
                     ColumnSource::Organism => {
@@ -342,13 +389,8 @@ impl UnitReader {
                         ]))
                     }
                     ColumnSource::Layer => Arc::new(Int32Array::from(vec![unit.partition.layer.unwrap_or(-1); rows])),
-                    ColumnSource::Key(i) => column(file_batch.as_ref(), FILE_COLUMNS[*i])?,
-                    ColumnSource::Vector => {
-                        vectors(&self.vector_type, column(file_batch.as_ref(), VECTOR_COLUMN)?, unit)?
-                    }
-                    ColumnSource::BaseVector => {
-                        vectors(&self.vector_type, column(base_batch.as_ref(), VECTOR_COLUMN)?, unit)?
-                    }
+                    ColumnSource::Key(_) => read()?,
+                    ColumnSource::Vector | ColumnSource::BaseVector => vectors(&self.vector_type, read()?, unit)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -359,6 +401,21 @@ impl UnitReader {
             &options,
         )?))
     }
+}
+
+/// The root column indices of `names` in a file's schema (caches written at different times order their
+/// columns differently).
+fn root_indices(schema: &SchemaDescriptor, names: &[&str], path: &Path) -> Result<Vec<usize>> {
+    let fields = schema.root_schema().get_fields();
+    names
+        .iter()
+        .map(|name| {
+            fields
+                .iter()
+                .position(|f| f.name() == *name)
+                .ok_or_else(|| corrupt(path, format!("no column {name}")))
+        })
+        .collect()
 }
 
 /// Stored vectors of `unit` as the table's vector type.
@@ -372,28 +429,10 @@ fn vectors(vector_type: &DataType, stored: ArrayRef, unit: &ScanUnit) -> Result<
     decoded.map_err(|e| DataFusionError::Execution(format!("{}: {e:#}", unit.file.display())))
 }
 
-fn base_path(unit: &ScanUnit) -> &Path {
-    unit.base_file.as_ref().unwrap_or(&unit.file)
-}
-
-fn take_next(
-    reader: &mut Option<ParquetRecordBatchReader>,
-    pending: &mut Option<RecordBatch>,
-    path: &Path,
-) -> Result<Option<RecordBatch>> {
-    if let Some(p) = pending.take() {
-        return Ok(Some(p));
-    }
-    match reader.as_mut().and_then(|r| r.next()) {
-        None => Ok(None),
-        Some(Ok(b)) => Ok(Some(b)),
-        Some(Err(e)) => Err(corrupt(path, e)),
-    }
-}
-
-fn column(batch: Option<&RecordBatch>, name: &str) -> Result<ArrayRef> {
+fn column(from: Option<(&RecordBatch, &str)>) -> Result<ArrayRef> {
+    let (batch, name) = from.ok_or_else(|| exec_datafusion_err!("a cache file column was not read"))?;
     batch
-        .and_then(|b| b.column_by_name(name))
+        .column_by_name(name)
         .cloned()
         .ok_or_else(|| exec_datafusion_err!("column {name} missing from a cache file"))
 }
@@ -420,6 +459,19 @@ impl MappedFile {
     /// The whole file as `Bytes` sharing this mapping.
     fn bytes(&self) -> bytes::Bytes {
         bytes::Bytes::from_owner(MappedFile(Arc::clone(&self.0)))
+    }
+
+    /// Prefaults the column chunks of `columns` in `row_groups`, in one call each rather than one page fault
+    /// at a time.
+    fn populate_columns(&self, metadata: &ParquetMetaData, row_groups: &[usize], columns: &[usize]) {
+        for &rg in row_groups {
+            for &col in columns {
+                if let Some(chunk) = metadata.row_groups().get(rg).and_then(|g| g.columns().get(col)) {
+                    let (start, len) = chunk.byte_range();
+                    self.populate(start as usize, len as usize);
+                }
+            }
+        }
     }
 
     /// Prefaults a byte range (best effort: older kernels lack MADV_POPULATE_READ).
