@@ -114,8 +114,8 @@ def main():
     p.add_argument("--label", default="diffsql")
     args = p.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
-    scan.build_caches(args)
-    scan.build_baselines(args)
+    scan.build_caches(args, dtypes=("float32",))
+    scan.build_baselines(args, duckdb=False)
     cache, raw = args.data / "float32", args.data / "raw"
     gb = args.tokens * args.layers * 2 * args.d * 4 / 1e9
 

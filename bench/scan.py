@@ -32,8 +32,8 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
 
-def build_caches(args):
-    for dtype in ("float32", "bfloat16"):
+def build_caches(args, dtypes=("float32", "bfloat16")):
+    for dtype in dtypes:
         cache = args.data / dtype
         if (cache / "sequences").exists():
             continue
@@ -54,7 +54,7 @@ def load_vectors(cache, organism, layer):
     return raw[col.offset * d:(col.offset + len(col)) * d].reshape(len(col), d)
 
 
-def build_baselines(args):
+def build_baselines(args, duckdb=True):
     f32 = args.data / "float32"
     raw = args.data / "raw"
     duck = args.data / "duckdb"
@@ -68,7 +68,7 @@ def build_baselines(args):
                 mm.flush()
                 del mm
         (raw / "done").write_text("")
-    if not (duck / "done").exists():
+    if duckdb and not (duck / "done").exists():
         duck.mkdir(parents=True, exist_ok=True)
         for layer in range(args.layers):
             base = np.load(raw / f"base_L{layer}.npy", mmap_mode="r")

@@ -265,3 +265,46 @@ fn synthetic_noise_breaks_ties_but_keeps_the_shift() {
     assert!((mean - 3.0011).abs() < 0.01, "{mean}");
     assert!(std > 1e-4, "{std}");
 }
+
+/// The physical plan of `sql` over a small synthetic cache, as text.
+fn physical_plan(sql: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = SynthSpec {
+        tokens: 256,
+        d_model: 8,
+        ..Default::default()
+    };
+    synth::write(&CacheLayout::new(dir.path()), &spec, |_| {}).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ctx = diffsql_sql::open_session(dir.path()).unwrap();
+        let df = ctx.sql(sql).await.unwrap();
+        let plan = df.create_physical_plan().await.unwrap();
+        let text = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string();
+        text
+    })
+}
+
+#[test]
+fn filters_on_partition_columns_leave_no_filter_above_the_scan() {
+    // A FilterExec would coalesce batches, copying every vector the query reads.
+    let plan = physical_plan(
+        "SELECT layer, normdiff(base, ft) FROM acts WHERE organism = 'caps' AND layer IN (1, 2) GROUP BY layer",
+    );
+    assert!(
+        plan.contains("VectorScanExec") && !plan.contains("FilterExec"),
+        "{plan}"
+    );
+    let plan = physical_plan("SELECT count(*) FROM tokens WHERE organism = 'caps' AND model = 'synthetic'");
+    assert!(!plan.contains("FilterExec"), "{plan}");
+    // Filters on other columns, mixed ones and volatile ones are still applied row by row.
+    for sql in [
+        "SELECT count(*) FROM acts WHERE pos > 3",
+        "SELECT count(*) FROM acts WHERE organism = 'caps' OR diff_norm(base, ft) > 3.5",
+        "SELECT count(*) FROM acts WHERE layer + random() < 2",
+    ] {
+        assert!(physical_plan(sql).contains("FilterExec"), "{sql}");
+    }
+}
