@@ -11,7 +11,6 @@
 //!     3) WHERE rank <= 10;
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -25,7 +24,7 @@ use datafusion::datasource::{TableProvider, TableType};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 
-use diffsql_kernels::nmf::{fit, Factorisation, SparseMatrix};
+use diffsql_kernels::nmf::{fit, Factorisation, KeyedMatrix};
 
 const NAME: &str = "nmf";
 const USAGE: &str = "nmf((SELECT struct(row_key, item_key, value) FROM ...), topics [, iterations [, seed]]): keys are integers, values >= 0";
@@ -117,52 +116,10 @@ fn schema() -> SchemaRef {
     ]))
 }
 
-/// Keys to dense indices: in order of first appearance while reading, then renumbered in key order.
-#[derive(Default)]
-struct Index {
-    of: HashMap<i64, u32>,
-    keys: Vec<i64>,
-}
-
-impl Index {
-    fn get(&mut self, key: i64) -> u32 {
-        *self.of.entry(key).or_insert_with(|| {
-            self.keys.push(key);
-            (self.keys.len() - 1) as u32
-        })
-    }
-
-    /// Renumbers the keys in ascending order; returns each old index's new one.
-    fn sort(&mut self) -> Vec<u32> {
-        let mut order: Vec<usize> = (0..self.keys.len()).collect();
-        order.sort_unstable_by_key(|&i| self.keys[i]);
-        let mut renumbered = vec![0u32; order.len()];
-        for (new, &old) in order.iter().enumerate() {
-            renumbered[old] = new as u32;
-        }
-        self.keys.sort_unstable();
-        for index in self.of.values_mut() {
-            *index = renumbered[*index as usize];
-        }
-        renumbered
-    }
-}
-
-/// The matrix of the subquery: its row keys, item keys and (row, item, value) entries as dense indices.
-#[derive(Default)]
-struct Triplets {
-    rows: Index,
-    items: Index,
-    entries: Vec<(u32, u32, f32)>,
-}
-
-/// The triplets of the executed subquery: keys as integers, values as numbers; NULL rows are skipped.
-fn read_triplets(batches: &[RecordBatch]) -> Result<Triplets> {
-    let Triplets {
-        mut rows,
-        mut items,
-        entries: mut triplets,
-    } = Triplets::default();
+/// The triplets of the executed subquery as parallel (row key, item key, value) vectors; NULL rows are
+/// skipped. Numbering the keys, checking the values and sorting happen in `diffsql_kernels::nmf`.
+fn read_triplets(batches: &[RecordBatch]) -> Result<KeyedMatrix> {
+    let (mut rows, mut items, mut values) = (Vec::new(), Vec::new(), Vec::new());
     for b in batches {
         let triplet = b.column(0).as_struct();
         let cast = |i: usize, t: &DataType, what: &str| {
@@ -181,38 +138,27 @@ fn read_triplets(batches: &[RecordBatch]) -> Result<Triplets> {
             item.as_primitive::<Int64Type>(),
             value.as_primitive::<Float64Type>(),
         );
-        for i in 0..b.num_rows() {
-            if triplet.is_null(i) || row.is_null(i) || item.is_null(i) || value.is_null(i) {
-                continue;
+        let any_null = triplet.null_count() + row.null_count() + item.null_count() + value.null_count() > 0;
+        if any_null {
+            for i in 0..b.num_rows() {
+                if !(triplet.is_null(i) || row.is_null(i) || item.is_null(i) || value.is_null(i)) {
+                    rows.push(row.value(i));
+                    items.push(item.value(i));
+                    values.push(value.value(i));
+                }
             }
-            let v = value.value(i);
-            if !v.is_finite() || v < 0.0 {
-                return Err(DataFusionError::Execution(format!(
-                    "{NAME}: value {v} at row key {}, item {} is negative or not finite: pass max(value, 0) for the positive part",
-                    row.value(i),
-                    item.value(i)
-                )));
-            }
-            triplets.push((rows.get(row.value(i)), items.get(item.value(i)), v as f32));
+        } else {
+            rows.extend_from_slice(row.values());
+            items.extend_from_slice(item.values());
+            values.extend_from_slice(value.values());
         }
     }
-    // The factorisation must not depend on the order the subquery returned its rows in (a plan's partitions,
-    // or another engine running it): keys are numbered in key order and entries sorted.
-    let (row_of, item_of) = (rows.sort(), items.sort());
-    for (r, i, _) in &mut triplets {
-        (*r, *i) = (row_of[*r as usize], item_of[*i as usize]);
-    }
-    triplets.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then(a.2.total_cmp(&b.2)));
-    Ok(Triplets {
-        rows,
-        items,
-        entries: triplets,
-    })
+    KeyedMatrix::from_keyed(&rows, &items, &values).map_err(|e| DataFusionError::Execution(format!("{NAME}: {e}")))
 }
 
 /// Topic rows: per topic, every item with weight above 1e-6, heaviest first.
-fn topic_batch(f: &Factorisation, items: &Index, rows: usize) -> Result<RecordBatch> {
-    let columns = items.keys.len();
+fn topic_batch(f: &Factorisation, items: &[i64], rows: usize) -> Result<RecordBatch> {
+    let columns = items.len();
     let mass: Vec<f64> = (0..f.rank)
         .map(|k| f.t[k * columns..(k + 1) * columns].iter().sum())
         .collect();
@@ -231,11 +177,11 @@ fn topic_batch(f: &Factorisation, items: &Index, rows: usize) -> Result<RecordBa
     for (k, dominant) in dominant.iter().enumerate() {
         let t = &f.t[k * columns..(k + 1) * columns];
         let mut order: Vec<usize> = (0..columns).filter(|&c| t[c] > 1e-6).collect();
-        order.sort_by(|&a, &b| t[b].total_cmp(&t[a]).then(items.keys[a].cmp(&items.keys[b])));
+        order.sort_by(|&a, &b| t[b].total_cmp(&t[a]).then(items[a].cmp(&items[b])));
         for (i, c) in order.into_iter().enumerate() {
             topic.push(k as i32);
             rank.push(i as i32 + 1);
-            item.push(items.keys[c]);
+            item.push(items[c]);
             weight.push(t[c]);
             prevalence.push(*dominant as f64 / rows.max(1) as f64);
         }
@@ -271,15 +217,20 @@ impl TableProvider for NmfCall {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let physical = state.create_physical_plan(&self.triplets).await?;
         let batches = datafusion::physical_plan::collect(physical, state.task_ctx()).await?;
-        let Triplets { rows, items, entries } = read_triplets(&batches)?;
-        let matrix = SparseMatrix::from_triplets(rows.keys.len(), items.keys.len(), &entries)
-            .map_err(|e| DataFusionError::Execution(format!("{NAME}: {e}")))?;
         let (topics, iterations, seed) = (self.topics, self.iterations, self.seed);
+        let keyed = tokio::task::spawn_blocking(move || read_triplets(&batches))
+            .await
+            .map_err(|e| DataFusionError::Execution(format!("{NAME}: {e}")))??;
+        let KeyedMatrix {
+            matrix,
+            row_keys,
+            column_keys,
+        } = keyed;
         let factors = tokio::task::spawn_blocking(move || fit(&matrix, topics, iterations, seed))
             .await
             .map_err(|e| DataFusionError::Execution(format!("{NAME}: {e}")))?
             .map_err(|e| DataFusionError::Execution(format!("{NAME}: {e} (did the subquery return rows?)")))?;
-        let batch = topic_batch(&factors, &items, rows.keys.len())?;
+        let batch = topic_batch(&factors, &column_keys, row_keys.len())?;
         Ok(MemorySourceConfig::try_new_exec(
             &[vec![batch]],
             schema(),
