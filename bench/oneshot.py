@@ -6,6 +6,11 @@ bound (2 threads reading every vector byte once from the page cache, the fastest
 Also the same query a second time inside one diffsql process, and the share of vector pages the scan read
 in place. Warm page cache; best of --repeat after one warm-up each.
 
+With --fresh-page-cache (root only) the page cache is dropped first and both copies of the vectors are read
+once sequentially, so that both sides map the same kind of page-cache folios: how a file came into the page
+cache changes what mapping it costs (measured: 1.20-1.31× the bound after a sequential read, 1.6-1.7× after
+other caches had pushed parts of it out and page faults had read them back).
+
 The caches come from `diffsql synth` (200,000 tokens × 4 layers × d 1152, base + caps: 7.37 GB of float32
 vectors) under --data; numpy reads the same vectors from .npy memmaps (bench/scan.py's baselines).
 """
@@ -112,12 +117,20 @@ def main():
     p.add_argument("--d", type=int, default=1152)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--label", default="diffsql")
+    p.add_argument("--fresh-page-cache", action="store_true")
     args = p.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
     scan.build_caches(args, dtypes=("float32",))
     scan.build_baselines(args, duckdb=False)
     cache, raw = args.data / "float32", args.data / "raw"
     gb = args.tokens * args.layers * 2 * args.d * 4 / 1e9
+    if args.fresh_page_cache:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        for f in sorted(list(raw.glob("*.npy")) + list(cache.rglob("*.parquet"))):
+            with open(f, "rb") as fh:
+                while fh.read(1 << 24):
+                    pass
 
     bound, kernels = memory_bound(raw, args.layers, args.repeat)
     print("memory bound kernels: " + ", ".join(f"{k} {v:.3f} s" for k, v in kernels.items()), file=sys.stderr)
