@@ -109,6 +109,40 @@ fn cosine_body(a: &[f32], b: &[f32]) -> Option<f64> {
     Some(sab / (saa.sqrt() * sbb.sqrt()))
 }
 
+multiversion! {
+    /// (Σ(bᵢ − aᵢ)², Σaᵢbᵢ, Σaᵢ², Σbᵢ²) in one pass over both vectors: every per-token statistic of a pair
+    /// (`pair_stats`) from one read instead of four.
+    pub fn pair_sums(a: &[f32], b: &[f32]) -> [f64; 4] = pair_sums_body;
+}
+
+#[inline(always)]
+fn pair_sums_body(a: &[f32], b: &[f32]) -> [f64; 4] {
+    // Four accumulators of 16 lanes each fill half the AVX2 registers, leaving room for the loads.
+    const L: usize = 16;
+    debug_assert_eq!(a.len(), b.len());
+    let (mut dd, mut ab, mut aa, mut bb) = ([0f32; L], [0f32; L], [0f32; L], [0f32; L]);
+    let (a_chunks, a_rest) = a.as_chunks::<L>();
+    let (b_chunks, b_rest) = b.as_chunks::<L>();
+    for (x, y) in a_chunks.iter().zip(b_chunks) {
+        for k in 0..L {
+            let d = y[k] - x[k];
+            dd[k] += d * d;
+            ab[k] += x[k] * y[k];
+            aa[k] += x[k] * x[k];
+            bb[k] += y[k] * y[k];
+        }
+    }
+    let fold = |l: [f32; L]| l.iter().map(|&s| s as f64).sum::<f64>();
+    let mut sums = [fold(dd), fold(ab), fold(aa), fold(bb)];
+    for (&x, &y) in a_rest.iter().zip(b_rest) {
+        sums[0] += ((y - x) * (y - x)) as f64;
+        sums[1] += (x * y) as f64;
+        sums[2] += (x * x) as f64;
+        sums[3] += (y * y) as f64;
+    }
+    sums
+}
+
 /// KL(p‖q) = Σ pᵢ (log pᵢ − log qᵢ) from two vectors of log-probabilities.
 ///
 /// Terms with pᵢ = 0 (log pᵢ = −∞) contribute 0; a term with pᵢ > 0 and qᵢ = 0 makes the result +∞.
@@ -362,6 +396,11 @@ mod tests {
                 .sum::<f64>()
                 .sqrt();
             assert!((distance(&a, &b) - d).abs() <= 1e-5 * d.max(1.0), "n={n}");
+            let [dd, ab, aa, bb] = pair_sums(&a, &b);
+            assert!((dd.sqrt() - d).abs() <= 1e-5 * d.max(1.0), "n={n}");
+            assert!((ab - expect).abs() <= 1e-5 * expect.abs().max(1.0), "n={n}");
+            assert!((aa.sqrt() - norm(&a)).abs() <= 1e-5 * aa.sqrt().max(1.0), "n={n}");
+            assert!((bb.sqrt() - norm(&b)).abs() <= 1e-5 * bb.sqrt().max(1.0), "n={n}");
         }
     }
 

@@ -11,7 +11,7 @@ use datafusion::logical_expr::{
 
 use crate::doc::VECTOR_FUNCTIONS;
 use crate::eval::{binary_f64_fields, coerce_two_vectors, f64_struct_type};
-use diffsql_kernels::dense::{cosine, distance, norm};
+use diffsql_kernels::dense::pair_sums;
 
 /// The fields of the struct, in order.
 const FIELDS: [&str; 4] = ["norm_diff", "cos_dist", "base_norm", "ft_norm"];
@@ -71,12 +71,10 @@ impl ScalarUDFImpl for PairStats {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         binary_f64_fields(self.name(), &args.args, args.number_rows, FIELDS, |base, ft| {
-            [
-                Some(distance(base, ft)),
-                cosine(base, ft).map(|c| 1.0 - c),
-                Some(norm(base)),
-                Some(norm(ft)),
-            ]
+            let [dd, ab, aa, bb] = pair_sums(base, ft);
+            // As `cosine_sim`: undefined (NULL) when either vector is all zeros.
+            let cos_dist = (aa != 0.0 && bb != 0.0).then(|| 1.0 - ab / (aa.sqrt() * bb.sqrt()));
+            [Some(dd.sqrt()), cos_dist, Some(aa.sqrt()), Some(bb.sqrt())]
         })
     }
 
