@@ -363,10 +363,11 @@ pub fn verify_partition(layout: &CacheLayout, key: &PartitionKey, manifest: &Man
 
 fn verify_partition_with(layout: &CacheLayout, key: &PartitionKey, manifest: &Manifest, trust: Trust) -> Result<()> {
     let dir = layout.partition_dir(key);
-    let mut kept = if trust == Trust::Kept {
-        read_kept(&dir)
-    } else {
+    // Kept verdicts are trusted only under `Trust::Kept`; a full check reads them to rewrite them.
+    let mut kept = if trust == Trust::Process {
         HashMap::new()
+    } else {
+        read_kept(&dir)
     };
     let outcomes: Vec<(String, Result<Option<KeptVerdict>>)> = manifest
         .files
@@ -378,12 +379,11 @@ fn verify_partition_with(layout: &CacheLayout, key: &PartitionKey, manifest: &Ma
         .collect();
     let mut changed = false;
     let mut first_error = None;
-    let listed: std::collections::HashSet<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
     if trust == Trust::Nothing {
-        // A full check speaks for every file: start from what it found.
-        kept = read_kept(&dir);
-        changed = kept.keys().any(|name| !listed.contains(name.as_str()));
-        kept.retain(|name, _| listed.contains(name.as_str()));
+        // A full check speaks for every file: verdicts on files the manifest no longer lists go.
+        let before = kept.len();
+        kept.retain(|name, _| manifest.files.iter().any(|f| &f.name == name));
+        changed = kept.len() != before;
     }
     for (name, outcome) in outcomes {
         match outcome {

@@ -15,7 +15,7 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::ParquetMetaData;
 use parquet::schema::types::SchemaDescriptor;
@@ -251,24 +251,27 @@ impl UnitReader {
             })
             .collect();
         let mut streams = Vec::new();
-        let mut key_stream = None;
-        if !keys.is_empty() {
-            key_stream = Some(streams.len());
-            streams.push(self.columns_stream(&unit.file, &unit.row_groups, &keys)?);
+        let (mut key_stream, mut vector_stream, mut base_stream) = (None, None, None);
+        let wants_vector = self.sources.contains(&ColumnSource::Vector);
+        if !keys.is_empty() || wants_vector {
+            // One map and one footer read for the keys and the vectors of the file.
+            let file = CacheFile::open(&unit.file)?;
+            if !keys.is_empty() {
+                key_stream = Some(streams.len());
+                streams.push(self.columns_stream(&file, &unit.row_groups, &keys)?);
+            }
+            if wants_vector {
+                vector_stream = Some(streams.len());
+                streams.push(self.vector_stream(&file, &unit)?);
+            }
         }
-        let mut vector_stream = None;
-        if self.sources.contains(&ColumnSource::Vector) {
-            vector_stream = Some(streams.len());
-            streams.push(self.vector_stream(&unit.file, &unit)?);
-        }
-        let mut base_stream = None;
         if self.sources.contains(&ColumnSource::BaseVector) {
             let path = unit
                 .base_file
-                .clone()
+                .as_deref()
                 .ok_or_else(|| exec_datafusion_err!("acts: no base file for {}", unit.partition))?;
             base_stream = Some(streams.len());
-            streams.push(self.vector_stream(&path, &unit)?);
+            streams.push(self.vector_stream(&CacheFile::open(path)?, &unit)?);
         }
         let columns = self
             .sources
@@ -289,58 +292,54 @@ impl UnitReader {
         })
     }
 
-    /// The named columns of `path`'s row groups, through Parquet's reader.
-    fn columns_stream(&self, path: &Path, row_groups: &[usize], names: &[&str]) -> Result<Stream> {
-        let map = MappedFile::open(path)?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(map.bytes()).map_err(|e| corrupt(path, e))?;
-        let roots = root_indices(builder.parquet_schema(), names, path)?;
-        map.populate_columns(builder.metadata(), row_groups, &roots);
-        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let reader = builder
+    /// The named columns of `file`'s row groups, through Parquet's reader.
+    fn columns_stream(&self, file: &CacheFile, row_groups: &[usize], names: &[&str]) -> Result<Stream> {
+        let roots = root_indices(file.metadata.parquet_schema(), names, &file.path)?;
+        file.map.populate_columns(file.metadata.metadata(), row_groups, &roots);
+        let mask = ProjectionMask::roots(file.metadata.parquet_schema(), roots);
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file.map.bytes(), file.metadata.clone())
             .with_row_groups(row_groups.to_vec())
             .with_projection(mask)
             .with_batch_size(self.batch_size)
             .build()
-            .map_err(|e| corrupt(path, e))?;
-        let path = path.to_path_buf();
+            .map_err(|e| corrupt(&file.path, e))?;
+        let path = file.path.clone();
         Ok(Stream {
             batches: Box::new(reader.map(move |b| b.map_err(|e| corrupt(&path, e)))),
             pending: None,
         })
     }
 
-    /// The vectors of `path`'s row groups of `unit`: in place where the pages allow it, else through
+    /// The vectors of `file`'s row groups of `unit`: in place where the pages allow it, else through
     /// Parquet's reader.
-    fn vector_stream(&self, path: &Path, unit: &ScanUnit) -> Result<Stream> {
-        let map = MappedFile::open(path)?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(map.bytes()).map_err(|e| corrupt(path, e))?;
-        let roots = root_indices(builder.parquet_schema(), &[VECTOR_COLUMN], path)?;
-        let metadata = Arc::clone(builder.metadata());
-        if readable_in_place(&metadata, &unit.row_groups, roots[0]) {
-            map.populate_columns(&metadata, &unit.row_groups, &roots);
-            let field = builder
-                .schema()
-                .field_with_name(VECTOR_COLUMN)
-                .map_err(|e| corrupt(path, e))?
-                .clone();
-            let pages = VectorPages::new(
-                map.bytes(),
-                metadata,
-                roots[0],
-                Arc::new(field),
-                unit.encoding.dtype.width(),
-                &unit.row_groups,
-                self.batch_size * IN_PLACE_BATCH_FACTOR,
-            )
-            .map_err(|e| corrupt(path, e))?;
-            let path = path.to_path_buf();
-            return Ok(Stream {
-                batches: Box::new(pages.map(move |b| b.map_err(|e| corrupt(&path, format!("{e:#}"))))),
-                pending: None,
-            });
+    fn vector_stream(&self, file: &CacheFile, unit: &ScanUnit) -> Result<Stream> {
+        let roots = root_indices(file.metadata.parquet_schema(), &[VECTOR_COLUMN], &file.path)?;
+        let metadata = Arc::clone(file.metadata.metadata());
+        if !readable_in_place(&metadata, &unit.row_groups, roots[0]) {
+            return self.columns_stream(file, &unit.row_groups, &[VECTOR_COLUMN]);
         }
-        drop(builder);
-        self.columns_stream(path, &unit.row_groups, &[VECTOR_COLUMN])
+        file.map.populate_columns(&metadata, &unit.row_groups, &roots);
+        let field = file
+            .metadata
+            .schema()
+            .field_with_name(VECTOR_COLUMN)
+            .map_err(|e| corrupt(&file.path, e))?
+            .clone();
+        let pages = VectorPages::new(
+            file.map.bytes(),
+            metadata,
+            roots[0],
+            Arc::new(field),
+            unit.encoding.dtype.width(),
+            &unit.row_groups,
+            self.batch_size * IN_PLACE_BATCH_FACTOR,
+        )
+        .map_err(|e| corrupt(&file.path, e))?;
+        let path = file.path.clone();
+        Ok(Stream {
+            batches: Box::new(pages.map(move |b| b.map_err(|e| corrupt(&path, format!("{e:#}"))))),
+            pending: None,
+        })
     }
 
     /// The next batch of the current unit, or `None` when it is exhausted.
@@ -441,6 +440,26 @@ fn column(from: Option<(&RecordBatch, &str)>) -> Result<ArrayRef> {
         .column_by_name(name)
         .cloned()
         .ok_or_else(|| exec_datafusion_err!("column {name} missing from a cache file"))
+}
+
+/// A cache file mapped once, with its Parquet footer read once for every stream of it.
+struct CacheFile {
+    path: PathBuf,
+    map: MappedFile,
+    metadata: ArrowReaderMetadata,
+}
+
+impl CacheFile {
+    fn open(path: &Path) -> Result<Self> {
+        let map = MappedFile::open(path)?;
+        let metadata =
+            ArrowReaderMetadata::load(&map.bytes(), ArrowReaderOptions::default()).map_err(|e| corrupt(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+            metadata,
+        })
+    }
 }
 
 /// A cache file mapped into memory: Parquet pages are read straight from the page cache, without a copy
