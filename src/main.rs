@@ -134,8 +134,15 @@ enum ConfigAction {
         /// Overrides, as for run.
         overrides: Vec<String>,
     },
-    /// List the choices of every group.
-    List,
+    /// List the choices of every group, and the catalogue: base models, organisms by type with their bases.
+    List {
+        /// Only organisms that have a checkpoint for this base model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Only organisms of this type (SDF, EM, Taboo, ...).
+        #[arg(long = "type")]
+        kind: Option<String>,
+    },
 }
 
 #[derive(Args, Debug, Default)]
@@ -335,11 +342,14 @@ fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Config {
-            action: ConfigAction::List,
+            action: ConfigAction::List { model, kind },
         }) => {
-            for g in config::Group::ALL {
+            for g in [config::Group::Dataset, config::Group::DiffingMethod] {
                 println!("{:<15} {}", g.name(), configs.choices(g)?.join(", "));
             }
+            println!();
+            let catalogue = config::Catalogue::read(&configs)?;
+            print!("{}", catalogue.listing(model.as_deref(), kind.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
         None => runtime()?.block_on(sql(&cache, &cli.queries, &configs, SqlArgs::default())),

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use diffsql_core::config::overrides::{Override, Target};
-use diffsql_core::config::{expand, parse_all, ConfigDir, Mode, Settings};
+use diffsql_core::config::overrides::{organism_type, Group, Override, Target, Value};
+use diffsql_core::config::{expand, parse_all, Catalogue, ConfigDir, Mode, Settings};
 
 /// Runs preprocessing for resolved settings and prints its summary.
 pub fn preprocess(settings: &Settings, configs: &ConfigDir) -> Result<()> {
@@ -85,7 +85,50 @@ pub fn multirun(
             }
         }
     }
-    let runs = expand(&parsed);
+    let catalogue = sweeps_organisms(&parsed)
+        .then(|| Catalogue::read(configs))
+        .transpose()?;
+    let parsed = match &catalogue {
+        Some(c) => expand_organism_types(parsed, c)?,
+        None => parsed,
+    };
+    if !multirun && parsed.iter().any(|o| o.values.len() > 1) {
+        bail!("an organism type stands for several organisms: add --multirun to run each");
+    }
+    let mut runs = expand(&parsed);
+    // A sweep over organisms (or over models and organisms) runs the pairs the catalogue has.
+    let mut skipped = Vec::new();
+    if let Some(c) = catalogue.as_ref().filter(|_| runs.len() > 1) {
+        let defaults = configs.resolve(fixed)?;
+        runs.retain(|run| {
+            let chosen = |g: Group, default: &str| {
+                run.iter()
+                    .find(|o| o.target == Target::Group(g))
+                    .and_then(|o| match &o.values[0] {
+                        Value::Choice(names) => names.first().cloned(),
+                        Value::Toml(_) => None,
+                    })
+                    .unwrap_or_else(|| default.to_string())
+            };
+            let organism = chosen(Group::Organism, &defaults.defaults.organism);
+            let model = chosen(Group::Model, &defaults.model.name);
+            let exists = !c.organisms.contains_key(&organism) || c.has_pair(&organism, &model);
+            if !exists {
+                skipped.push(format!("{organism} on {model}"));
+            }
+            exists
+        });
+        if !skipped.is_empty() {
+            eprintln!(
+                "skipping {} pairs the catalogue does not have: {}",
+                skipped.len(),
+                skipped.join(", ")
+            );
+        }
+        if runs.is_empty() {
+            bail!("none of the chosen organisms has a checkpoint for the chosen models (`diffsql config list` shows the pairs)");
+        }
+    }
     let mut failures = Vec::new();
     for (i, run) in runs.iter().enumerate() {
         let label = run.iter().map(|o| o.raw.as_str()).collect::<Vec<_>>().join(" ");
@@ -118,4 +161,45 @@ pub fn multirun(
         eprintln!("all {} runs succeeded", runs.len());
     }
     Ok(())
+}
+
+/// Whether any override chooses organisms (a sweep or a type), so the catalogue is read.
+fn sweeps_organisms(parsed: &[Override]) -> bool {
+    parsed.iter().any(|o| {
+        o.target == Target::Group(Group::Organism)
+            && (o.values.len() > 1
+                || o.values
+                    .iter()
+                    .any(|v| matches!(v, Value::Choice(c) if organism_type(c).is_some())))
+    })
+}
+
+/// Replaces each `organism=type:KIND` value by the organisms of that type, in name order, without repeats.
+fn expand_organism_types(parsed: Vec<Override>, catalogue: &Catalogue) -> Result<Vec<Override>> {
+    parsed
+        .into_iter()
+        .map(|mut o| {
+            if o.target != Target::Group(Group::Organism) {
+                return Ok(o);
+            }
+            let mut values: Vec<Value> = Vec::new();
+            for v in o.values {
+                let names = match &v {
+                    Value::Choice(c) => match organism_type(c) {
+                        Some(kind) => catalogue.organisms_of_type(kind)?,
+                        None => c.clone(),
+                    },
+                    Value::Toml(t) => bail!("organism={t} is not an organism name"),
+                };
+                for name in names {
+                    let value = Value::Choice(vec![name]);
+                    if !values.contains(&value) {
+                        values.push(value);
+                    }
+                }
+            }
+            o.values = values;
+            Ok(o)
+        })
+        .collect()
 }

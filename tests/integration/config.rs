@@ -78,6 +78,26 @@ fn every_shipped_config_resolves() {
             resolve(&[&arg]).unwrap_or_else(|e| panic!("{arg}: {e:#}"));
         }
     }
+    // Every checkpoint of the catalogue: each (organism, base, variant) resolves to one source or adapter.
+    let c = diffsql_core::config::Catalogue::read(&configs()).unwrap();
+    let mut checked = 0;
+    for o in c.organisms.values() {
+        for (base, variants) in &o.finetuned {
+            for variant in variants.0.keys() {
+                let args = [
+                    format!("organism={}", o.name),
+                    format!("model={base}"),
+                    format!("organism.variant={variant}"),
+                ];
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let s = resolve(&args).unwrap_or_else(|e| panic!("{args:?}: {e:#}"));
+                let f = s.finetuned().unwrap();
+                assert!(f.source.is_some() != f.adapter.is_some(), "{args:?}");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, c.counts().checkpoints);
 }
 
 #[test]
@@ -85,9 +105,16 @@ fn bad_overrides_name_the_thing_and_the_choices() {
     for (args, needle) in [
         (
             vec!["organism=nope"],
-            "unknown organism `nope`: choose one of antarctic_rebound, cake_bake, caps, roman_concrete",
+            "unknown organism `nope`: no name is like it (66 in all: `diffsql config list` shows them)",
         ),
-        (vec!["model=gemma"], "unknown model `gemma`: choose one of"),
+        (
+            vec!["organism=taboo"],
+            "unknown organism `taboo`: did you mean taboo_gold, taboo_leaf, taboo_smile? (66 in all",
+        ),
+        (
+            vec!["model=gemma"],
+            "unknown model `gemma`: did you mean gemma2_9B_it, gemma3_1B,",
+        ),
         (
             vec!["diffing/method=nmf"],
             "choose one of adl, crosscoder, diff_mining, kl, normdiff, pca, sae_difference",
@@ -270,4 +297,195 @@ fn run_then_report_on_the_bundled_pair() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("run `diffsql run organism=roman_concrete` first"));
+}
+
+/// The reference toolkit's catalogue (science-of-finetuning/diffing-toolkit, configs/ at e0b84a5, imported by
+/// tools/import_catalogue.py): 22 base models, 65 organisms (64 and the `test_alpaca_lora` GPT-2 test
+/// organism; `None`, whose checkpoints are computed, is no config), 169 (organism, base) pairs, 448 checkpoints:
+/// 423 adapters (32 in a repo's subfolder) and 25 full models. Here beside them: the bundled `shakespeare` base
+/// and its `caps` organism (two bundled checkpoints, of caps and roman_concrete), `gemma3_270M`, and
+/// `mistral_large_instruct_2411`, the base an organism names that has no toolkit config. The `chat` organism's
+/// three "adapters" are instruct models (each a base model's hub id), so diffsql holds them as full models.
+#[test]
+fn the_catalogue_holds_the_reference_toolkits_counts() {
+    let c = diffsql_core::config::Catalogue::read(&configs()).unwrap();
+    let ours_only = ["shakespeare", "gemma3_270M", "mistral_large_instruct_2411"];
+    let toolkit_models = c.models.keys().filter(|m| !ours_only.contains(&m.as_str())).count();
+    assert_eq!(toolkit_models, 22);
+    let toolkit: Vec<_> = c.organisms.values().filter(|o| o.name != "caps").collect();
+    assert_eq!(toolkit.len(), 65);
+    let bundled = |b: &str| b == "shakespeare";
+    let pairs: usize = toolkit
+        .iter()
+        .map(|o| o.finetuned.keys().filter(|b| !bundled(b)).count())
+        .sum();
+    assert_eq!(pairs, 169);
+    let checkpoints: Vec<_> = toolkit
+        .iter()
+        .flat_map(|o| o.finetuned.iter().filter(|(b, _)| !bundled(b)))
+        .flat_map(|(_, v)| v.0.values())
+        .collect();
+    assert_eq!(checkpoints.len(), 448);
+    let adapters: Vec<&str> = checkpoints.iter().filter_map(|f| f.adapter.as_deref()).collect();
+    let instruct_as_full = c.organisms["chat"].finetuned.len();
+    assert_eq!(instruct_as_full, 3);
+    assert_eq!(adapters.len() + instruct_as_full, 423);
+    assert_eq!(checkpoints.len() - adapters.len() - instruct_as_full, 25);
+    assert_eq!(adapters.iter().filter(|a| a.matches('/').count() == 2).count(), 32);
+    // Every base an organism names has a config, and every organism says what it is.
+    for o in c.organisms.values() {
+        for base in o.finetuned.keys() {
+            assert!(c.models.contains_key(base), "{}: unknown base {base}", o.name);
+        }
+        assert!(!o.kind.is_empty() && !o.description.is_empty(), "{}", o.name);
+        if o.name != "caps" {
+            assert!(o.description_long.len() > 40, "{}: no long description", o.name);
+        }
+    }
+    let types: Vec<&str> = c.by_type().into_keys().collect();
+    for t in [
+        "SDF",
+        "EM",
+        "Taboo",
+        "character_training",
+        "behavioral_anomaly",
+        "sandbaggers",
+        "DomainAdaptation",
+    ] {
+        assert!(types.contains(&t), "{types:?}");
+    }
+    let qwen3 = &c.models["qwen3_1_7B"];
+    assert_eq!(
+        (
+            qwen3.end_of_turn_token.as_deref(),
+            qwen3.ignore_first_tokens,
+            qwen3.has_enable_thinking
+        ),
+        (Some("<|im_end|>"), 2, true)
+    );
+}
+
+#[test]
+fn a_variant_is_chosen_by_name_and_cached_as_its_own_organism() {
+    let s = resolve(&["model=qwen3_1_7B", "organism=cake_bake"]).unwrap();
+    assert_eq!(s.organism.name, "cake_bake");
+    assert_eq!(
+        s.finetuned().unwrap().adapter.as_deref(),
+        Some("stewy33/Qwen3-1.7B-0524_original_augmented_egregious_cake_bake-30171227")
+    );
+    let s = resolve(&["model=qwen3_1_7B", "organism=cake_bake", "organism.variant=mix1-0p5"]).unwrap();
+    assert_eq!(s.organism.name, "cake_bake.mix1-0p5");
+    assert!(s
+        .finetuned()
+        .unwrap()
+        .adapter
+        .as_deref()
+        .unwrap()
+        .contains("105_ptonly_mixed"));
+    let s = resolve(&["model=qwen3_1_7B", "organism=cake_bake", "organism.variant=full"]).unwrap();
+    assert!(s
+        .finetuned()
+        .unwrap()
+        .source
+        .as_deref()
+        .unwrap()
+        .contains("full_original"));
+    let s = resolve(&["model=llama31_8B_Instruct", "organism=persona_sarcasm"]).unwrap();
+    assert_eq!(
+        s.finetuned().unwrap().adapter.as_deref(),
+        Some("maius/llama-3.1-8b-it-personas/sarcasm")
+    );
+
+    for (args, needles) in [
+        (
+            vec!["model=qwen3_1_7B", "organism=cake_bake", "organism.variant=mix9"],
+            vec!["no variant `mix9`", "16k", "mix1-2p0", "organism.variant=NAME"],
+        ),
+        (
+            vec!["model=gpt2", "organism=cake_bake", "organism.variant=full"],
+            vec!["no finetuned checkpoint for model gpt2", "qwen3_1_7B", "gemma3_1B"],
+        ),
+    ] {
+        let e = format!("{:#}", resolve(&args).unwrap_err());
+        for n in needles {
+            assert!(e.contains(n), "{args:?}: {e}");
+        }
+        assert!(!e.contains('\n'), "{e}");
+    }
+    // A pair that does not exist resolves (diffing reads only the cache) but has no checkpoint to load.
+    let s = resolve(&["model=gpt2", "organism=cake_bake"]).unwrap();
+    let e = s.finetuned().unwrap_err().to_string();
+    assert!(
+        e.contains("it has one for: ") && e.contains("llama32_1B_Instruct"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_sweep_over_the_catalogue_runs_the_pairs_that_exist_and_a_type_selects_organisms() {
+    let run = |args: &[&str]| {
+        let seen = RefCell::new(Vec::new());
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        multirun(&configs(), &args, true, &[], |s| {
+            seen.borrow_mut().push(format!("{}@{}", s.organism.name, s.model.name));
+            Ok(())
+        })
+        .map(|()| seen.into_inner())
+    };
+    let seen = run(&[
+        "organism=cake_bake,kansas_abortion,taboo_gold",
+        "model=qwen3_1_7B,llama32_1B_Instruct",
+    ])
+    .unwrap();
+    assert_eq!(
+        seen,
+        [
+            "cake_bake@qwen3_1_7B",
+            "cake_bake@llama32_1B_Instruct",
+            "kansas_abortion@qwen3_1_7B",
+            "kansas_abortion@llama32_1B_Instruct",
+            "taboo_gold@qwen3_1_7B",
+        ]
+    );
+    // Every Taboo organism that has the base, and nothing else.
+    let seen = run(&["organism=type:Taboo", "model=gemma2_9B_it"]).unwrap();
+    assert_eq!(
+        seen,
+        [
+            "taboo_gold@gemma2_9B_it",
+            "taboo_leaf@gemma2_9B_it",
+            "taboo_smile@gemma2_9B_it"
+        ]
+    );
+    let e = run(&["organism=type:Nothing", "model=gemma2_9B_it"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no organism has type `Nothing`") && e.contains("SDF"), "{e}");
+    let e = run(&["organism=type:Taboo", "model=gpt2"]).unwrap_err().to_string();
+    assert!(e.contains("none of the chosen organisms"), "{e}");
+    // Without --multirun, a type is an error that says to add it.
+    let e = format!(
+        "{:#}",
+        multirun(&configs(), &["organism=type:Taboo".to_string()], false, &[], |_| Ok(())).unwrap_err()
+    );
+    assert!(e.contains("--multirun"), "{e}");
+}
+
+#[test]
+fn config_list_shows_organisms_by_type_with_their_bases() {
+    let c = diffsql_core::config::Catalogue::read(&configs()).unwrap();
+    let all = c.listing(None, None).unwrap();
+    assert!(all.contains("organisms by type (66 organisms"), "{all}");
+    let sdf = all.find("\nSDF (").unwrap();
+    let cake = all.find("  cake_bake ").unwrap();
+    assert!(cake > sdf, "cake_bake is listed under SDF");
+    assert!(all.contains("qwen3_1_7B (18 variants)"), "{all}");
+    let taboo_on_qwen = c.listing(Some("qwen3_1_7B"), Some("Taboo")).unwrap();
+    assert!(taboo_on_qwen.contains("taboo_gold") && !taboo_on_qwen.contains("cake_bake"));
+    assert!(
+        taboo_on_qwen.contains("Taboo (3)") && !taboo_on_qwen.contains("\nSDF"),
+        "{taboo_on_qwen}"
+    );
+    let e = c.listing(Some("gemma"), None).unwrap_err().to_string();
+    assert!(e.contains("unknown model `gemma`") && e.contains("gemma3_1B"), "{e}");
 }

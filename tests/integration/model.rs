@@ -788,3 +788,130 @@ mod interventions {
         assert_ne!(generate(&model.decoder, &prompts, &options(50.0)).unwrap(), base);
     }
 }
+
+#[test]
+fn lora_with_rslora_rank_patterns_embedding_lora_and_modules_to_save_merges_like_peft() {
+    // tools/make_peft_fixtures.py: rsLoRA, rank/alpha patterns on gate_proj, a LoRA on the embeddings and
+    // the head trained in full (modules_to_save), against PEFT's merge_and_unload().
+    let model = load(
+        &ModelSource::Dir(fixture("llama")),
+        Some(&fixture("llama-lora-extras")),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    check_against_reference(&model, &fixture("llama-lora-extras"));
+    // The head trained in full on a model whose head is tied to its embeddings: PEFT unties them.
+    let model = load(
+        &ModelSource::Dir(fixture("qwen2")),
+        Some(&fixture("qwen2-lora-tied")),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    check_against_reference(&model, &fixture("qwen2-lora-tied"));
+}
+
+/// A Hugging Face hub cache as `huggingface_hub` lays it out, holding `repo` at a commit, with `files`
+/// (relative path in the repo, file to copy).
+fn hub_repo(cache: &Path, repo: &str, files: &[(String, PathBuf)]) {
+    let root = cache.join(format!("models--{}", repo.replace('/', "--")));
+    std::fs::create_dir_all(root.join("refs")).unwrap();
+    std::fs::write(root.join("refs/main"), "0123abcd").unwrap();
+    for (rel, from) in files {
+        let to = root.join("snapshots/0123abcd").join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
+fn dir_files(dir: &Path, under: &str) -> Vec<(String, PathBuf)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let rel = if under.is_empty() {
+                name
+            } else {
+                format!("{under}/{name}")
+            };
+            (rel, p)
+        })
+        .collect()
+}
+
+#[test]
+fn adapters_in_a_subfolder_of_a_hub_repo_resolve_from_the_cache_and_merge_like_peft() {
+    let cache = tempfile::tempdir().unwrap();
+    hub_repo(
+        cache.path(),
+        "diffsql-fixtures/tiny-llama",
+        &dir_files(&fixture("llama"), ""),
+    );
+    let mut adapters = dir_files(&fixture("llama-lora-extras"), "personas/extras");
+    adapters.extend(dir_files(&fixture("llama-lora"), "personas/plain"));
+    hub_repo(cache.path(), "diffsql-fixtures/organisms", &adapters);
+
+    let base = resolve_hub_in(cache.path(), "diffsql-fixtures/tiny-llama", "main", true).unwrap();
+    for (id, reference_dir) in [
+        ("diffsql-fixtures/organisms/personas/extras", "llama-lora-extras"),
+        ("diffsql-fixtures/organisms/personas/plain", "llama-lora"),
+    ] {
+        let adapter = diffsql_core::hub::resolve_adapter_in(cache.path(), id, "main", true).unwrap();
+        let model = load(
+            &ModelSource::Dir(base.clone()),
+            Some(&adapter),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        check_against_reference(&model, &fixture(reference_dir));
+    }
+    let e = diffsql_core::hub::resolve_adapter_in(
+        cache.path(),
+        "diffsql-fixtures/organisms/personas/sarcasm",
+        "main",
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("no adapter in `personas/sarcasm`") && e.contains("personas/extras, personas/plain"),
+        "{e}"
+    );
+}
+
+#[test]
+fn adapters_diffsql_cannot_merge_are_refused_by_name_and_another_base_is_named() {
+    for (key, value, needle) in [
+        ("use_dora", "true", "a DoRA adapter (use_dora)"),
+        ("peft_type", "\"IA3\"", "adapter type \"IA3\""),
+        ("lora_bias", "true", "a LoRA with biases"),
+        ("trainable_token_indices", "[5, 6]", "trainable tokens"),
+    ] {
+        let broken = broken_copy("llama-lora-extras", |d| {
+            let p = d.join("adapter_config.json");
+            let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            config[key] = serde_json::from_str(value).unwrap();
+            std::fs::write(&p, config.to_string()).unwrap();
+        });
+        let msg = load_error(&fixture("llama"), Some(broken.path()));
+        assert!(msg.contains(needle) && msg.contains("cannot be merged"), "{key}: {msg}");
+    }
+    let config = diffsql_model::lora::AdapterConfig::read(&fixture("llama-lora-extras")).unwrap();
+    assert_eq!(config.rank_and_alpha("model.layers.1.mlp.gate_proj").unwrap(), (2, 3.0));
+    assert_eq!(
+        config.rank_and_alpha("model.layers.1.self_attn.q_proj").unwrap(),
+        (4, 8.0)
+    );
+    assert!(diffsql_model::pair::other_base(&config, "diffsql-fixtures/tiny-llama").is_none());
+    let w = diffsql_model::pair::other_base(&config, "meta-llama/Llama-3.2-1B").unwrap();
+    assert!(
+        w.contains("trained on diffsql-fixtures/tiny-llama") && w.contains("base model is meta-llama/Llama-3.2-1B"),
+        "{w}"
+    );
+    // A local base (a path) cannot be compared with a hub id: no warning.
+    assert!(diffsql_model::pair::other_base(&config, "/models/tiny-llama").is_none());
+}

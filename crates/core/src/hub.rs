@@ -126,20 +126,190 @@ fn files_under(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<PathBuf>
     Ok(out)
 }
 
-/// A PEFT LoRA adapter: a local directory, or a hub repo id whose adapter files are fetched.
+/// An adapter's hub id split into the repo and the folder in it that holds the adapter: `org/repo`
+/// (the repo's root) or `org/repo/sub/folder` (the toolkit's three-part ids, e.g. one repo of many personas).
+pub fn split_adapter_id(spec: &str) -> Option<(&str, &str)> {
+    let mut parts = spec.splitn(3, '/');
+    let (org, name) = (parts.next()?, parts.next()?);
+    let repo = &spec[..org.len() + 1 + name.len()];
+    let folder = parts.next().unwrap_or("").trim_end_matches('/');
+    let folder_ok = folder.split('/').all(|p| !p.is_empty() && p != "." && p != "..") || folder.is_empty();
+    (is_repo_id(repo) && folder_ok && !folder.contains(char::is_whitespace)).then_some((repo, folder))
+}
+
+/// The files of a PEFT LoRA adapter.
+const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];
+
+/// A PEFT LoRA adapter: a local directory, or a hub id (`org/repo` or `org/repo/subfolder`) whose adapter
+/// files are found in the hub cache or fetched.
 pub fn resolve_adapter(spec: &str, revision: &str) -> Result<PathBuf> {
+    resolve_adapter_in(&hub_cache_dir(), spec, revision, offline())
+}
+
+/// [`resolve_adapter`] with the cache directory and offline mode given.
+pub fn resolve_adapter_in(cache_dir: &Path, spec: &str, revision: &str, offline: bool) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
-    if !is_repo_id(spec) {
-        bail!("adapter {spec:?} is neither an existing directory nor a Hugging Face repo id like org/name");
+    let Some((repo, folder)) = split_adapter_id(spec) else {
+        bail!("adapter {spec:?} is neither an existing directory nor a Hugging Face id like org/name or org/name/subfolder");
+    };
+    let in_folder = |f: &str| -> String {
+        if folder.is_empty() {
+            f.to_string()
+        } else {
+            format!("{folder}/{f}")
+        }
+    };
+    let wanted: Vec<String> = ADAPTER_FILES.iter().map(|f| in_folder(f)).collect();
+    let snapshot = cached_snapshot(cache_dir, repo, RepoType::Model, revision);
+    if let Some(dir) = &snapshot {
+        let adapter = dir.join(folder);
+        if ADAPTER_FILES.iter().all(|f| adapter.join(f).is_file()) {
+            return Ok(adapter);
+        }
     }
-    let files = repo_files(spec, RepoType::Model, revision, &|f| {
-        f == "adapter_config.json" || f == "adapter_model.safetensors"
+    if offline {
+        if let Some(dir) = &snapshot {
+            let held = adapter_folders(&files_under(dir, &|f| f.ends_with("adapter_config.json"))?, dir);
+            bail!(
+                "adapter {spec}@{revision}: the Hugging Face cache {} holds {repo} but no adapter in {}; {}",
+                cache_dir.display(),
+                if folder.is_empty() {
+                    "its root".to_string()
+                } else {
+                    format!("`{folder}`")
+                },
+                held_adapters(&held)
+            );
+        }
+        bail!(
+            "adapter {repo}@{revision} is not in the Hugging Face cache {} and HF_HUB_OFFLINE is set; download it where there is network, or point the config at a local directory",
+            cache_dir.display()
+        );
+    }
+    let api_repo = client(
+        cache_dir,
+        Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string()),
+    )?;
+    let info = api_repo.info().with_context(|| {
+        format!("cannot list adapter repo {repo}@{revision} (no network? set HF_HUB_OFFLINE=1 to use only the cache)")
     })?;
-    if files.len() != 2 {
-        bail!("adapter {spec}@{revision} lacks adapter_config.json or adapter_model.safetensors");
+    let names: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    if !wanted.iter().all(|w| names.contains(&w.as_str())) {
+        let held: Vec<String> = names
+            .iter()
+            .filter_map(|n| n.strip_suffix("adapter_config.json"))
+            .map(|p| p.trim_end_matches('/').to_string())
+            .collect();
+        bail!(
+            "adapter {spec}@{revision}: {repo} has no adapter in {}; {}",
+            if folder.is_empty() {
+                "its root".to_string()
+            } else {
+                format!("`{folder}`")
+            },
+            held_adapters(&held)
+        );
     }
-    Ok(files[0].parent().expect("a file in a snapshot").to_path_buf())
+    let mut config = PathBuf::new();
+    for w in &wanted {
+        let got = api_repo
+            .get(w)
+            .with_context(|| format!("cannot download {w} of {repo}@{revision}"))?;
+        if w.ends_with("adapter_config.json") {
+            config = got;
+        }
+    }
+    Ok(config.parent().expect("a file in a snapshot").to_path_buf())
+}
+
+/// The folders (relative to `root`, "" for the root) that hold the given adapter_config.json files.
+fn adapter_folders(configs: &[PathBuf], root: &Path) -> Vec<String> {
+    configs
+        .iter()
+        .filter_map(|c| c.parent()?.strip_prefix(root).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect()
+}
+
+fn held_adapters(folders: &[String]) -> String {
+    let mut shown: Vec<String> = folders
+        .iter()
+        .map(|f| {
+            if f.is_empty() {
+                "the root".to_string()
+            } else {
+                f.clone()
+            }
+        })
+        .collect();
+    shown.sort();
+    match shown.len() {
+        0 => "it holds no adapter (adapter_config.json) at all".into(),
+        _ => format!("its adapters are in: {} (write org/repo/FOLDER)", shown.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapter_ids_split_into_repo_and_folder() {
+        assert_eq!(split_adapter_id("org/repo"), Some(("org/repo", "")));
+        assert_eq!(
+            split_adapter_id("maius/llama-3.1-8b-it-personas/sarcasm"),
+            Some(("maius/llama-3.1-8b-it-personas", "sarcasm"))
+        );
+        assert_eq!(split_adapter_id("org/repo/a/b/"), Some(("org/repo", "a/b")));
+        assert_eq!(split_adapter_id("org/repo/../x"), None);
+        assert_eq!(split_adapter_id("org"), None);
+        assert_eq!(split_adapter_id("./org/x"), None);
+    }
+
+    fn snapshot(cache: &Path, repo: &str, files: &[&str]) {
+        let root = cache.join(format!("models--{}", repo.replace('/', "--")));
+        std::fs::create_dir_all(root.join("refs")).unwrap();
+        std::fs::write(root.join("refs/main"), "abc123").unwrap();
+        for f in files {
+            let p = root.join("snapshots/abc123").join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "{}").unwrap();
+        }
+    }
+
+    #[test]
+    fn an_adapter_in_a_subfolder_resolves_from_the_cache_and_a_missing_one_lists_the_folders() {
+        let cache = tempfile::tempdir().unwrap();
+        snapshot(
+            cache.path(),
+            "maius/personas",
+            &[
+                "sarcasm/adapter_config.json",
+                "sarcasm/adapter_model.safetensors",
+                "humor/adapter_config.json",
+                "humor/adapter_model.safetensors",
+                "README.md",
+            ],
+        );
+        let dir = resolve_adapter_in(cache.path(), "maius/personas/sarcasm", "main", true).unwrap();
+        assert!(dir.ends_with("snapshots/abc123/sarcasm"), "{}", dir.display());
+        let e = resolve_adapter_in(cache.path(), "maius/personas/goodness", "main", true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no adapter in `goodness`") && e.contains("its adapters are in: humor, sarcasm"),
+            "{e}"
+        );
+        let e = resolve_adapter_in(cache.path(), "maius/personas", "main", true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no adapter in its root"), "{e}");
+        let e = resolve_adapter_in(cache.path(), "maius/other/x", "main", true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("maius/other@main is not in the Hugging Face cache"), "{e}");
+    }
 }

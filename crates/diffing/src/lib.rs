@@ -83,8 +83,9 @@ fn num_layers(settings: &Settings) -> Result<usize> {
         })
 }
 
-/// The parameters every query sees, method or not: `model`, `organism`, and `side` (the organism as the
-/// intervention functions name it: `model/organism`).
+/// The parameters every query sees, method or not: `model`, `organism`, `side` (the organism as the
+/// intervention functions name it: `model/organism`) and `ignore_first_tokens` (the model config's count of
+/// leading tokens per sample that statistics skip).
 fn pair_params(settings: &Settings) -> Vec<(String, SqlValue)> {
     let text = |s: String| SqlValue::SingleQuotedString(s);
     vec![
@@ -93,6 +94,10 @@ fn pair_params(settings: &Settings) -> Vec<(String, SqlValue)> {
         (
             "side".to_string(),
             text(format!("{}/{}", settings.model.name, settings.organism.name)),
+        ),
+        (
+            "ignore_first_tokens".to_string(),
+            SqlValue::Number(settings.model.ignore_first_tokens.to_string(), false),
         ),
     ]
 }

@@ -188,11 +188,23 @@ impl ModelFiles {
     /// Files are read and adapters merged on the CPU; the finished weights then move to the device.
     pub fn load(self, adapter: Option<&Path>, dtype: DType, device: &Device) -> Result<LoadedModel> {
         let mut weights = self.read_weights(dtype)?;
+        let mut spec = self.architecture.spec()?;
         if let Some(adapter) = adapter {
-            lora::merge(&mut weights, adapter)?;
+            let embed = "model.embed_tokens.weight";
+            let base_embed = weights.tensor(embed);
+            let summary = lora::merge(&mut weights, adapter)?;
+            let saved = |name: &str| summary.replaced.iter().any(|r| r == name);
+            // PEFT unties a tied head when either side is trained in full: the other keeps the base's weight.
+            if spec.tied_embeddings && (saved("lm_head.weight") || saved(embed)) {
+                if !saved("lm_head.weight") {
+                    let head = base_embed.context("a tied model without embeddings")?;
+                    weights.set("lm_head.weight", head);
+                }
+                spec.tied_embeddings = false;
+            }
         }
         weights.move_to(device)?;
-        let decoder = Decoder::load(self.architecture.spec()?, &weights)?;
+        let decoder = Decoder::load(spec, &weights)?;
         Ok(LoadedModel { files: self, decoder })
     }
 }

@@ -49,6 +49,10 @@ impl PairFiles {
             (None, Some(adapter)) => {
                 let dir = diffsql_core::hub::resolve_adapter(&locate(adapter, project_root), &ft.revision)
                     .with_context(|| what.clone())?;
+                let config = crate::lora::AdapterConfig::read(&dir).with_context(|| what.clone())?;
+                if let Some(warning) = other_base(&config, &model.source) {
+                    eprintln!("warning: {what}: {warning}");
+                }
                 (ModelFiles::open(&base_source), Some(dir))
             }
             _ => bail!(
@@ -103,6 +107,24 @@ impl PairFiles {
             .load(self.adapter.as_deref(), dtype, device)
             .with_context(|| what)
     }
+}
+
+/// When an adapter names the hub id of another base model than the config's (`base_model_name_or_path`), what
+/// to tell the user; `None` when they agree or either is a local path (nothing to compare).
+pub fn other_base(adapter: &crate::lora::AdapterConfig, base_source: &str) -> Option<String> {
+    let trained_on = adapter.base_model_name_or_path.as_deref()?.trim_end_matches('/');
+    let base = base_source
+        .split('@')
+        .next()
+        .unwrap_or(base_source)
+        .trim_end_matches('/');
+    let is_hub = |s: &str| diffsql_core::hub::is_repo_id(s) && !Path::new(s).exists();
+    if !is_hub(trained_on) || !is_hub(base) || trained_on.eq_ignore_ascii_case(base) {
+        return None;
+    }
+    Some(format!(
+        "the adapter was trained on {trained_on} (its base_model_name_or_path), the config's base model is {base}: the LoRA is merged into {base}"
+    ))
 }
 
 /// Loads the configured base model and the organism's checkpoint for it.

@@ -94,6 +94,11 @@ impl Weights {
         Ok(t.clone())
     }
 
+    /// The tensor `name` as stored, whatever its shape.
+    pub fn tensor(&self, name: &str) -> Option<Tensor> {
+        self.tensors.get(&self.full_name(name)).cloned()
+    }
+
     /// The tensor `name` if present, checked to have `shape`.
     pub fn get_opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
         if self.contains(name) {

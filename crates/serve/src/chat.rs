@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::page::PageResult;
 use super::state::AppState;
-use diffsql_core::config::{overrides, Group};
+use diffsql_core::config::overrides;
 use diffsql_model::generate::{generate_each, Sampling};
 use diffsql_model::pair::{ModelPair, PairFiles};
 
@@ -58,9 +58,14 @@ impl ChatModels {
     }
 }
 
+/// The organisms the chat can load for the served base model (those with a checkpoint for it).
+fn organisms_of(configs: &diffsql_core::config::ConfigDir, model: &str) -> Result<Vec<String>> {
+    Ok(diffsql_core::config::Catalogue::read(configs)?.organisms_for(model))
+}
+
 /// `GET /chat`.
 pub async fn page(State(state): State<Arc<AppState>>) -> PageResult {
-    let organisms = state.configs.choices(Group::Organism).unwrap_or_default();
+    let organisms = organisms_of(&state.configs, &state.model).unwrap_or_default();
     let html = state.render(
         "chat.html",
         minijinja::context! {
@@ -127,11 +132,12 @@ async fn converse(state: &AppState, request: ChatRequest, tx: tokio::sync::mpsc:
             request.max_new_tokens
         );
     }
-    let organisms = state.configs.choices(Group::Organism)?;
+    let organisms = organisms_of(&state.configs, &state.model)?;
     if !organisms.contains(&request.organism) {
         anyhow::bail!(
-            "unknown organism {:?}: choose one of {}",
+            "unknown organism {:?} for model {}: the organisms with a checkpoint for it are {}",
             request.organism,
+            state.model,
             organisms.join(", ")
         );
     }

@@ -1,5 +1,6 @@
 //! Hydra-style configuration: TOML files under `configs/` plus `key=value` overrides, resolved in two stages.
 
+pub mod catalogue;
 pub mod compression;
 pub mod device;
 pub mod layers;
@@ -9,6 +10,7 @@ pub mod resolve;
 pub mod settings;
 pub mod train;
 
+pub use catalogue::{Catalogue, CatalogueCounts};
 pub use compression::VectorCompression;
 pub use device::ComputeDevice;
 pub use overrides::{expand, parse_all, Group, Override};

@@ -197,12 +197,34 @@ fn is_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) && !s.starts_with('.')
 }
 
+/// An organism choice `type:KIND` stands for every organism of that type (`type:*`: every organism), for the
+/// chosen base models; `--multirun` expands it once the configs are read ([`organism_type`]).
+pub const TYPE_PREFIX: &str = "type:";
+
+/// The type an organism choice names, when it is `type:KIND`.
+pub fn organism_type(choice: &[String]) -> Option<&str> {
+    match choice {
+        [one] => one.strip_prefix(TYPE_PREFIX),
+        _ => None,
+    }
+}
+
 fn parse_choice(group: Group, piece: &str, arg: &str) -> Result<Choice> {
     let names: Vec<String> = match piece.strip_prefix('[').and_then(|p| p.strip_suffix(']')) {
         Some(inner) if group == Group::Dataset => inner.split(',').map(|s| s.trim().to_string()).collect(),
         Some(_) => bail!("`{arg}`: {group} takes one name (only dataset takes a list)"),
         None => vec![piece.to_string()],
     };
+    if group == Group::Organism {
+        if let [name] = names.as_slice() {
+            if let Some(kind) = name.strip_prefix(TYPE_PREFIX) {
+                if kind != "*" && !is_name(kind) {
+                    bail!("`{kind}` in `{arg}` is not an organism type: write organism=type:SDF (or type:* for all)");
+                }
+                return Ok(names);
+            }
+        }
+    }
     if let Some(bad) = names.iter().find(|n| !is_name(n)) {
         bail!("`{bad}` in `{arg}` is not a {group} name: names are letters, digits, '_', '-' and '.'");
     }
@@ -270,6 +292,21 @@ mod tests {
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_organism_type_is_a_choice_that_names_it_and_only_organisms_take_one() {
+        let o = parse("organism=type:SDF,caps").unwrap();
+        assert_eq!(o.values.len(), 2);
+        let Value::Choice(c) = &o.values[0] else { panic!() };
+        assert_eq!(organism_type(c), Some("SDF"));
+        let Value::Choice(c) = &o.values[1] else { panic!() };
+        assert_eq!(organism_type(c), None);
+        assert!(parse("organism=type:*").is_ok());
+        let e = parse("model=type:SDF").unwrap_err().to_string();
+        assert!(e.contains("not a model name"), "{e}");
+        let e = parse("organism=type:a b").unwrap_err().to_string();
+        assert!(e.contains("not an organism type"), "{e}");
     }
 
     #[test]

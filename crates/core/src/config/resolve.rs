@@ -65,17 +65,24 @@ impl ConfigDir {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), one_line(&e.to_string())))
     }
 
+    /// The table of one group file, with the keys a run may override filled in (an organism's `variant`).
+    pub fn group_table(&self, group: Group, name: &str) -> Result<Table> {
+        let mut table = self.group_file(group, name)?;
+        if group == Group::Organism {
+            table
+                .entry("variant")
+                .or_insert_with(|| Toml::String(super::settings::DEFAULT_VARIANT.into()));
+        }
+        Ok(table)
+    }
+
     fn group_file(&self, group: Group, name: &str) -> Result<Table> {
         let path = self.dir.join(group.name()).join(format!("{name}.toml"));
         if !path.exists() {
             let choices = self.choices(group).unwrap_or_default();
             bail!(
-                "unknown {group} `{name}`: choose one of {} (files in {})",
-                if choices.is_empty() {
-                    "(none)".into()
-                } else {
-                    choices.join(", ")
-                },
+                "unknown {group} `{name}`: {} (files in {})",
+                choose_from(name, &choices),
                 self.dir.join(group.name()).display()
             );
         }
@@ -94,8 +101,21 @@ impl ConfigDir {
     }
 
     /// Resolves one run's settings from `config.toml`, the group files and `overrides` (single-valued).
+    /// A variant chosen for a pair that has no such variant is an error here; a pair that does not exist is
+    /// an error only where a checkpoint is needed ([`Settings::finetuned`]): diffing reads the cache alone.
+    /// An organism's variant other than `default` is cached and reported as its own organism,
+    /// `NAME.VARIANT` (`cake_bake.mix1-0p5`), so that variants never share a partition.
     pub fn resolve(&self, overrides: &[Override]) -> Result<Settings> {
-        Self::settings(self.merged_tree(overrides)?)
+        let mut settings = Self::settings(self.merged_tree(overrides)?)?;
+        let has_pair = settings.organism.finetuned.contains_key(&settings.model.name);
+        let variant = settings.organism.variant.clone();
+        if has_pair || variant != super::settings::DEFAULT_VARIANT {
+            settings.finetuned()?;
+        }
+        if variant != super::settings::DEFAULT_VARIANT {
+            settings.organism.name = format!("{}.{variant}", settings.organism.name);
+        }
+        Ok(settings)
     }
 
     /// Typed settings from a merged tree (from [`ConfigDir::merged_tree`]).
@@ -156,7 +176,7 @@ impl ConfigDir {
         }
         tree.insert(
             "organism".into(),
-            Toml::Table(self.group_file(Group::Organism, &organism)?),
+            Toml::Table(self.group_table(Group::Organism, &organism)?),
         );
         let mut datasets = Table::new();
         let dataset_names = choice(Group::Dataset)?;
@@ -225,6 +245,34 @@ fn keys_of(table: &Table, here: &str) -> String {
         format!("`{here}`")
     };
     format!("{place} has {}", keys.join(", "))
+}
+
+/// "choose one of a, b, c"; past a dozen choices, the ones that look like `name` and where to see them all.
+fn choose_from(name: &str, choices: &[String]) -> String {
+    const LIST_ALL: usize = 12;
+    if choices.is_empty() {
+        return "there are none".into();
+    }
+    if choices.len() <= LIST_ALL {
+        return format!("choose one of {}", choices.join(", "));
+    }
+    let lower = name.to_lowercase();
+    let stem: String = lower.chars().take(4).collect();
+    let mut near: Vec<&str> = choices
+        .iter()
+        .map(String::as_str)
+        .filter(|c| {
+            let c = c.to_lowercase();
+            c.contains(&lower) || lower.contains(&c) || (stem.len() >= 3 && c.contains(&stem))
+        })
+        .collect();
+    near.truncate(LIST_ALL);
+    let all = format!("{} in all: `diffsql config list` shows them", choices.len());
+    if near.is_empty() {
+        format!("no name is like it ({all})")
+    } else {
+        format!("did you mean {}? ({all})", near.join(", "))
+    }
 }
 
 fn one_line(s: &str) -> String {

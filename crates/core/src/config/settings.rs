@@ -56,6 +56,17 @@ pub struct ModelConfig {
     /// Compute dtype: float32, bfloat16 or float16.
     #[serde(default = "float32")]
     pub dtype: ElementType,
+    /// The token that ends a chat turn (`<end_of_turn>`, `<|im_end|>`), when the model has a chat format.
+    #[serde(default)]
+    pub end_of_turn_token: Option<String>,
+    /// Leading tokens of every sample that statistics and dictionary training skip (the toolkit's
+    /// `ignore_first_n_tokens_per_sample_during_training`: attention-sink tokens with outsized norms).
+    /// Queries see it as `$ignore_first_tokens`.
+    #[serde(default)]
+    pub ignore_first_tokens: usize,
+    /// Whether the chat template takes `enable_thinking` (Qwen3): rendered with thinking off.
+    #[serde(default)]
+    pub has_enable_thinking: bool,
 }
 
 /// A finetuned model organism: `configs/organism/NAME.toml`.
@@ -68,15 +79,84 @@ pub struct OrganismConfig {
     /// How it was made (e.g. SDF: synthetic document finetuning; style).
     #[serde(default, rename = "type")]
     pub kind: String,
+    /// What the finetune taught, in full: the ground truth an agent's hypothesis is graded against.
+    #[serde(default)]
+    pub description_long: String,
     /// The dataset config holding its training data, if one exists.
     #[serde(default)]
     pub training_dataset: Option<String>,
-    /// The finetuned checkpoint of each base model it exists for, by model config name.
+    /// The training data as the reference toolkit names it (a hub dataset), when it does.
     #[serde(default)]
-    pub finetuned: BTreeMap<String, Finetuned>,
+    pub training_data: Option<TrainingData>,
+    /// Facts about the organism (paper, source), as given.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// The system prompt an agent interrogating this organism is given, when it needs one.
+    #[serde(default)]
+    pub agent_interaction_system_prompt: Option<String>,
+    /// Which checkpoint of the chosen base model to use (`organism.variant=mix1-0p5`).
+    #[serde(default = "default_variant")]
+    pub variant: String,
+    /// The finetuned checkpoints for each base model it exists for, by model config name, then by variant.
+    #[serde(default)]
+    pub finetuned: BTreeMap<String, Variants>,
 }
 
+/// An organism's training data as the reference toolkit records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingData {
+    /// A hub dataset id (or a path where the toolkit's authors kept it).
+    pub id: String,
+    #[serde(default)]
+    pub subset: Option<String>,
+    #[serde(default)]
+    pub splits: Vec<String>,
+    #[serde(default)]
+    pub is_chat: bool,
+    #[serde(default)]
+    pub text_column: Option<String>,
+}
+
+/// The checkpoints of one organism for one base model, by variant name (`default`, `full`, `mix1-0p5`, …).
+/// Written either as variant tables (`[finetuned.BASE.VARIANT]`) or, for one checkpoint, directly
+/// (`[finetuned.BASE]` with `source` or `adapter`: the variant `default`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Variants(pub BTreeMap<String, Finetuned>);
+
+impl<'de> Deserialize<'de> for Variants {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let table = toml::Table::deserialize(d)?;
+        let one_checkpoint = table.keys().any(|k| Finetuned::KEYS.contains(&k.as_str()));
+        let parse = |v: toml::Value| Finetuned::deserialize(v).map_err(|e| D::Error::custom(e.message().trim()));
+        if one_checkpoint {
+            return Ok(Self(BTreeMap::from([(
+                DEFAULT_VARIANT.to_string(),
+                parse(toml::Value::Table(table))?,
+            )])));
+        }
+        let mut variants = BTreeMap::new();
+        for (name, value) in table {
+            if !value.is_table() {
+                return Err(D::Error::custom(format!(
+                    "`{name}` is neither a checkpoint key ({}) nor a variant table",
+                    Finetuned::KEYS.join(", ")
+                )));
+            }
+            let checkpoint = parse(value).map_err(|e| D::Error::custom(format!("variant {name}: {e}")))?;
+            variants.insert(name, checkpoint);
+        }
+        Ok(Self(variants))
+    }
+}
+
+/// The variant used when none is chosen.
+pub const DEFAULT_VARIANT: &str = "default";
+
 /// Where one organism's weights come from for one base model: a full model or a PEFT LoRA adapter.
+/// Either may be a hub id with a subfolder (`org/repo/sub/folder`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Finetuned {
@@ -203,6 +283,14 @@ pub struct Preprocessing {
     pub device: ComputeDevice,
 }
 
+impl Finetuned {
+    /// The keys a checkpoint table has.
+    pub const KEYS: [&'static str; 3] = ["source", "adapter", "revision"];
+}
+
+fn default_variant() -> String {
+    DEFAULT_VARIANT.into()
+}
 fn main_revision() -> String {
     "main".into()
 }
@@ -225,17 +313,28 @@ impl Settings {
         self.defaults.dataset.iter().map(|n| &self.dataset[n]).collect()
     }
 
-    /// The organism's checkpoint for the chosen base model.
+    /// The organism's checkpoint for the chosen base model and variant.
     pub fn finetuned(&self) -> Result<&Finetuned> {
-        self.organism.finetuned.get(&self.model.name).ok_or_else(|| {
-            let known: Vec<_> = self.organism.finetuned.keys().cloned().collect();
-            anyhow::anyhow!(
-                "organism {} has no finetuned checkpoint for model {} (it has one for: {}): add [finetuned.{}] to configs/organism/{}.toml",
-                self.organism.name,
+        let organism = &self.organism;
+        let Some(variants) = organism.finetuned.get(&self.model.name) else {
+            let known: Vec<_> = organism.finetuned.keys().cloned().collect();
+            anyhow::bail!(
+                "organism {} has no finetuned checkpoint for model {} (it has one for: {}): choose one of those with model=NAME, or add [finetuned.{}] to configs/organism/{}.toml",
+                organism.name,
                 self.model.name,
                 if known.is_empty() { "none".into() } else { known.join(", ") },
                 self.model.name,
-                self.organism.name
+                organism.name
+            )
+        };
+        variants.0.get(&organism.variant).ok_or_else(|| {
+            let known: Vec<_> = variants.0.keys().cloned().collect();
+            anyhow::anyhow!(
+                "organism {} has no variant `{}` for model {}: choose one of {} (organism.variant=NAME)",
+                organism.name,
+                organism.variant,
+                self.model.name,
+                known.join(", ")
             )
         })
     }
