@@ -6,7 +6,8 @@ different lengths batched together and left-padded (pad id 0), 12 new tokens at 
 (id 2) as transformers does; writes tests/fixtures/models/<family>/generation.json with the prompts' token ids and
 each row's new tokens (up to and including its EOS).
 
-    python3 tools/generation_reference.py
+    python3 tools/generation_reference.py                      # every family
+    python3 tools/generation_reference.py mistral,gpt2         # some
 """
 
 import json
@@ -21,10 +22,18 @@ MAX_NEW = 12
 
 
 def main():
-    for family in ["llama", "qwen2", "qwen3", "gemma2", "gemma3"]:
+    import sys
+    only = sys.argv[1].split(",") if len(sys.argv) > 1 else []
+    for family in ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "mistral", "qwen2_5_vl", "gpt2"]:
+        if only and family not in only:
+            continue
         d = ROOT / family
         tok = PreTrainedTokenizerFast.from_pretrained(d)
-        model = AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager").eval()
+        if family == "qwen2_5_vl":
+            from transformers import Qwen2_5_VLForConditionalGeneration as Loader
+        else:
+            Loader = AutoModelForCausalLM
+        model = Loader.from_pretrained(d, attn_implementation="eager").eval()
         enc = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
         n = max(len(e) for e in enc)
         ids = torch.tensor([[0] * (n - len(e)) + e for e in enc])

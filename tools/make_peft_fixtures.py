@@ -11,6 +11,9 @@ computes (input ids, every layer's output, logits; see make_fixtures.record):
 - `qwen2-lora-tied` over `qwen2` (embeddings tied to the head): `modules_to_save=["lm_head"]`, which PEFT's
   merge unties (the head is the trained copy, the embeddings stay the base's).
 
+- `gpt2-lora` over `gpt2`: LoRA on GPT-2's Conv1D projections (`fan_in_fan_out`, weights stored in × out),
+  the form of the toolkit's `test_alpaca_lora` organism.
+
 `base_model_name_or_path` is set to the hub id the integration test gives the base model in its local hub
 cache (`diffsql-fixtures/tiny-llama`, `diffsql-fixtures/tiny-qwen2`).
 
@@ -62,7 +65,7 @@ def build(base, out, cfg, seed, hub_id):
         f"PEFT adapter for ../{base} (tools/make_peft_fixtures.py); reference.safetensors holds the outputs of "
         "PEFT's merge_and_unload() model.\n"
     )
-    print(out, sorted(json.loads(config_path.read_text()).items())[:0], "written")
+    print(out, "written")
 
 
 def main():
@@ -92,6 +95,13 @@ def main():
                    lora_dropout=0.0),
         seed=12,
         hub_id="diffsql-fixtures/tiny-qwen2",
+    )
+    build(
+        "gpt2",
+        "gpt2-lora",
+        LoraConfig(r=4, lora_alpha=16, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True, lora_dropout=0.0),
+        seed=13,
+        hub_id="diffsql-fixtures/tiny-gpt2",
     )
 
 

@@ -78,6 +78,27 @@ fn gemma3_matches_transformers() {
 }
 
 #[test]
+fn gpt2_matches_transformers() {
+    // Learned positions, LayerNorm, Conv1D weights and a fused qkv, the head tied to the embeddings.
+    let model = load_fixture("gpt2");
+    assert_eq!(model.files.architecture.name(), "gpt2");
+    check_against_reference(&model, &fixture("gpt2"));
+}
+
+#[test]
+fn mistral_matches_transformers() {
+    // A window of 4 on every layer, shorter than the prompts.
+    check_against_reference(&load_fixture("mistral"), &fixture("mistral"));
+}
+
+#[test]
+fn qwen2_5_vl_language_model_matches_transformers_on_text() {
+    let model = load_fixture("qwen2_5_vl");
+    assert_eq!(model.files.architecture.name(), "qwen2_5_vl");
+    check_against_reference(&model, &fixture("qwen2_5_vl"));
+}
+
+#[test]
 fn gemma2_matches_transformers() {
     check_against_reference(&load_fixture("gemma2"), &fixture("gemma2"));
 }
@@ -240,7 +261,7 @@ fn bad_inputs_give_clear_errors() {
     });
     let msg = load_error(unknown.path(), None);
     assert!(
-        msg.contains("unsupported architecture \"mamba\"") && msg.contains("llama, qwen2"),
+        msg.contains("unsupported architecture \"mamba\"") && msg.contains("llama, mistral, qwen2"),
         "{msg}"
     );
 
@@ -518,7 +539,16 @@ mod generation {
     /// `generate` (greedy, three prompts batched and left-padded, 12 new tokens, EOS 2): equal token for token.
     #[test]
     fn greedy_generation_equals_transformers_on_every_family() {
-        for family in ["llama", "qwen2", "qwen3", "gemma2", "gemma3"] {
+        for family in [
+            "llama",
+            "qwen2",
+            "qwen3",
+            "gemma2",
+            "gemma3",
+            "mistral",
+            "qwen2_5_vl",
+            "gpt2",
+        ] {
             let text = std::fs::read_to_string(fixture(family).join("generation.json")).unwrap();
             let r: serde_json::Value = serde_json::from_str(&text).unwrap();
             let ids = |v: &serde_json::Value| -> Vec<Vec<u32>> {
@@ -810,6 +840,15 @@ fn lora_with_rslora_rank_patterns_embedding_lora_and_modules_to_save_merges_like
     )
     .unwrap();
     check_against_reference(&model, &fixture("qwen2-lora-tied"));
+    // GPT-2's Conv1D projections (fan_in_fan_out), merged before its weights are renamed and split.
+    let model = load(
+        &ModelSource::Dir(fixture("gpt2")),
+        Some(&fixture("gpt2-lora")),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    check_against_reference(&model, &fixture("gpt2-lora"));
 }
 
 /// A Hugging Face hub cache as `huggingface_hub` lays it out, holding `repo` at a commit, with `files`

@@ -7,7 +7,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::intervention::{Intervention, KvCache};
 use super::layers::{
-    causal_mask, inv_freq, positions_from_mask, rotary_tables, Activation, GatedMlp, Linear, RmsNorm, RopeScaling,
+    causal_mask, inv_freq, positions_from_mask, rotary_tables, Activation, Linear, Mlp, Norm, NormKind, RmsNorm,
+    RopeScaling,
 };
 use super::weights::Weights;
 
@@ -48,6 +49,24 @@ pub struct DecoderSpec {
     pub tied_embeddings: bool,
     /// One entry per layer.
     pub layers: Vec<LayerAttention>,
+    /// RMSNorm, or LayerNorm with biases (GPT-2).
+    pub norm: NormKind,
+    /// Gated MLPs without biases, or plain ones with biases (GPT-2).
+    pub gated_mlp: bool,
+    /// Bias on the attention's output projection (GPT-2).
+    pub o_bias: bool,
+    /// How tokens know their position: rotary tables per layer, or a learned table of this many positions
+    /// added to the embeddings (`model.embed_positions.weight`, GPT-2).
+    pub positions: Positions,
+}
+
+/// How a decoder encodes positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// Rotary embeddings of queries and keys, with each layer's [`LayerAttention`] settings.
+    Rotary,
+    /// A learned embedding per position, up to `max` positions.
+    Learned { max: usize },
 }
 
 /// The sizes every family's config gives.
@@ -85,6 +104,10 @@ impl DecoderSpec {
             embed_scale: None,
             act,
             tied_embeddings,
+            norm: NormKind::Rms,
+            gated_mlp: true,
+            o_bias: false,
+            positions: Positions::Rotary,
             layers: vec![
                 LayerAttention {
                     window: None,
@@ -129,14 +152,14 @@ struct Attention {
 
 #[derive(Debug)]
 struct Block {
-    input_norm: RmsNorm,
+    input_norm: Norm,
     attn: Attention,
-    post_attn_norm: Option<RmsNorm>,
-    pre_ffn_norm: RmsNorm,
-    mlp: GatedMlp,
-    post_ffn_norm: Option<RmsNorm>,
-    /// Index into the rotary tables.
-    rope: usize,
+    post_attn_norm: Option<Norm>,
+    pre_ffn_norm: Norm,
+    mlp: Mlp,
+    post_ffn_norm: Option<Norm>,
+    /// Index into the rotary tables (none with learned positions).
+    rope: Option<usize>,
     window: Option<usize>,
 }
 
@@ -145,8 +168,10 @@ struct Block {
 pub struct Decoder {
     spec: DecoderSpec,
     embed: Tensor,
+    /// Learned position embeddings (max positions, hidden), for [`Positions::Learned`].
+    embed_positions: Option<Tensor>,
     blocks: Vec<Block>,
-    norm: RmsNorm,
+    norm: Norm,
     lm_head: Linear,
     /// Distinct inverse-frequency tables.
     ropes: Vec<Vec<f64>>,
@@ -173,19 +198,22 @@ impl Decoder {
     /// Builds the model from HF-named weights.
     pub fn load(spec: DecoderSpec, w: &Weights) -> Result<Self> {
         let (h, hd) = (spec.hidden, spec.head_dim);
-        let norm = |name: &str, dim: usize| RmsNorm::load(w, name, dim, spec.eps, spec.norm_offset);
+        let norm = |name: &str, dim: usize| Norm::load(w, name, dim, spec.norm, spec.eps, spec.norm_offset);
+        let qk_norm = |name: &str, dim: usize| RmsNorm::load(w, name, dim, spec.eps, spec.norm_offset);
         let mut ropes: Vec<Vec<f64>> = Vec::new();
         let mut blocks = Vec::with_capacity(spec.layers.len());
         for (i, la) in spec.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            let freqs = inv_freq(hd, la.rope_theta, &la.rope_scaling);
-            let rope = match ropes.iter().position(|r| *r == freqs) {
-                Some(k) => k,
-                None => {
-                    ropes.push(freqs);
-                    ropes.len() - 1
+            let rope = (spec.positions == Positions::Rotary).then(|| {
+                let freqs = inv_freq(hd, la.rope_theta, &la.rope_scaling);
+                match ropes.iter().position(|r| *r == freqs) {
+                    Some(k) => k,
+                    None => {
+                        ropes.push(freqs);
+                        ropes.len() - 1
+                    }
                 }
-            };
+            });
             let attn = Attention {
                 q: Linear::load(w, &format!("{p}.self_attn.q_proj"), h, spec.heads * hd, spec.qkv_bias)?,
                 k: Linear::load(
@@ -202,14 +230,14 @@ impl Decoder {
                     spec.kv_heads * hd,
                     spec.qkv_bias,
                 )?,
-                o: Linear::load(w, &format!("{p}.self_attn.o_proj"), spec.heads * hd, h, false)?,
+                o: Linear::load(w, &format!("{p}.self_attn.o_proj"), spec.heads * hd, h, spec.o_bias)?,
                 q_norm: spec
                     .qk_norm
-                    .then(|| norm(&format!("{p}.self_attn.q_norm"), hd))
+                    .then(|| qk_norm(&format!("{p}.self_attn.q_norm"), hd))
                     .transpose()?,
                 k_norm: spec
                     .qk_norm
-                    .then(|| norm(&format!("{p}.self_attn.k_norm"), hd))
+                    .then(|| qk_norm(&format!("{p}.self_attn.k_norm"), hd))
                     .transpose()?,
             };
             let (post_attn_norm, pre_ffn_norm, post_ffn_norm) = if spec.sandwich_norms {
@@ -226,7 +254,7 @@ impl Decoder {
                 attn,
                 post_attn_norm,
                 pre_ffn_norm,
-                mlp: GatedMlp::load(w, &format!("{p}.mlp"), h, spec.intermediate, spec.act)?,
+                mlp: Mlp::load(w, &format!("{p}.mlp"), h, spec.intermediate, spec.act, spec.gated_mlp)?,
                 post_ffn_norm,
                 rope,
                 window: la.window,
@@ -239,9 +267,14 @@ impl Decoder {
             Linear::load(w, "lm_head", h, spec.vocab, false)?
         };
         let dtype = embed.dtype();
+        let embed_positions = match spec.positions {
+            Positions::Learned { max } => Some(w.get("model.embed_positions.weight", &[max, h])?),
+            Positions::Rotary => None,
+        };
         Ok(Self {
             norm: norm("model.norm", h)?,
             embed,
+            embed_positions,
             blocks,
             lm_head,
             ropes,
@@ -312,8 +345,8 @@ impl Decoder {
         let mut captured: Vec<Option<Tensor>> = vec![None; capture.len()];
         for (i, block) in self.blocks.iter().enumerate().take(last_needed) {
             let mask = &masks.iter().find(|(w, _)| *w == block.window).expect("built above").1;
-            let (cos, sin) = &tables[block.rope];
-            x = self.block_forward(block, &x, mask, (cos, sin), None)?;
+            let rope = block.rope.map(|r| (&tables[r].0, &tables[r].1));
+            x = self.block_forward(block, &x, mask, rope, None)?;
             for (k, &l) in capture.iter().enumerate() {
                 if l == i {
                     captured[k] = Some(x.clone());
@@ -384,8 +417,8 @@ impl Decoder {
         let Prepared { mut x, tables, masks } = self.prepare(input_ids, attention_mask, s)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let mask = &masks.iter().find(|(w, _)| *w == block.window).expect("built above").1;
-            let (cos, sin) = &tables[block.rope];
-            x = self.block_forward(block, &x, mask, (cos, sin), Some(&mut cache.layers[i]))?;
+            let rope = block.rope.map(|r| (&tables[r].0, &tables[r].1));
+            x = self.block_forward(block, &x, mask, rope, Some(&mut cache.layers[i]))?;
             for iv in interventions.iter().filter(|iv| iv.layer == i) {
                 x = super::intervention::apply(&x, attention_mask, total - s, iv)?;
             }
@@ -435,6 +468,16 @@ impl Decoder {
         if let Some(scale) = self.spec.embed_scale {
             x = (x * scale)?;
         }
+        if let Some(table) = &self.embed_positions {
+            let max = table.dim(0)?;
+            let last = positions.max_all()?.to_dtype(DType::I64)?.to_scalar::<i64>()?;
+            if last as usize >= max {
+                bail!("position {last} is past the {max} positions the model has learned: shorten the context");
+            }
+            let ids = positions.to_dtype(DType::U32)?.flatten_all()?;
+            let learned = table.index_select(&ids, 0)?.reshape((b, s, self.spec.hidden))?;
+            x = (x + learned)?;
+        }
         Ok(Prepared { x, tables, masks })
     }
 
@@ -458,7 +501,7 @@ impl Decoder {
         block: &Block,
         x: &Tensor,
         mask: &Tensor,
-        rope: (&Tensor, &Tensor),
+        rope: Option<(&Tensor, &Tensor)>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let h = block.input_norm.forward(x)?;
@@ -481,10 +524,9 @@ impl Decoder {
         a: &Attention,
         x: &Tensor,
         mask: &Tensor,
-        rope: (&Tensor, &Tensor),
+        rope: Option<(&Tensor, &Tensor)>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
-        let (cos, sin) = rope;
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.spec.heads, self.spec.kv_heads, self.spec.head_dim);
         let heads =
@@ -496,8 +538,13 @@ impl Decoder {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let mut k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let (q, mut k) = match rope {
+            Some((cos, sin)) => (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            ),
+            None => (q, k),
+        };
         let mut v = v;
         if let Some(cache) = cache {
             if let Some((past_k, past_v)) = cache.take() {

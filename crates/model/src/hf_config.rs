@@ -95,7 +95,8 @@ fn scaling(v: Option<&Value>) -> Result<RopeScaling> {
             .ok_or_else(|| anyhow::anyhow!("rope scaling {kind:?} needs a number {k}"))
     };
     Ok(match kind {
-        "default" => RopeScaling::None,
+        // Qwen2.5-VL's multimodal rotary: on text every axis has the same position, the 1-D rotary.
+        "default" | "mrope" => RopeScaling::None,
         "linear" => RopeScaling::Linear { factor: num("factor")? },
         "llama3" => RopeScaling::Llama3 {
             factor: num("factor")?,

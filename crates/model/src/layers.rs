@@ -30,6 +30,43 @@ impl RmsNorm {
     }
 }
 
+/// A block's norm: RMSNorm (every family but one), or LayerNorm with a bias (GPT-2).
+#[derive(Debug, Clone)]
+pub enum Norm {
+    Rms(RmsNorm),
+    Layer { weight: Tensor, bias: Tensor, eps: f64 },
+}
+
+/// Which norm a family's blocks use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    Rms,
+    Layer,
+}
+
+impl Norm {
+    /// Loads `name.weight` (and, for LayerNorm, `name.bias`) of length `dim`; `offset` as for [`RmsNorm`].
+    pub fn load(w: &Weights, name: &str, dim: usize, kind: NormKind, eps: f64, offset: f64) -> Result<Self> {
+        Ok(match kind {
+            NormKind::Rms => Self::Rms(RmsNorm::load(w, name, dim, eps, offset)?),
+            NormKind::Layer => Self::Layer {
+                weight: w.get(&format!("{name}.weight"), &[dim])?,
+                bias: w.get(&format!("{name}.bias"), &[dim])?,
+                eps,
+            },
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Rms(n) => n.forward(x),
+            Self::Layer { weight, bias, eps } => {
+                Ok(candle_nn::ops::layer_norm(&x.contiguous()?, weight, bias, *eps as f32)?)
+            }
+        }
+    }
+}
+
 /// A contiguous transpose of a 2-D tensor. On the CPU in f32 it copies in tiles, in parallel (candle's
 /// strided copy walks the source one element at a time: 3 s for Gemma-3-270M's weights, most of its load
 /// time); elsewhere candle's copy.
@@ -232,6 +269,42 @@ impl Activation {
             Self::GeluTanh => x.gelu()?,
             Self::Gelu => x.gelu_erf()?,
         })
+    }
+}
+
+/// A block's feed-forward: gated (down(act(gate(x)) · up(x)), every family but one) or plain
+/// (down(act(up(x))) with biases, GPT-2).
+#[derive(Debug, Clone)]
+pub enum Mlp {
+    Gated(GatedMlp),
+    Plain { up: Linear, down: Linear, act: Activation },
+}
+
+impl Mlp {
+    /// Loads `prefix.{gate,up,down}_proj` (gated) or `prefix.{up,down}_proj` with biases (plain).
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        hidden: usize,
+        intermediate: usize,
+        act: Activation,
+        gated: bool,
+    ) -> Result<Self> {
+        if gated {
+            return Ok(Self::Gated(GatedMlp::load(w, prefix, hidden, intermediate, act)?));
+        }
+        Ok(Self::Plain {
+            up: Linear::load(w, &format!("{prefix}.up_proj"), hidden, intermediate, true)?,
+            down: Linear::load(w, &format!("{prefix}.down_proj"), intermediate, hidden, true)?,
+            act,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Gated(m) => m.forward(x),
+            Self::Plain { up, down, act } => down.forward(&act.apply(&up.forward(x)?)?),
+        }
     }
 }
 

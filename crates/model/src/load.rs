@@ -203,6 +203,9 @@ impl ModelFiles {
                 spec.tied_embeddings = false;
             }
         }
+        if let Architecture::Gpt2(config) = &self.architecture {
+            weights = config.standardise(weights)?;
+        }
         weights.move_to(device)?;
         let decoder = Decoder::load(spec, &weights)?;
         Ok(LoadedModel { files: self, decoder })

@@ -1,6 +1,7 @@
 //! PEFT LoRA adapters, merged into the base weights at load: W ← W + s · B A with s = α / r
 //! (α / √r for rsLoRA; α and r per module under `alpha_pattern` / `rank_pattern`), so an organism given as an
-//! adapter runs exactly like a full checkpoint. Embedding LoRAs (`lora_embedding_A/B`) merge as (B A)ᵀ, and
+//! adapter runs exactly like a full checkpoint. Embedding LoRAs (`lora_embedding_A/B`) and LoRAs of in × out
+//! weights (`fan_in_fan_out`, GPT-2's Conv1D) merge as (B A)ᵀ, and
 //! modules trained in full (`modules_to_save`, saved whole) replace the base's. Whatever else PEFT can hold
 //! (DoRA, other adapter types, LoRA biases, trainable tokens) is refused by name.
 
@@ -72,7 +73,6 @@ impl AdapterConfig {
         let set = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
         match () {
             _ if config.use_dora => refuse("a DoRA adapter (use_dora)"),
-            _ if config.fan_in_fan_out => refuse("a fan_in_fan_out adapter (GPT-2 Conv1D layout)"),
             _ if config.lora_bias => refuse("a LoRA with biases (lora_bias)"),
             _ if set(&config.trainable_token_indices) => refuse("trainable tokens (trainable_token_indices)"),
             _ if set(&config.layer_replication) => refuse("layer replication (layer_replication)"),
@@ -182,8 +182,13 @@ pub fn merge(weights: &mut Weights, dir: &Path) -> Result<MergeSummary> {
         }
         let f32 = DType::F32;
         let product = b.to_dtype(f32)?.matmul(&a.to_dtype(f32)?)?;
-        // An embedding's update is (B A)ᵀ: A is rank × vocabulary, B is d_model × rank.
-        let delta = if embedding { product.t()? } else { product };
+        // An embedding's update is (B A)ᵀ: A is rank × vocabulary, B is d_model × rank. So is that of a
+        // layer stored in × out (GPT-2's Conv1D: fan_in_fan_out).
+        let delta = if embedding || config.fan_in_fan_out {
+            product.t()?
+        } else {
+            product
+        };
         let delta = (delta * config.scale_of(rank, alpha))?;
         let w = weights
             .get(&target, delta.dims())

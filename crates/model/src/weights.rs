@@ -20,6 +20,14 @@ pub struct Weights {
 impl Weights {
     /// Wraps tensors read from `source`.
     pub fn new(tensors: HashMap<String, Tensor>, source: impl Into<String>) -> Self {
+        // transformers 5's multimodal wrappers keep the language model at `model.language_model.`.
+        let tensors: HashMap<String, Tensor> = tensors
+            .into_iter()
+            .map(|(name, t)| match name.strip_prefix("model.language_model.") {
+                Some(rest) => (format!("model.{rest}"), t),
+                None => (name, t),
+            })
+            .collect();
         let prefix = ["", "language_model.", "model.language_model."]
             .into_iter()
             .find(|p| {
@@ -42,7 +50,7 @@ impl Weights {
         for file in &files {
             let part = candle_core::safetensors::load(file, &Device::Cpu)
                 .with_context(|| format!("cannot read weights {}: the file is missing or corrupt", file.display()))?;
-            for (name, t) in part {
+            for (name, t) in part.into_iter().filter(|(name, _)| !is_vision_weight(name)) {
                 tensors.insert(name, t.to_dtype(dtype)?);
             }
         }
@@ -114,10 +122,34 @@ impl Weights {
         self.tensors.insert(full, t);
     }
 
+    /// Where the tensors came from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The tensors under their names as stored (prefix included).
+    pub fn into_tensors(self) -> HashMap<String, Tensor> {
+        self.tensors
+    }
+
     /// Names present, without the prefix.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().filter_map(|k| k.strip_prefix(self.prefix.as_str()))
     }
+}
+
+/// Whether a tensor belongs to a multimodal model's vision side, which diffsql (text only) does not load.
+fn is_vision_weight(name: &str) -> bool {
+    [
+        "visual.",
+        "model.visual.",
+        "vision_tower.",
+        "model.vision_tower.",
+        "multi_modal_projector.",
+        "model.multi_modal_projector.",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
 }
 
 /// The safetensors files of a checkpoint directory.
