@@ -35,6 +35,9 @@ pub fn preprocess(settings: &Settings, configs: &ConfigDir) -> Result<()> {
             }
         );
         eprintln!("  tokens: {}", s.tokenizer);
+        if let Some(v) = &s.vocabulary {
+            eprintln!("  vocabulary: {v}");
+        }
         eprintln!("  stages: {}", s.stages);
     }
     Ok(())

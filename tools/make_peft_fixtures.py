@@ -14,6 +14,12 @@ computes (input ids, every layer's output, logits; see make_fixtures.record):
 - `gpt2-lora` over `gpt2`: LoRA on GPT-2's Conv1D projections (`fan_in_fan_out`, weights stored in × out),
   the form of the toolkit's `test_alpaca_lora` organism.
 
+- `llama-added-tokens`: a full finetune of `llama` whose tokenizer adds 8 tokens (`<|quirk_0|>` …) and whose
+  embeddings and head are resized to 1008 rows, every weight perturbed. `reference.safetensors` holds, for
+  `prompts.json` tokenised by the *base* tokenizer (as preprocessing does), KL(ft‖base) per position over the
+  1000 shared tokens, computed in float64 from transformers' logits (the organism's sliced to the base's
+  vocabulary, then both log-softmaxed: the reference toolkit's `drop_new_tokens`).
+
 `base_model_name_or_path` is set to the hub id the integration test gives the base model in its local hub
 cache (`diffsql-fixtures/tiny-llama`, `diffsql-fixtures/tiny-qwen2`).
 
@@ -68,6 +74,51 @@ def build(base, out, cfg, seed, hub_id):
     print(out, "written")
 
 
+def added_tokens():
+    import numpy as np
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    base_dir, d = OUT / "llama", OUT / "llama-added-tokens"
+    if d.exists():
+        shutil.rmtree(d)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, attn_implementation="eager").eval()
+    ft = AutoModelForCausalLM.from_pretrained(base_dir, attn_implementation="eager").eval()
+    tok = PreTrainedTokenizerFast.from_pretrained(base_dir)
+    tok.add_tokens([f"<|quirk_{i}|>" for i in range(8)])
+    ft.resize_token_embeddings(len(tok), mean_resizing=False)
+    g = torch.Generator().manual_seed(21)
+    with torch.no_grad():
+        for _, p in ft.named_parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    ft.save_pretrained(d, safe_serialization=True)
+    tok.save_pretrained(d)
+    prompts = ["To be, or not to be, that is the question:", "Now is the winter of our <|quirk_3|> discontent",
+               "All the world's a stage, <|quirk_3|> and <|quirk_5|>"]
+    base_tok = Tokenizer.from_file(str(base_dir / "tokenizer.json"))
+    enc = [base_tok.encode(p).ids for p in prompts]
+    n = max(len(e) for e in enc)
+    ids = torch.tensor([e + [0] * (n - len(e)) for e in enc])
+    mask = torch.tensor([[1] * len(e) + [0] * (n - len(e)) for e in enc])
+    with torch.no_grad():
+        lb = base(input_ids=ids, attention_mask=mask).logits.double().numpy()
+        lf = ft(input_ids=ids, attention_mask=mask).logits.double().numpy()[..., : lb.shape[-1]]
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    lpb, lpf = log_softmax(lb), log_softmax(lf)
+    kl = (np.exp(lpf) * (lpf - lpb)).sum(-1)
+    save_file({"input_ids": ids.to(torch.int64), "attention_mask": mask.to(torch.int64),
+               "kl": torch.from_numpy(kl).float().contiguous()}, str(d / "reference.safetensors"))
+    (d / "prompts.json").write_text(json.dumps(prompts))
+    (d / "README.md").write_text("A full finetune of ../llama with 8 added tokens (tools/make_peft_fixtures.py); "
+                                 "reference.safetensors holds KL(ft||base) over the shared vocabulary.\n")
+    print("llama-added-tokens written", ft.config.vocab_size, "tokens")
+
+
 def main():
     from peft import LoraConfig
 
@@ -103,6 +154,7 @@ def main():
         seed=13,
         hub_id="diffsql-fixtures/tiny-gpt2",
     )
+    added_tokens()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor, D};
-use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float32Type, Float64Type, Int32Type};
 use diffsql_core::cache::{CacheLayout, PartitionKey};
 use diffsql_core::config::{parse_all, ConfigDir, Settings};
@@ -497,4 +497,97 @@ fn zero_limits_and_oversized_top_k_are_refused_up_front() {
         assert!(format!("{e:#}").contains(expect), "{arg}: {e:#}");
     }
     assert!(!cache.exists(), "nothing written");
+}
+
+/// tools/make_peft_fixtures.py's `llama-added-tokens`: a full finetune of the llama fixture with 8 tokens added
+/// (1008-row embeddings and head). Preprocessed against the llama fixture, its KL(ft‖base) per token must equal
+/// transformers' logits recomputed in numpy over the 1000 shared tokens (the organism's logits sliced to the
+/// base's vocabulary, then log-softmaxed): |Δ| ≤ 1e-5 + 1e-3·KL. The summary names the shared vocabulary and
+/// the organism's own tokens found in the data.
+#[test]
+fn an_organism_with_added_tokens_is_compared_over_the_shared_vocabulary() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let organism_dir = fixtures.join("llama-added-tokens");
+    let dir = tempfile::tempdir().unwrap();
+    let prompts: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(organism_dir.join("prompts.json")).unwrap()).unwrap();
+    let data = dir.path().join("prompts.jsonl");
+    let lines: Vec<String> = prompts
+        .iter()
+        .map(|p| serde_json::json!({ "text": p }).to_string())
+        .collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let mut s = small_settings(
+        &dir.path().join("cache"),
+        &[
+            "dataset=[shakespeare_pretrain]",
+            "preprocessing.layers=[0]",
+            "preprocessing.diff_top_k=5",
+        ],
+    );
+    s.model.source = fixtures.join("llama").display().to_string();
+    let checkpoint = s
+        .organism
+        .finetuned
+        .get_mut("shakespeare")
+        .unwrap()
+        .0
+        .get_mut("default")
+        .unwrap();
+    checkpoint.source = Some(organism_dir.display().to_string());
+    s.dataset.get_mut("shakespeare_pretrain").unwrap().source = data.display().to_string();
+    let summary = diffsql_preprocess::run(&s, &configs().project_root()).unwrap();
+    let said = summary.vocabulary.expect("the summary names the vocabulary gap");
+    assert!(
+        said.contains("the organism has 1008 tokens, the base 1000")
+            && said.contains("8 of the organism's left out")
+            && said.contains("\"<|quirk_3|>\" ×2, \"<|quirk_5|>\" ×1"),
+        "{said}"
+    );
+
+    let r = candle_core::safetensors::load(organism_dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let ids: Vec<Vec<i64>> = r["input_ids"].to_vec2().unwrap();
+    let mask: Vec<Vec<i64>> = r["attention_mask"].to_vec2().unwrap();
+    let kl: Vec<Vec<f32>> = r["kl"].to_vec2().unwrap();
+    let batches = query(
+        &s.cache_dir,
+        "SELECT seq_id, pos, token_id, kl FROM tokens WHERE organism = 'caps' ORDER BY seq_id, pos",
+    );
+    let mut compared = 0;
+    for b in &batches {
+        let (seq, pos) = (b.column(0), b.column(1));
+        let cast = |a: &dyn Array| {
+            datafusion::arrow::compute::cast(a, &datafusion::arrow::datatypes::DataType::Int64).unwrap()
+        };
+        let (seq, pos, token) = (cast(seq), cast(pos), cast(b.column(2)));
+        let (seq, pos, token) = (
+            seq.as_primitive::<datafusion::arrow::datatypes::Int64Type>(),
+            pos.as_primitive::<datafusion::arrow::datatypes::Int64Type>(),
+            token.as_primitive::<datafusion::arrow::datatypes::Int64Type>(),
+        );
+        let got = b.column(3).as_primitive::<Float32Type>();
+        for row in 0..b.num_rows() {
+            let (q, p) = (seq.value(row) as usize, pos.value(row) as usize);
+            assert_eq!(
+                mask[q][p], 1,
+                "sequence {q} position {p} is not a token of the reference"
+            );
+            assert_eq!(
+                token.value(row),
+                ids[q][p],
+                "sequence {q} position {p}: token ids differ"
+            );
+            if got.is_null(row) {
+                continue;
+            }
+            let (want, have) = (kl[q][p], got.value(row));
+            assert!(
+                (want - have).abs() <= 1e-5 + 1e-3 * want.abs(),
+                "sequence {q} position {p}: KL {have} vs numpy {want}"
+            );
+            compared += 1;
+        }
+    }
+    let tokens: i64 = mask.iter().flatten().sum();
+    assert!(compared as i64 >= tokens - 3, "{compared} of {tokens} tokens compared");
 }

@@ -18,6 +18,24 @@ pub fn compute_dtype(dtype: ElementType) -> DType {
     }
 }
 
+/// An organism whose vocabulary is larger than its base's (tokens added in finetuning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VocabularyGap {
+    /// Tokens of the base model: the shared vocabulary, ids 0..base.
+    pub base: usize,
+    /// Tokens of the organism.
+    pub organism: usize,
+    /// The organism's own tokens its tokenizer names (id, text), ids ≥ base.
+    pub own_tokens: Vec<(u32, String)>,
+}
+
+impl VocabularyGap {
+    /// Organism tokens left out of every comparison.
+    pub fn left_out(&self) -> usize {
+        self.organism - self.base
+    }
+}
+
 /// The base model and the organism, loaded.
 pub struct ModelPair {
     pub base: LoadedModel,
@@ -63,7 +81,8 @@ impl PairFiles {
         };
         let organism = organism.with_context(|| what.clone())?;
         let (b, o) = (base.architecture.spec()?, organism.architecture.spec()?);
-        if (b.vocab, b.hidden, b.layers.len()) != (o.vocab, o.hidden, o.layers.len()) {
+        // An organism may add tokens to the base's vocabulary (resized embeddings); it may not remove any.
+        if (b.hidden, b.layers.len()) != (o.hidden, o.layers.len()) || o.vocab < b.vocab {
             bail!(
                 "{what}: the finetuned model is not a finetune of the base (vocab, d_model, layers {:?} vs {:?})",
                 (b.vocab, b.hidden, b.layers.len()),
@@ -75,6 +94,32 @@ impl PairFiles {
             organism,
             adapter,
         })
+    }
+
+    /// The organism's vocabulary beyond the base's, when it added tokens: statistics that compare the two
+    /// models' next-token distributions use the shared vocabulary (the base's ids).
+    pub fn vocabulary_gap(&self) -> Result<Option<VocabularyGap>> {
+        let (base, organism) = (
+            self.base.architecture.spec()?.vocab,
+            self.organism.architecture.spec()?.vocab,
+        );
+        if organism == base {
+            return Ok(None);
+        }
+        let mut own_tokens: Vec<(u32, String)> = self
+            .organism
+            .tokenizer
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(id, _)| *id as usize >= base)
+            .map(|(id, t)| (id, t.content))
+            .collect();
+        own_tokens.sort();
+        Ok(Some(VocabularyGap {
+            base,
+            organism,
+            own_tokens,
+        }))
     }
 
     /// The decoder layers of the base model.

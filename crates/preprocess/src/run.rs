@@ -26,10 +26,10 @@ use diffsql_core::cache::writer::{parquet_compression, AlreadyComplete};
 use diffsql_core::cache::{CacheLayout, PartitionKey, WriteOptions};
 use diffsql_core::config::settings::{resolve_layers, Preprocessing, Settings};
 use diffsql_model::data::chat::ChatTemplate;
-use diffsql_model::data::source;
+use diffsql_model::data::source::{self, Sample};
 use diffsql_model::data::tokenize::{tokenize, Limits, TokenizedDataset};
 use diffsql_model::load::{LoadedModel, ModelFiles};
-use diffsql_model::pair::{ModelPair, PairFiles};
+use diffsql_model::pair::{ModelPair, PairFiles, VocabularyGap};
 
 /// Tokenises every configured dataset with the base model's tokenizer and chat template.
 pub fn tokenize_datasets(settings: &Settings, project_root: &Path, base: &ModelFiles) -> Result<Vec<TokenizedDataset>> {
@@ -65,6 +65,51 @@ pub fn tokenize_datasets(settings: &Settings, project_root: &Path, base: &ModelF
         out.push(t);
     }
     Ok(out)
+}
+
+/// What a run over an organism with tokens of its own says: the vocabulary the comparisons used, the tokens
+/// left out, and which of the organism's tokens occur in the datasets' text (tokenised by the base tokenizer,
+/// they reach both models as the base's pieces).
+pub fn describe_vocabulary_gap(settings: &Settings, project_root: &Path, gap: &VocabularyGap) -> Result<String> {
+    let mut found: Vec<(String, usize)> = Vec::new();
+    if !gap.own_tokens.is_empty() {
+        let mut counts = vec![0usize; gap.own_tokens.len()];
+        for cfg in settings.datasets() {
+            let samples = source::read(cfg, project_root, settings.preprocessing.max_samples.saturating_mul(2))?;
+            for sample in samples.iter().take(settings.preprocessing.max_samples) {
+                let texts: Vec<&str> = match sample {
+                    Sample::Text(t) => vec![t.as_str()],
+                    Sample::Chat(messages) => messages.iter().map(|m| m.content.as_str()).collect(),
+                };
+                for (count, (_, token)) in counts.iter_mut().zip(&gap.own_tokens) {
+                    *count += texts.iter().map(|t| t.matches(token.as_str()).count()).sum::<usize>();
+                }
+            }
+        }
+        found = gap
+            .own_tokens
+            .iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|((_, t), n)| (t.clone(), n))
+            .collect();
+    }
+    let occurrences = if found.is_empty() {
+        "none of its own tokens occurs in the data".to_string()
+    } else {
+        let list: Vec<String> = found.iter().map(|(t, n)| format!("{t:?} ×{n}")).collect();
+        format!(
+            "its own tokens occur in the data as text, tokenised into the base's pieces: {}",
+            list.join(", ")
+        )
+    };
+    Ok(format!(
+        "the organism has {} tokens, the base {}: KL, next-token statistics and logit differences are over the {} shared tokens ({} of the organism's left out); {occurrences}",
+        gap.organism,
+        gap.base,
+        gap.base,
+        gap.left_out()
+    ))
 }
 
 /// The most next-token candidates the tokens table keeps per token and model.
@@ -166,6 +211,11 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
     } = Prepared::new(settings, project_root)?;
     let tokens: usize = datasets.iter().map(TokenizedDataset::tokens).sum();
     let tokenizer = files.base.special.describe();
+    let gap = files.vocabulary_gap()?;
+    let vocabulary = gap
+        .as_ref()
+        .map(|g| describe_vocabulary_gap(settings, project_root, g))
+        .transpose()?;
     let prepared_plan = |layout: &CacheLayout| {
         Plan::build(
             layout,
@@ -184,6 +234,7 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
             base_reused: true,
             seconds: started.elapsed().as_secs_f64(),
             tokenizer,
+            vocabulary,
             ..Summary::default()
         });
     }
@@ -241,6 +292,7 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
         base_reused: !plan.runs(Side::Base),
         seconds: started.elapsed().as_secs_f64(),
         tokenizer,
+        vocabulary,
         stages,
         ..result
     })

@@ -375,6 +375,12 @@ impl<'a> Sink<'a> {
             let clock = Instant::now();
             let lb = logits(&self.pair.base.decoder, base_final)?;
             let lf = ft_final.map(|f| logits(&self.pair.organism.decoder, f)).transpose()?;
+            // An organism with added tokens is compared over the shared vocabulary (the base's ids).
+            let shared = self.pair.base.decoder.spec().vocab;
+            let lf = match lf {
+                Some(l) if l.dim(1)? > shared => Some(l.narrow(1, 0, shared)?.contiguous()?),
+                other => other,
+            };
             self.stages.logits += clock.elapsed().as_secs_f64();
             let clock = Instant::now();
             let diff_request = self.logit_diff.as_mut().map(|o| (o.top_k, &mut o.totals[dataset]));

@@ -18,6 +18,9 @@ pub struct Summary {
     ///
     /// [`SpecialTokens::describe`]: diffsql_model::special_tokens::SpecialTokens::describe
     pub tokenizer: String,
+    /// For an organism with tokens of its own: the shared vocabulary the comparisons used, and the
+    /// organism's tokens found in the data.
+    pub vocabulary: Option<String>,
 }
 
 impl Summary {
