@@ -840,3 +840,39 @@ fn steering_with_the_mean_difference_carries_each_quirk() {
     assert_eq!(claim(&plain), 0, "{plain:?}");
     assert!(claim(&roman) >= 3, "{roman:?}");
 }
+
+/// The model functions load where the run's config says (`preprocessing.device`), and read an organism's
+/// variant as the cache names it (`caps.default`, `cake_bake.mix1-0p5`).
+#[test]
+fn model_functions_follow_the_configured_device_and_name_variants_as_the_cache_does() {
+    let (_, cache) = adl_cache();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let run = |overrides: Vec<diffsql_core::config::Override>, q: &str| -> Result<String, String> {
+        rt.block_on(async {
+            let ctx = diffsql_sql::open_session(cache).map_err(|e| format!("{e:#}"))?;
+            diffsql_sql::register_model_functions_with(&ctx, configs(), overrides);
+            let df = ctx.sql(q).await.map_err(|e| format!("{e:#}"))?;
+            let batches = df.collect().await.map_err(|e| format!("{e:#}"))?;
+            Ok(datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                .unwrap()
+                .to_string())
+        })
+    };
+    let generate = |side: &str| format!("SELECT text FROM generate('{side}', 'ROMEO. What light', 6)");
+    let plain = run(Vec::new(), &generate("caps")).unwrap();
+    assert_eq!(run(Vec::new(), &generate("caps.default")).unwrap(), plain);
+    assert_eq!(run(Vec::new(), &generate("shakespeare/caps.default")).unwrap(), plain);
+    let e = run(Vec::new(), &generate("caps.mix1-0p5")).unwrap_err();
+    assert!(e.contains("no variant `mix1-0p5`") && e.contains("default"), "{e}");
+    // The device of a run (or a server's overrides) reaches the functions; a CPU-only build says so.
+    if !diffsql_model::device::CUDA_BUILT {
+        let cuda = diffsql_core::config::Override::set("preprocessing.device", toml::Value::String("cuda".into()));
+        let e = run(vec![cuda], &generate("caps")).unwrap_err();
+        assert!(
+            e.contains("device cuda:0 needs diffsql built with the cuda feature"),
+            "{e}"
+        );
+        let cpu = diffsql_core::config::Override::set("preprocessing.device", toml::Value::String("cpu".into()));
+        assert_eq!(run(vec![cpu], &generate("caps")).unwrap(), plain);
+    }
+}

@@ -26,7 +26,6 @@ use diffsql_core::cache::writer::write_atomic;
 use diffsql_core::config::{ConfigDir, Settings};
 use diffsql_sql::output::stringify_nested;
 use diffsql_sql::queries::{bind_statements, defines, sql_files};
-use diffsql_sql::register_model_functions;
 use diffsql_sql::session::{execute_statement, StatementResult};
 
 /// One result table a method wrote.
@@ -213,7 +212,12 @@ pub async fn run(settings: &Settings, queries_dir: &Path, configs: &ConfigDir) -
     check_required_tables(settings)?;
     let params = method_params(settings, true)?;
     let ctx = diffsql_sql::open_session_with(&settings.cache_dir, access)?;
-    register_model_functions(&ctx, configs.clone());
+    // The functions load models where the run computes (`preprocessing.device`).
+    let device = diffsql_core::config::Override::set(
+        "preprocessing.device",
+        toml::Value::String(settings.preprocessing.device.to_string()),
+    );
+    diffsql_sql::register_model_functions_with(&ctx, configs.clone(), vec![device]);
     let out_dir = results_dir(settings);
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let mut tables = Vec::new();

@@ -69,7 +69,7 @@ async fn respond(state: &AppState, sql: Option<String>) -> PageResult {
 
 async fn execute(state: &AppState, sql: &str, results: &mut Vec<StatementShown>) -> Result<(), String> {
     let ctx = state.session().map_err(|e| diffsql_model::one_line(&e))?;
-    diffsql_sql::register_model_functions(&ctx, state.configs.clone());
+    diffsql_sql::register_model_functions_with(&ctx, state.configs.clone(), state.overrides.clone());
     let run = diffsql_sql::run_statements(&ctx, sql, |r| {
         results.push(StatementShown {
             grid: Grid::from_batches(&r.schema, &r.batches, SHOWN_ROWS),

@@ -19,4 +19,6 @@ pub mod shell;
 pub mod tables;
 
 pub use output::Format;
-pub use session::{open_session, open_session_with, register_model_functions, run_statements, SqlAccess};
+pub use session::{
+    open_session, open_session_with, register_model_functions, register_model_functions_with, run_statements, SqlAccess,
+};

@@ -15,7 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use datafusion::arrow::array::{Array, ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
@@ -199,7 +199,8 @@ pub fn lens(model: &LoadedModel, rows: &[Option<Vec<f32>>], k: usize) -> anyhow:
         }
         for (s, scale) in [("+", 1f32), ("-", -1f32)] {
             let x: Vec<f32> = v.iter().map(|x| x * scale).collect();
-            let t = Tensor::from_vec(x, (1, 1, d), &Device::Cpu)?;
+            let dec = &model.decoder;
+            let t = Tensor::from_vec(x, (1, 1, d), dec.device())?.to_dtype(dec.dtype())?;
             let logits: Vec<f32> = model
                 .decoder
                 .logit_lens(&t)?

@@ -85,10 +85,19 @@ pub fn open_session_with(cache_dir: &Path, mut access: SqlAccess) -> Result<Sess
 }
 
 /// Registers the functions that need model weights (`logit_lens`, `generate`, `steer`, `patchscope`,
-/// `steer_search`), finding
-/// models through `configs`.
+/// `steer_search`), finding models through `configs` (on the device its `preprocessing.device` names).
 pub fn register_model_functions(ctx: &SessionContext, configs: diffsql_core::config::ConfigDir) {
-    let sides = Arc::new(super::intervene::Sides::new(configs));
+    register_model_functions_with(ctx, configs, Vec::new());
+}
+
+/// [`register_model_functions`] with `overrides` applied to every model's config (a run's or a server's:
+/// `preprocessing.device=cuda`, `model.dtype=bfloat16`); their model and organism choices are the functions'.
+pub fn register_model_functions_with(
+    ctx: &SessionContext,
+    configs: diffsql_core::config::ConfigDir,
+    overrides: Vec<diffsql_core::config::Override>,
+) {
+    let sides = Arc::new(super::intervene::Sides::with_overrides(configs, overrides));
     super::intervene::register(ctx, &sides);
     ctx.register_udtf("logit_lens", Arc::new(super::logit_lens::LogitLens::with_sides(sides)));
 }

@@ -78,7 +78,7 @@ fn run(
     scales: &[f64],
     k: usize,
 ) -> anyhow::Result<RecordBatch> {
-    use candle_core::{DType, Device, Tensor};
+    use candle_core::{DType, Tensor};
     let d = &m.decoder;
     let hidden = d.spec().hidden;
     if vector.len() != hidden {
@@ -93,8 +93,8 @@ fn run(
     }
     let ids = prompt_ids(&m.files, PATCHSCOPE_PROMPT, false)?;
     let n = ids.len();
-    let input = Tensor::from_vec(ids.clone(), (1, n), &Device::Cpu)?;
-    let mask = Tensor::ones((1, n), DType::U32, &Device::Cpu)?;
+    let input = Tensor::from_vec(ids.clone(), (1, n), d.device())?;
+    let mask = Tensor::ones((1, n), DType::U32, d.device())?;
     let x = d.forward(&input, &mask, &[layer], false)?.layers.remove(0);
     let skip = usize::from(m.files.special.bos_to_add().is_some());
     let norms: Vec<f32> = x.squeeze(0)?.sqr()?.sum(1)?.sqrt()?.to_dtype(DType::F32)?.to_vec1()?;

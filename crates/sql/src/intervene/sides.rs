@@ -1,16 +1,21 @@
 //! The models the intervention functions (and `logit_lens`) run, by side: `base` or an organism of the default
-//! model, or `MODEL/base`, `MODEL/ORGANISM`; each loaded once per session.
+//! model, or `MODEL/base`, `MODEL/ORGANISM` (an organism's variant as `ORGANISM.VARIANT`, as the cache names it);
+//! each loaded once per session, on the device the config names (`preprocessing.device`).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use diffsql_core::config::{parse_all, ConfigDir};
+use diffsql_core::config::overrides::{Group, Target};
+use diffsql_core::config::{parse_all, ConfigDir, Override};
 use diffsql_model::LoadedModel;
 
 /// The models the functions of one session have loaded, by side.
 pub struct Sides {
     configs: ConfigDir,
+    /// Applied to every side's config (the run's device, dtype, sources), except the model and organism
+    /// choices, which the side makes.
+    overrides: Vec<Override>,
     models: Mutex<HashMap<String, Arc<LoadedModel>>>,
 }
 
@@ -22,8 +27,17 @@ impl fmt::Debug for Sides {
 
 impl Sides {
     pub fn new(configs: ConfigDir) -> Self {
+        Self::with_overrides(configs, Vec::new())
+    }
+
+    /// Sides whose configs are resolved with `overrides` too (a run's or a server's: `preprocessing.device=cuda`).
+    pub fn with_overrides(configs: ConfigDir, overrides: Vec<Override>) -> Self {
+        let side_chooses = |o: &Override| {
+            matches!(o.target, Target::Group(Group::Model | Group::Organism)) || o.key() == "organism.variant"
+        };
         Self {
             configs,
+            overrides: overrides.into_iter().filter(|o| !side_chooses(o)).collect(),
             models: Mutex::new(HashMap::new()),
         }
     }
@@ -42,11 +56,24 @@ impl Sides {
             args.push(format!("model={m}"));
         }
         if organism != "base" {
-            args.push(format!("organism={organism}"));
+            // `cake_bake.mix1-0p5`: an organism's variant, as preprocessing names its cache.
+            let known = self.configs.choices(Group::Organism).unwrap_or_default();
+            match organism
+                .split_once('.')
+                .filter(|_| !known.iter().any(|k| k == organism))
+            {
+                Some((name, variant)) => {
+                    args.push(format!("organism={name}"));
+                    args.push(format!("organism.variant={variant}"));
+                }
+                None => args.push(format!("organism={organism}")),
+            }
         }
-        let settings = self.configs.resolve(&parse_all(&args, false)?)?;
+        let mut overrides = self.overrides.clone();
+        overrides.extend(parse_all(&args, false)?);
+        let settings = self.configs.resolve(&overrides)?;
         let root = self.configs.project_root();
-        let device = candle_core::Device::Cpu;
+        let device = diffsql_model::device::open(settings.preprocessing.device)?;
         let loaded = if organism == "base" {
             let source = diffsql_model::pair::model_source(&settings.model, &root)?;
             diffsql_model::load::load(
