@@ -954,3 +954,89 @@ fn adapters_diffsql_cannot_merge_are_refused_by_name_and_another_base_is_named()
     // A local base (a path) cannot be compared with a hub id: no warning.
     assert!(diffsql_model::pair::other_base(&config, "/models/tiny-llama").is_none());
 }
+
+/// A GGUF with its vocabulary in its metadata and no tokenizer.json beside it (as llama.cpp's converter writes
+/// a byte-level BPE model: tokens by id, token types, merges, special ids) tokenises as the tokenizer.json it
+/// was made from; a GGUF without a vocabulary says what to do. (The real SmolLM2 and Gemma-3 files against
+/// transformers: real_models.rs.)
+#[test]
+fn a_gguf_alone_builds_its_tokenizer_from_its_metadata() {
+    use candle_core::quantized::gguf_file::Value;
+    use diffsql_model::ModelFiles;
+    let source: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("llama").join("tokenizer.json")).unwrap()).unwrap();
+    let vocab = source["model"]["vocab"].as_object().unwrap();
+    let mut tokens = vec![String::new(); vocab.len()];
+    for (t, id) in vocab {
+        tokens[id.as_u64().unwrap() as usize] = t.clone();
+    }
+    let specials: Vec<u64> = source["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_u64().unwrap())
+        .collect();
+    let types: Vec<Value> = (0..tokens.len() as u64)
+        .map(|i| Value::I32(if specials.contains(&i) { 3 } else { 1 }))
+        .collect();
+    let merges: Vec<Value> = source["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| match m {
+            serde_json::Value::Array(pair) => {
+                Value::String(format!("{} {}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap()))
+            }
+            other => Value::String(other.as_str().unwrap().to_string()),
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    write_gguf_with(
+        "llama",
+        "llama",
+        dir.path(),
+        vec![
+            ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre".into(), Value::String("default".into())),
+            (
+                "tokenizer.ggml.tokens".into(),
+                Value::Array(tokens.into_iter().map(Value::String).collect()),
+            ),
+            ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+            ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+            ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
+            ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
+            ("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)),
+        ],
+    );
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    let files = ModelFiles::open(&ModelSource::Gguf(dir.path().join("model.gguf"))).unwrap();
+    let original = load_fixture("llama");
+    for text in [
+        "To be, or not to be, that is the question:",
+        "  Now is the winter\n\nof our <eos> discontent 1234 ÿ é",
+        "<bos>All the world's a stage,",
+    ] {
+        let want = original.files.tokenizer.encode(text, true).unwrap();
+        let got = files.tokenizer.encode(text, true).unwrap();
+        assert_eq!(got.get_ids(), want.get_ids(), "{text:?}");
+        assert_eq!(got.get_ids()[0], 1, "BOS as tokenizer.ggml.add_bos_token says");
+        assert_eq!(
+            files.tokenizer.decode(got.get_ids(), true).unwrap(),
+            original.files.tokenizer.decode(want.get_ids(), true).unwrap()
+        );
+    }
+    // Without a vocabulary in the metadata nor a tokenizer.json beside it: a one-line error naming both.
+    let bare = tempfile::tempdir().unwrap();
+    write_gguf("llama", "llama", bare.path());
+    std::fs::remove_file(bare.path().join("tokenizer.json")).unwrap();
+    let msg = format!(
+        "{:#}",
+        ModelFiles::open(&ModelSource::Gguf(bare.path().join("model.gguf"))).unwrap_err()
+    );
+    assert!(
+        msg.contains("no tokenizer.ggml.tokens") && msg.contains("tokenizer"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
+}

@@ -162,3 +162,36 @@ fn real_gguf_models_are_tokenised_as_transformers_reads_the_gguf() {
         }
     }
 }
+
+/// A GGUF alone (no tokenizer.json beside it): the tokenizer diffsql builds from its metadata gives the ids
+/// transformers' `AutoTokenizer.from_pretrained(dir, gguf_file=...)` gives (tools/gguf_tokenizer_reference.py,
+/// tests/fixtures/gguf_tokenizer/), on text with spaces, code, Unicode, emoji and chat markup.
+#[test]
+#[ignore = "needs the real GGUF models: DIFFSQL_REAL_MODELS=DIR cargo test --test integration real_models -- --ignored"]
+fn real_models_tokenizers_from_gguf_metadata_equal_transformers() {
+    let root = real_models_dir();
+    for name in ["smollm2-135m", "gemma3-270m"] {
+        let alone = tempfile::tempdir().unwrap();
+        let gguf = alone.path().join("model.gguf");
+        std::os::unix::fs::symlink(root.join(name).join("model.gguf"), &gguf).unwrap();
+        let files = ModelFiles::open(&ModelSource::Gguf(gguf)).unwrap();
+        let fixture =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/gguf_tokenizer/{name}.json"));
+        let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+        for row in reference["rows"].as_array().unwrap() {
+            let text = row["text"].as_str().unwrap();
+            let want: Vec<u32> = row["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            let got = files.tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+            assert_eq!(got, want, "{name}: {text:?}");
+        }
+        eprintln!(
+            "{name}: {} texts tokenised as transformers does",
+            reference["rows"].as_array().unwrap().len()
+        );
+    }
+}

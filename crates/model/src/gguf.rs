@@ -1,8 +1,9 @@
 //! GGUF checkpoints (llama.cpp's format): the config is rebuilt from GGUF metadata as an HF `config.json`,
 //! tensors are dequantised to f32 and renamed to HF names, and llama.cpp's conversions are undone (the
 //! rotary row permutation of Llama's q/k projections, the +1 folded into Gemma's norms), so the result
-//! equals what transformers loads from the same file. The tokenizer comes from a `tokenizer.json` beside it;
-//! the special-token settings and chat template the metadata carries are read too.
+//! equals what transformers loads from the same file. The tokenizer comes from a `tokenizer.json` beside it, or,
+//! when there is none, from the file's own vocabulary and merges (`gguf_tokenizer`); the special-token settings
+//! and chat template the metadata carries are read too.
 //!
 //! Opening reads only the header (metadata and tensor table). Weights are dequantised straight from a memory
 //! map of the file into their final f32 buffers, in parallel over blocks of every tensor.
@@ -89,6 +90,12 @@ pub fn open(path: &Path) -> Result<GgufHeader> {
 }
 
 impl GgufHeader {
+    /// The tokenizer the file's metadata describes (for a GGUF with no `tokenizer.json` beside it).
+    pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
+        super::gguf_tokenizer::from_gguf(&self.content, &self.arch)
+            .with_context(|| format!("{}: building its tokenizer from its metadata", self.path.display()))
+    }
+
     /// Dequantises every tensor diffsql uses into `dtype`, under its HF name.
     pub fn weights(&self, dtype: DType) -> Result<Weights> {
         let path = &self.path;

@@ -19,6 +19,7 @@ pub mod gemma3;
 pub mod generate;
 pub mod generation;
 pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod gpt2;
 pub mod hf_config;
 pub mod intervention;

@@ -21,7 +21,7 @@ pub enum ModelSource {
     Dir(PathBuf),
     /// A Hugging Face repo id (`org/name`) at a revision.
     Hub { repo: String, revision: String },
-    /// A GGUF file (dequantised at load), with `tokenizer.json` beside it.
+    /// A GGUF file (dequantised at load); its tokenizer from a `tokenizer.json` beside it or from its metadata.
     Gguf(PathBuf),
 }
 
@@ -160,8 +160,12 @@ impl ModelFiles {
         };
         architecture.spec()?;
         let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", tokenizer_path.display()))?;
+        let tokenizer = match &weights {
+            // A GGUF carries its vocabulary: a tokenizer.json beside it wins, else the metadata's is built.
+            WeightFiles::Gguf(header) if !tokenizer_path.exists() => header.tokenizer()?,
+            _ => tokenizers::Tokenizer::from_file(&tokenizer_path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", tokenizer_path.display()))?,
+        };
         let gguf = match &weights {
             WeightFiles::Gguf(h) => Some(&h.tokenizer),
             WeightFiles::Safetensors => None,
