@@ -55,9 +55,10 @@ impl PairFiles {
     /// Finds the configured base model and the organism's checkpoint for it, reading configs and tokenizers.
     pub fn open(settings: &Settings, project_root: &Path) -> Result<Self> {
         let model = &settings.model;
+        // A pair the organism does not have is known before any file is read.
+        let ft = settings.finetuned()?;
         let base_source = model_source(model, project_root)?;
         let base = ModelFiles::open(&base_source).with_context(|| format!("model {}", model.name))?;
-        let ft = settings.finetuned()?;
         let what = format!("organism {} for model {}", settings.organism.name, model.name);
         let (organism, adapter) = match (&ft.source, &ft.adapter) {
             (Some(src), None) => (
