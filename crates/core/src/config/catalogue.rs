@@ -107,18 +107,27 @@ impl Catalogue {
         }
         let mut out = String::new();
         let c = self.counts();
-        writeln!(out, "base models ({}):", c.models)?;
-        for (name, m) in &self.models {
-            let n = self
-                .organisms
-                .values()
-                .filter(|o| o.finetuned.contains_key(name))
-                .count();
-            writeln!(out, "  {name:<30} {:<45} {n:>3} organisms", m.source)?;
+        if kind.is_none() {
+            let shown: Vec<_> = self
+                .models
+                .iter()
+                .filter(|(name, _)| model.is_none_or(|m| m == *name))
+                .collect();
+            writeln!(out, "base models ({}):", shown.len())?;
+            for (name, m) in shown {
+                let n = self
+                    .organisms
+                    .values()
+                    .filter(|o| o.finetuned.contains_key(name))
+                    .count();
+                let organisms = if n == 1 { "organism" } else { "organisms" };
+                writeln!(out, "  {name:<30} {:<45} {n:>3} {organisms}", m.source)?;
+            }
+            writeln!(out)?;
         }
         writeln!(
             out,
-            "\norganisms by type ({} organisms, {} pairs, {} checkpoints: {} adapters, {} full models):",
+            "organisms by type ({} organisms, {} pairs, {} checkpoints: {} adapters, {} full models):",
             c.organisms, c.pairs, c.checkpoints, c.adapters, c.full_models
         )?;
         for (t, organisms) in self.by_type() {
