@@ -64,7 +64,8 @@ pub struct ModelConfig {
     /// Queries see it as `$ignore_first_tokens`.
     #[serde(default)]
     pub ignore_first_tokens: usize,
-    /// Whether the chat template takes `enable_thinking` (Qwen3): rendered with thinking off.
+    /// Whether the chat template takes `enable_thinking` (Qwen3), as the toolkit records it. Generation
+    /// prompts are always rendered with `enable_thinking` false, which only such templates read.
     #[serde(default)]
     pub has_enable_thinking: bool,
 }

@@ -43,7 +43,8 @@ impl ChatTemplate {
     }
 
     /// Renders a conversation that the model is to continue: with the template's generation prompt (the
-    /// start of the assistant's turn).
+    /// start of the assistant's turn), and thinking off (`enable_thinking` false, read by templates that have
+    /// the toggle, such as Qwen3's: an empty think block), as the reference toolkit generates.
     pub fn render_prompt(&self, messages: &[Message]) -> Result<String> {
         self.render_with(messages, true)
     }
@@ -58,6 +59,7 @@ impl ChatTemplate {
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
             add_generation_prompt => add_generation_prompt,
+            enable_thinking => false,
         })
         .map_err(|e| anyhow!("the chat template failed on a conversation: {e}"))
     }
@@ -104,6 +106,24 @@ mod tests {
         let t = ChatTemplate::new(source, "<s>", "</s>").unwrap();
         let text = t.render(&[m("user", " hi "), m("assistant", "hello")]).unwrap();
         assert_eq!(text, "<s><|user|>hi</s>\n<|assistant|>hello</s>\n");
+    }
+
+    #[test]
+    fn generation_prompts_turn_thinking_off_where_the_template_has_the_toggle() {
+        // Qwen3's generation prompt, abridged.
+        let source = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+            {% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}";
+        let t = ChatTemplate::new(source, "", "").unwrap();
+        let prompt = t.render_prompt(&[m("user", "hi")]).unwrap();
+        assert_eq!(
+            prompt,
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        );
+        // A finished conversation has no generation prompt, and so no think block.
+        assert_eq!(
+            t.render(&[m("user", "hi")]).unwrap(),
+            "<|im_start|>user\nhi<|im_end|>\n"
+        );
     }
 
     #[test]
