@@ -390,3 +390,230 @@ fn short_signed(x: f64) -> String {
         diffsql_short(x)
     }
 }
+
+/// `POST /v1/chat/completions` and `GET /v1/models`: OpenAI's shapes, greedy replies equal to `diffsql generate
+/// --chat` (the library's side-by-side generation), `stop` and `max_tokens` ending replies, and OpenAI-shaped
+/// errors naming the parameter.
+#[test]
+fn the_pair_answers_openai_chat_completions() {
+    let cache = preprocessed().cache.clone();
+    let results = tempfile::tempdir().unwrap();
+    let router = router_over(&cache, results.path(), "shakespeare");
+    let call = |method: &str, path: &str, body: serde_json::Value| -> (StatusCode, serde_json::Value) {
+        runtime().block_on(async {
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 24).await.unwrap();
+            (status, serde_json::from_slice(&bytes).unwrap())
+        })
+    };
+    let (status, models) = call("GET", "/v1/models", serde_json::Value::Null);
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["base", "caps", "roman_concrete"]);
+
+    let prompt = "Who art thou, Romeo?";
+    let settings = configs()
+        .resolve(&parse_all(&["organism=caps".to_string()], false).unwrap())
+        .unwrap();
+    let (expected, _) = diffsql_model::generation::side_by_side(
+        &settings,
+        &configs().project_root(),
+        &[prompt.to_string()],
+        true,
+        12,
+        diffsql_model::generate::Sampling::Greedy,
+    )
+    .unwrap();
+    let ask = |model: &str, extra: serde_json::Value| {
+        let mut body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": prompt}],
+                                          "temperature": 0, "max_tokens": 12});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        call("POST", "/v1/chat/completions", body)
+    };
+    for (model, want) in [("base", &expected[0].base), ("caps", &expected[0].organism)] {
+        let (status, reply) = ask(model, serde_json::json!({}));
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert_eq!(reply["object"], "chat.completion");
+        assert_eq!(reply["model"], model);
+        let choice = &reply["choices"][0];
+        assert_eq!(choice["message"]["role"], "assistant");
+        assert_eq!(choice["message"]["content"].as_str().unwrap(), want.as_str(), "{model}");
+        let usage = &reply["usage"];
+        assert!(usage["prompt_tokens"].as_u64().unwrap() > 3);
+        assert_eq!(
+            usage["total_tokens"].as_u64().unwrap(),
+            usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+        );
+        if usage["completion_tokens"] == 12 {
+            assert_eq!(choice["finish_reason"], "length");
+        }
+    }
+    // A stop sequence inside the greedy reply cuts it there.
+    let organism_text = &expected[0].organism;
+    let cut = organism_text
+        .char_indices()
+        .nth(organism_text.chars().count() / 2)
+        .unwrap()
+        .0;
+    let stop: String = organism_text[cut..].chars().take(2).collect();
+    let (_, reply) = ask("caps", serde_json::json!({"stop": [stop.clone()]}));
+    let content = reply["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(content, &organism_text[..organism_text.find(&stop).unwrap()]);
+    assert_eq!(reply["choices"][0]["finish_reason"], "stop");
+    // Sampling with a seed is reproducible.
+    let sampled = |seed: u64| {
+        ask(
+            "caps",
+            serde_json::json!({"temperature": 0.9, "top_p": 0.95, "seed": seed}),
+        )
+        .1
+    };
+    assert_eq!(sampled(7)["choices"][0]["message"], sampled(7)["choices"][0]["message"]);
+
+    for (extra, status, param, needle) in [
+        (
+            serde_json::json!({"model": "nope"}),
+            StatusCode::NOT_FOUND,
+            "model",
+            "the models are base, caps, roman_concrete",
+        ),
+        (
+            serde_json::json!({"stream": true}),
+            StatusCode::BAD_REQUEST,
+            "stream",
+            "streaming is not supported",
+        ),
+        (serde_json::json!({"n": 2}), StatusCode::BAD_REQUEST, "n", "only n = 1"),
+        (
+            serde_json::json!({"max_tokens": 0}),
+            StatusCode::BAD_REQUEST,
+            "max_tokens",
+            "between 1 and",
+        ),
+        (
+            serde_json::json!({"temperature": 3.0}),
+            StatusCode::BAD_REQUEST,
+            "temperature",
+            "between 0 and 2",
+        ),
+        (
+            serde_json::json!({"messages": []}),
+            StatusCode::BAD_REQUEST,
+            "messages",
+            "messages is empty",
+        ),
+    ] {
+        let model = extra
+            .get("model")
+            .and_then(|m| m.as_str())
+            .unwrap_or("caps")
+            .to_string();
+        let (got, reply) = ask(&model, extra.clone());
+        assert_eq!(got, status, "{extra}: {reply}");
+        assert_eq!(reply["error"]["param"], param, "{reply}");
+        assert!(reply["error"]["message"].as_str().unwrap().contains(needle), "{reply}");
+        assert_eq!(reply["error"]["type"], "invalid_request_error");
+    }
+    let (got, reply) = call("POST", "/v1/chat/completions", serde_json::json!("not a request"));
+    assert_eq!(got, StatusCode::BAD_REQUEST);
+    assert_eq!(reply["error"]["code"], "invalid_json");
+}
+
+/// From the outside: the official `openai` Python client against `diffsql serve` on a free port gets a
+/// completion from the base model and from an organism (greedy: equal to `diffsql generate --chat`) and lists
+/// the models.
+#[test]
+fn the_official_openai_client_talks_to_diffsql_serve() {
+    let has_client = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        has_client,
+        "this test needs python3 with the openai package: pip install openai (.ci/run does)"
+    );
+    let cache = preprocessed().cache.clone();
+    let results = tempfile::tempdir().unwrap();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_diffsql"))
+        .args(["serve", "--port", "0"])
+        .arg(format!("cache_dir={}", cache.display()))
+        .arg(format!("results_dir={}", results.path().display()))
+        .current_dir(configs().project_root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = server.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let url = loop {
+        let line = lines.next().expect("the server printed its address").unwrap();
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches('/')
+                .to_string();
+        }
+    };
+    let prompt = "Who art thou, Romeo?";
+    let program = r#"
+import json, sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1] + "/v1", api_key="unused", max_retries=0, timeout=120)
+out = {"models": [m.id for m in client.models.list()]}
+for model in ["base", "caps"]:
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": sys.argv[2]}],
+                                       temperature=0, max_tokens=12)
+    out[model] = r.choices[0].message.content
+    out[model + "_usage"] = r.usage.total_tokens
+try:
+    client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+except Exception as e:
+    out["error"] = type(e).__name__ + ": " + str(e)
+print(json.dumps(out))
+"#;
+    let run = std::process::Command::new("python3")
+        .args(["-c", program, &url, prompt])
+        .output()
+        .unwrap();
+    server.kill().ok();
+    server.wait().ok();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let out: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let settings = configs()
+        .resolve(&parse_all(&["organism=caps".to_string()], false).unwrap())
+        .unwrap();
+    let (expected, _) = diffsql_model::generation::side_by_side(
+        &settings,
+        &configs().project_root(),
+        &[prompt.to_string()],
+        true,
+        12,
+        diffsql_model::generate::Sampling::Greedy,
+    )
+    .unwrap();
+    assert_eq!(out["models"], serde_json::json!(["base", "caps", "roman_concrete"]));
+    assert_eq!(out["base"].as_str().unwrap(), expected[0].base);
+    assert_eq!(out["caps"].as_str().unwrap(), expected[0].organism);
+    assert!(out["base_usage"].as_u64().unwrap() > 12);
+    let error = out["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("NotFoundError") && error.contains("the models are base, caps"),
+        "{error}"
+    );
+}

@@ -37,25 +37,40 @@ impl GenerationTiming {
 /// The token ids a model reads for `prompt`: the text itself or, with `chat`, a user turn rendered with the
 /// model's chat template and its generation prompt; BOS first when the model adds one.
 pub fn prompt_ids(files: &ModelFiles, prompt: &str, chat: bool) -> Result<Vec<u32>> {
-    let text = if chat {
-        let source = files.special.chat_template.as_deref().with_context(|| {
-            format!(
-                "the model in {} has no chat template: leave out --chat",
-                files.dir.display()
-            )
-        })?;
-        let name = |t: &crate::special_tokens::SpecialToken| t.as_ref().map(|t| t.0.clone()).unwrap_or_default();
-        let template = ChatTemplate::new(source, &name(&files.special.bos), &name(&files.special.eos))?;
-        template.render_prompt(&[Message {
+    if chat {
+        let turn = Message {
             role: "user".into(),
             content: prompt.into(),
-        }])?
-    } else {
-        prompt.to_string()
-    };
+        };
+        return conversation_ids(files, std::slice::from_ref(&turn)).map_err(|e| {
+            if files.special.chat_template.is_none() {
+                e.context("leave out --chat")
+            } else {
+                e
+            }
+        });
+    }
+    text_ids(files, prompt)
+}
+
+/// The token ids of a conversation the model is to continue (system, user and assistant turns), rendered with
+/// the model's chat template and its generation prompt; BOS first when the model adds one.
+pub fn conversation_ids(files: &ModelFiles, messages: &[Message]) -> Result<Vec<u32>> {
+    let source = files
+        .special
+        .chat_template
+        .as_deref()
+        .with_context(|| format!("the model in {} has no chat template", files.dir.display()))?;
+    let name = |t: &crate::special_tokens::SpecialToken| t.as_ref().map(|t| t.0.clone()).unwrap_or_default();
+    let template = ChatTemplate::new(source, &name(&files.special.bos), &name(&files.special.eos))?;
+    text_ids(files, &template.render_prompt(messages)?)
+}
+
+/// The token ids of a text (BOS first when the model adds one and the text does not start with it).
+fn text_ids(files: &ModelFiles, text: &str) -> Result<Vec<u32>> {
     let encoding = files
         .tokenizer
-        .encode(text.as_str(), false)
+        .encode(text, false)
         .map_err(|e| anyhow::anyhow!("cannot tokenise the prompt: {e}"))?;
     let mut ids = encoding.get_ids().to_vec();
     if let Some(bos) = files.special.bos_to_add() {

@@ -9,6 +9,7 @@ mod catalog;
 mod chat;
 mod console;
 mod context;
+pub mod openai;
 mod overview;
 mod page;
 mod results;

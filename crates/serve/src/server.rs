@@ -55,6 +55,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/chat", get(super::chat::page))
         .route("/chat/stream", get(super::chat::stream))
         .route("/assets/{name}", get(super::assets::file))
+        .route("/v1/models", get(super::openai::models))
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(super::openai::chat_completions),
+        )
         .fallback(super::page::not_found)
         .layer(axum::middleware::from_fn(server_timing))
         .with_state(state)

@@ -39,6 +39,8 @@ pub struct AppState {
     pub templates: minijinja::Environment<'static>,
     vocabularies: Mutex<HashMap<String, Arc<Vec<String>>>>,
     pub chat_models: super::chat::ChatModels,
+    /// The models `/v1/chat/completions` answers with, by side (`MODEL/base`, `MODEL/ORGANISM`), loaded once.
+    pub sides: Arc<diffsql_sql::intervene::Sides>,
     pub token_indexes: super::token_index::TokenIndexes,
 }
 
@@ -55,7 +57,11 @@ impl AppState {
         Ok(Self {
             cache_dir: options.cache_dir,
             results_dir: options.results_dir,
-            configs: options.configs,
+            configs: options.configs.clone(),
+            sides: Arc::new(diffsql_sql::intervene::Sides::with_overrides(
+                options.configs.clone(),
+                options.overrides.clone(),
+            )),
             model: options.model,
             overrides: options.overrides,
             query_timeout: options.query_timeout,
