@@ -1,6 +1,7 @@
 //! All integration tests, in one test binary: SQL logic tests over synthetic caches, the cache's
 //! writers and readers, and the `diffsql` binary driven as a user would.
 
+mod agent;
 mod cache;
 mod config;
 mod dictionary;
