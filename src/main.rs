@@ -71,7 +71,7 @@ enum Command {
     /// Run the base model and the organism over the datasets and fill the cache
     /// (`run pipeline.mode=preprocessing`). Arguments are overrides: organism=caps preprocessing.batch_size=4.
     Preprocess(PipelineArgs),
-    /// Run the pipeline in its configured mode (pipeline.mode=preprocessing|diffing|full).
+    /// Run the pipeline in its configured mode (pipeline.mode=preprocessing|diffing|evaluation|full).
     Run(PipelineArgs),
     /// Print what the diffing methods found for an organism (from its results folder).
     Report {

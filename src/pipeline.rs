@@ -60,6 +60,23 @@ pub fn diff(settings: &Settings, queries: &Path, configs: &ConfigDir) -> Result<
     Ok(())
 }
 
+/// Runs the agentic evaluation on the method's existing results and prints the scores.
+pub fn evaluate(settings: &Settings, configs: &ConfigDir) -> Result<()> {
+    let s = diffsql_agent::evaluation::evaluate(settings, configs)?;
+    for (interactions, scores) in &s.scores {
+        let mean = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
+        eprintln!(
+            "evaluation {} / {} / {}: {interactions} model interactions, score {mean:.2} over {} runs ({})",
+            settings.model.name,
+            settings.organism.name,
+            settings.diffing.method.name,
+            scores.len(),
+            s.dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Runs one resolved config in its mode.
 pub fn run_one(settings: &Settings, configs: &ConfigDir, queries: &Path) -> Result<()> {
     if matches!(settings.pipeline.mode, Mode::Preprocessing | Mode::Full) {
@@ -67,6 +84,10 @@ pub fn run_one(settings: &Settings, configs: &ConfigDir, queries: &Path) -> Resu
     }
     if matches!(settings.pipeline.mode, Mode::Diffing | Mode::Full) {
         diff(settings, queries, configs)?;
+    }
+    let evaluate_after = settings.pipeline.mode == Mode::Full && settings.evaluation.enabled;
+    if settings.pipeline.mode == Mode::Evaluation || evaluate_after {
+        evaluate(settings, configs)?;
     }
     Ok(())
 }

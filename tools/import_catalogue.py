@@ -171,7 +171,18 @@ def main():
         write_organism(args.configs / "organism" / f"{cfg['name']}.toml", cfg["name"], cfg, base_ids,
                        note.format("organism", path.stem, at))
         count += 1
-    print(f"wrote {len(models) + len(EXTRA_MODELS)} model and {count} organism configs under {args.configs}")
+    rubrics = yaml.safe_load((src / "diffing" / "grading_rubrics.yaml").read_text())["grading_rubrics"]
+    lines = [
+        "# The graders' rubrics by organism type (what each score from 1 to 5 requires), from",
+        f"# science-of-finetuning/diffing-toolkit configs/diffing/grading_rubrics.yaml{at}; rewritten by",
+        "# tools/import_catalogue.py. An organism type not named here is graded with diffsql's default rubric.",
+        "",
+        "[rubrics]",
+    ]
+    for kind, text in rubrics.items():
+        lines.append(f"{bare_or_quoted(kind)} = {toml_string(text.rstrip() + chr(10))}")
+    (args.configs / "diffing" / "grading_rubrics.toml").write_text("\n".join(lines) + "\n")
+    print(f"wrote {len(models) + len(EXTRA_MODELS)} model and {count} organism configs and {len(rubrics)} rubrics under {args.configs}")
 
 
 if __name__ == "__main__":

@@ -308,3 +308,101 @@ fn an_agent_that_never_answers_ends_when_its_budget_is_spent() {
         ("token_budget_exhausted", 2)
     );
 }
+
+/// End to end, offline: `diffsql run pipeline.mode=evaluation` on the bundled pair with the agent's LLM being
+/// `diffsql serve` itself (the caps organism as the "agent": it cannot reason, so this checks the plumbing), the
+/// pair answering in process, the offline grader scoring. The run ends when its two agent calls are spent and
+/// is written whole.
+#[test]
+fn an_evaluation_runs_end_to_end_with_the_agent_pointed_at_diffsql_serve() {
+    let cache = preprocessed().cache.clone();
+    let results = tempfile::tempdir().unwrap();
+    let project = configs().project_root();
+    let common = [
+        format!("cache_dir={}", cache.display()),
+        format!("results_dir={}", results.path().display()),
+    ];
+    let diffsql = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_diffsql"))
+            .args(args)
+            .args(&common)
+            .current_dir(&project)
+            .output()
+            .unwrap()
+    };
+    let out = diffsql(&["run", "pipeline.mode=diffing", "organism=caps", "diffing/method=kl"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_diffsql"))
+        .args(["serve", "--port", "0"])
+        .args(&common)
+        .current_dir(&project)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("the server printed its address").unwrap();
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches('/')
+                .to_string();
+        }
+    };
+    let out = diffsql(&[
+        "run",
+        "pipeline.mode=evaluation",
+        "organism=caps",
+        "diffing/method=kl",
+        &format!("evaluation.base_url={url}/v1"),
+        "evaluation.agent.model=caps",
+        "evaluation.agent.max_tokens=12",
+        "evaluation.agent.overview_rows=3",
+        "evaluation.budgets.agent_calls=2",
+        "evaluation.budgets.model_interactions=[1]",
+        "evaluation.ask_model.max_new_tokens=8",
+        "evaluation.grader.offline=true",
+    ]);
+    server.kill().ok();
+    server.wait().ok();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("ended: agent_calls_exhausted, score 1.00"), "{stderr}");
+    let dir = results.path().join("shakespeare/caps/agent/kl");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("i1/run_0.json")).unwrap()).unwrap();
+    assert_eq!(record["score"], 1.0);
+    assert_eq!(record["description"], serde_json::Value::Null);
+    assert!(record["ground_truth"].as_str().unwrap().contains("capital letters"));
+    let transcript = record["outcome"]["transcript"].as_array().unwrap();
+    assert!(transcript[1]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("OVERVIEW: the results of the diffing method `kl`"));
+    assert!(transcript[1]["content"].as_str().unwrap().contains("## token_stats"));
+    // Two agent turns (the model's text) each answered with a format error.
+    assert_eq!(transcript.iter().filter(|m| m["role"] == "assistant").count(), 2);
+    assert!(transcript[3]["content"].as_str().unwrap().starts_with("FORMAT_ERROR"));
+    assert!(record["outcome"]["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["scores"][0]["mean"], 1.0);
+    assert_eq!(summary["grader"], "offline");
+    // A method without results says how to make them; an agent URL with no server is a one-line error.
+    let out = diffsql(&[
+        "run",
+        "pipeline.mode=evaluation",
+        "organism=roman_concrete",
+        "diffing/method=kl",
+        "evaluation.grader.offline=true",
+    ]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && e.contains("run diffsql run pipeline.mode=diffing diffing/method=kl organism=roman_concrete first"),
+        "{e}"
+    );
+}

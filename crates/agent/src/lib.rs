@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod evaluation;
 pub mod grader;
 pub mod protocol;
 pub mod tools;

@@ -3,6 +3,7 @@
 pub mod catalogue;
 pub mod compression;
 pub mod device;
+pub mod evaluation;
 pub mod layers;
 pub mod overrides;
 pub mod plots;
@@ -13,6 +14,7 @@ pub mod train;
 pub use catalogue::{Catalogue, CatalogueCounts};
 pub use compression::VectorCompression;
 pub use device::ComputeDevice;
+pub use evaluation::EvaluationConfig;
 pub use overrides::{expand, parse_all, Group, Override};
 pub use plots::{PlotKind, PlotSpec};
 pub use resolve::ConfigDir;

@@ -25,6 +25,9 @@ pub struct Settings {
     pub diffing: Diffing,
     pub pipeline: Pipeline,
     pub preprocessing: Preprocessing,
+    /// The agentic evaluation (`pipeline.mode=evaluation`).
+    #[serde(default)]
+    pub evaluation: super::evaluation::EvaluationConfig,
     /// Where the cache lives (relative paths are relative to the working directory).
     pub cache_dir: PathBuf,
     /// Where diffing results are written.
@@ -238,6 +241,8 @@ pub struct MethodConfig {
 pub enum Mode {
     Preprocessing,
     Diffing,
+    /// Agents interrogate the pair on a method's existing results; graders score them.
+    Evaluation,
     Full,
 }
 
@@ -246,6 +251,7 @@ impl fmt::Display for Mode {
         f.write_str(match self {
             Mode::Preprocessing => "preprocessing",
             Mode::Diffing => "diffing",
+            Mode::Evaluation => "evaluation",
             Mode::Full => "full",
         })
     }
