@@ -366,11 +366,51 @@ fn an_evaluation_runs_end_to_end_with_the_agent_pointed_at_diffsql_serve() {
         "evaluation.ask_model.max_new_tokens=8",
         "evaluation.grader.offline=true",
     ]);
+    // The dashboard lists the evaluation and shows its transcript turn by turn.
+    let get = |path: &str| -> String {
+        let address = url.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    let overview = get("/");
+    let agent_page = get("/agent/shakespeare/caps/kl");
+    let missing = get("/agent/shakespeare/roman_concrete/kl");
     server.kill().ok();
     server.wait().ok();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("ended: agent_calls_exhausted, score 1.00"), "{stderr}");
+    assert!(
+        overview.contains("id=\"agents\"") && overview.contains("/agent/shakespeare/caps/kl"),
+        "{overview}"
+    );
+    assert!(
+        !overview.contains("no summary.json yet"),
+        "the agent folder is not a method"
+    );
+    assert!(agent_page.starts_with("HTTP/1.1 200"), "{agent_page}");
+    assert!(
+        agent_page.contains("id=\"transcript\"") && agent_page.contains("OVERVIEW: the results of the diffing method")
+    );
+    assert!(agent_page.contains("agent_calls_exhausted") && agent_page.contains("none: the agent gave no FINAL"));
+    assert!(
+        missing.starts_with("HTTP/1.1 404") && missing.contains("pipeline.mode=evaluation"),
+        "{missing}"
+    );
+    let report = diffsql(&["report", "organism=caps"]);
+    let report = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.contains("[agent on kl] agent caps, grader offline")
+            && report.contains("1 model interactions: score 1.00"),
+        "{report}"
+    );
     let dir = results.path().join("shakespeare/caps/agent/kl");
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("i1/run_0.json")).unwrap()).unwrap();

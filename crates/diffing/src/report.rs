@@ -113,6 +113,7 @@ pub async fn report(settings: &Settings) -> Result<String> {
             o.name
         )?;
     }
+    found += agents(settings, &mut out)?;
     if found == 0 {
         anyhow::bail!(
             "no results for {} / {} in {}: run `diffsql run organism={}` first",
@@ -123,6 +124,61 @@ pub async fn report(settings: &Settings) -> Result<String> {
         );
     }
     Ok(out)
+}
+
+/// The agentic evaluations of the organism (`results/<model>/<organism>/agent/<method>/summary.json`): per method
+/// and budget the mean score, and the best run's description. Returns how many methods had runs.
+fn agents(settings: &Settings, out: &mut String) -> Result<usize> {
+    let dir = settings
+        .results_dir
+        .join(&settings.model.name)
+        .join(&settings.organism.name)
+        .join("agent");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
+    let mut methods: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("summary.json").exists())
+        .collect();
+    methods.sort();
+    for method_dir in &methods {
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(method_dir.join("summary.json"))?)?;
+        writeln!(
+            out,
+            "\n[agent on {}] agent {}, grader {}",
+            summary["method"].as_str().unwrap_or("?"),
+            summary["agent_model"].as_str().unwrap_or("?"),
+            summary["grader"].as_str().unwrap_or("?")
+        )?;
+        for budget in summary["scores"].as_array().into_iter().flatten() {
+            let n = budget["model_interactions"].as_u64().unwrap_or(0);
+            let runs = budget["scores"].as_array().map_or(0, Vec::len);
+            writeln!(
+                out,
+                "  {n:>4} model interactions: score {:.2} (mean of {runs} runs, 1..5)",
+                budget["mean"].as_f64().unwrap_or(0.0)
+            )?;
+            let best = (0..runs)
+                .filter_map(|k| {
+                    let text = std::fs::read_to_string(method_dir.join(format!("i{n}/run_{k}.json"))).ok()?;
+                    serde_json::from_str::<serde_json::Value>(&text).ok()
+                })
+                .filter(|r| r["description"].is_string())
+                .max_by(|a, b| {
+                    a["score"]
+                        .as_f64()
+                        .unwrap_or(0.0)
+                        .total_cmp(&b["score"].as_f64().unwrap_or(0.0))
+                });
+            if let Some(run) = best {
+                let text: String = run["description"].as_str().unwrap_or("").chars().take(300).collect();
+                writeln!(out, "        best answer: {text}")?;
+            }
+        }
+    }
+    Ok(methods.len())
 }
 
 async fn kl(ctx: &SessionContext, dir: &Path, out: &mut String) -> Result<()> {

@@ -65,6 +65,10 @@ pub fn scan(results_dir: &Path) -> Vec<ResultEntry> {
     for model in subdirectories(results_dir) {
         for organism in subdirectories(&results_dir.join(&model)) {
             for method in subdirectories(&results_dir.join(&model).join(&organism)) {
+                // Agent runs live beside the methods (super::agents).
+                if method == super::agents::AGENT_DIR {
+                    continue;
+                }
                 out.push(read_entry(results_dir, &model, &organism, &method));
             }
         }

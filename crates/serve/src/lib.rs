@@ -4,6 +4,7 @@
 //! The top floor beside the binary: may use every library crate below it (core, model, train, sql, diffing);
 //! nothing uses it but the binary.
 
+mod agents;
 mod assets;
 mod catalog;
 mod chat;

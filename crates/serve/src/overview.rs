@@ -96,6 +96,7 @@ pub async fn page(State(state): State<Arc<AppState>>) -> PageResult {
         Err(e) => (Vec::new(), Some(diffsql_model::one_line(&e))),
     };
     let results = catalog::scan(&state.results_dir);
+    let agents = super::agents::scan(&state.results_dir);
     let total: u64 = models.iter().map(|m| m.bytes).sum();
     let html = state.render(
         "overview.html",
@@ -107,6 +108,7 @@ pub async fn page(State(state): State<Arc<AppState>>) -> PageResult {
             cache_problem,
             models => ser(&models),
             results => ser(&results),
+            agents => ser(&agents),
         },
     )?;
     Ok(Html(html))

@@ -55,6 +55,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/chat", get(super::chat::page))
         .route("/chat/stream", get(super::chat::stream))
         .route("/assets/{name}", get(super::assets::file))
+        .route("/agent/{model}/{organism}/{method}", get(super::agents::page))
         .route("/v1/models", get(super::openai::models))
         .route(
             "/v1/chat/completions",

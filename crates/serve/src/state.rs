@@ -26,6 +26,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("sequences.html", include_str!("templates/sequences.html")),
     ("sql.html", include_str!("templates/sql.html")),
     ("chat.html", include_str!("templates/chat.html")),
+    ("agent.html", include_str!("templates/agent.html")),
 ];
 
 /// Shared by all requests.
