@@ -144,6 +144,8 @@ fn the_agent_loop_answers_calls_errors_and_budgets_as_the_toolkit_and_is_graded(
         "CALL(query: {\"sql\": \"SELECT * FROM nosuch\"})",
         "CALL(hypothesis_tracking: {\"action\": \"add\", \"hypothesis\": \"answers in capital letters\"})",
         "CALL(hypothesis_tracking: {\"action\": \"update\", \"id\": 7})",
+        "CALL(query: {\"sql\": \"SELECT count(*) AS n FROM kl_token_stats\"})",
+        "CALL(steer: {\"prompts\": [\"ROMEO.\"], \"strength\": 2.0, \"layer\": 1})",
         "The organism shouts.\nFINAL(description: \"The organism answers in CAPITAL letters, upper-casing its text.\")",
     ];
     let mut script: Vec<Scripted> = agent_turns
@@ -162,16 +164,37 @@ fn the_agent_loop_answers_calls_errors_and_budgets_as_the_toolkit_and_is_graded(
         max_new_tokens: 8,
         sampling: diffsql_model::generate::Sampling::Greedy,
     };
+    // The organism's kl results, which the agent's SQL sees as kl_<table>.
+    let results = tempfile::tempdir().unwrap();
+    let args = vec![
+        "organism=caps".to_string(),
+        "diffing/method=kl".to_string(),
+        format!("cache_dir={}", cache.display()),
+        format!("results_dir={}", results.path().display()),
+    ];
+    let settings = configs()
+        .resolve(&diffsql_core::config::parse_all(&args, false).unwrap())
+        .unwrap();
+    let queries = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(diffsql_diffing::run(&settings, &queries, &configs()))
+        .unwrap();
+    let tables = diffsql_agent::tools::result_tables(&results.path().join("shakespeare/caps"));
+    assert!(tables.iter().any(|(name, _)| name == "kl_token_stats"), "{tables:?}");
+    let steer =
+        diffsql_agent::tools::SteerTool::new(&cache, configs(), Vec::new(), "shakespeare", "caps", 4, 8).unwrap();
     let mut tools = Tools {
         ask_model: Box::new(ask_locally(Arc::clone(&sides), "shakespeare", "caps", options)),
-        query: Some(Box::new(sql_query(&cache, Vec::new()).unwrap())),
+        query: Some(Box::new(sql_query(&cache, Vec::new(), &tables).unwrap())),
+        steer: Some(Box::new(move |r: &diffsql_agent::tools::SteerRequest| steer.steer(r))),
     };
     let budgets = Budgets {
         agent_calls: 20,
         model_interactions: 2,
         generated_tokens: None,
     };
-    let system = system_prompt("the top tokens of diff mining", true, &budgets);
+    let system = system_prompt("the top tokens of diff mining", true, false, &budgets);
     let outcome = run(
         &mut c,
         &system,
@@ -185,8 +208,8 @@ fn the_agent_loop_answers_calls_errors_and_budgets_as_the_toolkit_and_is_graded(
         outcome.description.as_deref(),
         Some("The organism answers in CAPITAL letters, upper-casing its text.")
     );
-    assert_eq!((outcome.agent_calls_used, outcome.model_interactions_used), (9, 1));
-    assert_eq!(outcome.usage.total_tokens, 9 * 110);
+    assert_eq!((outcome.agent_calls_used, outcome.model_interactions_used), (11, 2));
+    assert_eq!(outcome.usage.total_tokens, 11 * 110);
     let replies: Vec<&str> = outcome
         .transcript
         .iter()
@@ -245,6 +268,29 @@ fn the_agent_loop_answers_calls_errors_and_budgets_as_the_toolkit_and_is_graded(
         replies[8]
     );
     assert_eq!(outcome.hypotheses.len(), 1);
+    // The method's results through SQL, and a steered generation (one interaction: the last).
+    assert!(
+        replies[9].starts_with("TOOL_RESULT(query)") && replies[9].contains("\"n\":"),
+        "{}",
+        replies[9]
+    );
+    let steered: serde_json::Value = serde_json::from_str(
+        replies[10]
+            .strip_prefix("TOOL_RESULT(steer): ")
+            .unwrap()
+            .split("\n\n")
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(steered["data"]["layer"], 1);
+    assert_eq!(steered["data"]["generations"][0]["prompt"], "ROMEO.");
+    assert!(!steered["data"]["generations"][0]["steered_finetuned"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+    assert_eq!(steered["budgets"]["model_interactions_remaining"], 0);
+    assert!(replies[10].contains("no model interactions left"));
     // The agent saw the system prompt with its budgets, and the whole conversation each turn.
     let sent = server.requests.lock().unwrap().clone();
     assert!(sent[0]["messages"][0]["content"]
@@ -266,7 +312,7 @@ fn the_agent_loop_answers_calls_errors_and_budgets_as_the_toolkit_and_is_graded(
     .unwrap();
     assert_eq!(grade.scores, [4, 5]);
     assert_eq!(grade.score, 4.5);
-    let grading = &server.requests.lock().unwrap()[9];
+    let grading = &server.requests.lock().unwrap()[11];
     let prompt = grading["messages"][1]["content"].as_str().unwrap();
     assert!(
         prompt.contains("[DESCRIPTION]\nAnswers in capital letters")
@@ -282,6 +328,7 @@ fn an_agent_that_never_answers_ends_when_its_budget_is_spent() {
     let mut tools = Tools {
         ask_model: Box::new(|_: &str| -> anyhow::Result<(String, String)> { unreachable!("no call asks") }),
         query: None,
+        steer: None,
     };
     let budgets = Budgets {
         agent_calls: 3,

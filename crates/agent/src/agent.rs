@@ -27,11 +27,16 @@ pub type AskModel<'a> = dyn FnMut(&str) -> Result<(String, String)> + 'a;
 /// A read-only SQL query over the cache and results, at most `limit` rows, as JSON rows.
 pub type Query<'a> = dyn FnMut(&str, usize) -> Result<Value> + 'a;
 
+/// Steered generation: the organism's continuations with the activation difference added.
+pub type Steer<'a> = dyn FnMut(&super::tools::SteerRequest) -> Result<Value> + 'a;
+
 /// The tools of a run.
 pub struct Tools<'a> {
     pub ask_model: Box<AskModel<'a>>,
     /// `None` for an agent without SQL (the toolkit's own agents).
     pub query: Option<Box<Query<'a>>>,
+    /// `None` for an agent without steering.
+    pub steer: Option<Box<Steer<'a>>>,
 }
 
 /// A hypothesis the agent keeps on its board.
@@ -62,7 +67,15 @@ pub const QUERY_ROWS: usize = 50;
 pub const QUERY_MAX_ROWS: usize = 500;
 
 /// The agent's system prompt for these tools and budgets.
-pub fn system_prompt(overview_kind: &str, sql: bool, budgets: &Budgets) -> String {
+pub fn system_prompt(overview_kind: &str, sql: bool, steer: bool, budgets: &Budgets) -> String {
+    let steer = if steer {
+        "\n- steer: {\"prompts\": [\"...\"], \"strength\": 4.0, \"layer\": 3, \"first\": 1, \"last\": 4} continues each \
+         prompt (plain text) with the finetuned model while the mean difference between the models' activations \
+         (cached positions first..last at that layer; defaults 1..4 and the middle layer) is added, times \
+         strength: it amplifies what the finetune changed. Each prompt costs one model interaction."
+    } else {
+        ""
+    };
     let query = if sql {
         "\n- query: {\"sql\": \"SELECT ...\", \"limit\": 50} runs one read-only SQL statement over the activation cache \
          (tables activations, acts, tokens, logit_diff, ...; `\\d` is not available, use `SELECT * FROM cache_info()`) and \
@@ -81,7 +94,7 @@ Tools
 - ask_model: {{\"prompts\": [\"...\", ...]}} sends each prompt to both models as a user turn and returns both \
 answers. Each prompt costs one model interaction.
 - hypothesis_tracking: {{\"action\": \"add\", \"hypothesis\": \"...\"}}, {{\"action\": \"update\", \"id\": 1, \
-\"status\": \"confirmed|rejected|open\", \"reasoning\": \"...\"}} or {{\"action\": \"get\"}} keeps your hypotheses. Free.{query}
+\"status\": \"confirmed|rejected|open\", \"reasoning\": \"...\"}} or {{\"action\": \"get\"}} keeps your hypotheses. Free.{query}{steer}
 
 Procedure: read the overview and write down hypotheses; test each by asking both models questions whose \
 answers should differ if it is true; update the board; when one wins (or several: a finetune can teach more \
@@ -125,6 +138,9 @@ impl Run<'_, '_> {
         if self.tools.query.is_some() {
             names.push("query");
         }
+        if self.tools.steer.is_some() {
+            names.push("steer");
+        }
         names
     }
 
@@ -140,6 +156,7 @@ impl Run<'_, '_> {
         let result = match tool {
             "ask_model" => self.ask_model(args),
             "hypothesis_tracking" => self.track(args),
+            "steer" => self.steer(args),
             _ => self.query(args),
         };
         match result {
@@ -191,6 +208,45 @@ impl Run<'_, '_> {
             answers.push(json!({"prompt": prompt, "base": base, "finetuned": organism}));
         }
         Ok(Value::Array(answers))
+    }
+
+    fn steer(&mut self, args: &Map<String, Value>) -> Result<Value, ToolError> {
+        let usage = "steer takes {\"prompts\": [\"...\"], \"strength\": 4.0, \"layer\": 3, \"first\": 1, \"last\": 4}";
+        let prompts: Vec<String> = match args.get("prompts") {
+            Some(Value::Array(items)) if !items.is_empty() => items
+                .iter()
+                .map(|p| p.as_str().map(str::to_string))
+                .collect::<Option<_>>()
+                .ok_or_else(|| ToolError::Parameter(usage.into()))?,
+            _ => return Err(ToolError::Parameter(usage.into())),
+        };
+        let number = |k: &str| args.get(k).and_then(Value::as_f64);
+        let whole = |k: &str| -> Result<Option<usize>, ToolError> {
+            match args.get(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .map(|n| Some(n as usize))
+                    .ok_or_else(|| ToolError::Parameter(format!("{k} must be a whole number"))),
+            }
+        };
+        let request = super::tools::SteerRequest {
+            prompts,
+            layer: whole("layer")?,
+            strength: number("strength").unwrap_or(4.0),
+            first: whole("first")?.unwrap_or(1),
+            last: whole("last")?.unwrap_or(4),
+        };
+        if request.first > request.last {
+            return Err(ToolError::Parameter("first must not be after last".into()));
+        }
+        if request.prompts.len() > self.interactions_left {
+            return Err(ToolError::Budget(request.prompts.len()));
+        }
+        let steer = self.tools.steer.as_mut().expect("listed only when present");
+        let out = steer(&request).map_err(|e| ToolError::Failed(one_line(&e)))?;
+        self.interactions_left -= request.prompts.len();
+        Ok(out)
     }
 
     fn track(&mut self, args: &Map<String, Value>) -> Result<Value, ToolError> {

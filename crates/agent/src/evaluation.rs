@@ -14,7 +14,7 @@ use serde_json::json;
 use super::agent::{run, system_prompt, Budgets, Outcome, Tools};
 use super::client::{Client, ClientOptions};
 use super::grader::{grade_offline, grade_with_llm, Grade, DEFAULT_RUBRIC};
-use super::tools::{ask_endpoint, ask_locally, sql_query, AskOptions};
+use super::tools::{ask_endpoint, ask_locally, result_tables, sql_query, AskOptions, SteerTool};
 use diffsql_core::config::{ConfigDir, Override, Settings};
 use diffsql_model::generate::Sampling;
 
@@ -180,9 +180,23 @@ pub fn evaluate(settings: &Settings, configs: &ConfigDir) -> Result<EvaluationSu
     );
     let sides = Arc::new(diffsql_sql::intervene::Sides::with_overrides(
         configs.clone(),
-        vec![device],
+        vec![device.clone()],
     ));
     let dir = agent_dir(settings);
+    let steer_tool = if e.agent.steer {
+        let num_layers = diffsql_model::pair::PairFiles::open(settings, &configs.project_root())?.num_layers()?;
+        Some(SteerTool::new(
+            &settings.cache_dir,
+            configs.clone(),
+            vec![device.clone()],
+            &settings.model.name,
+            &organism.name,
+            num_layers,
+            e.ask_model.max_new_tokens,
+        )?)
+    } else {
+        None
+    };
     let mut scores = Vec::new();
     for &interactions in &e.budgets.model_interactions {
         let budgets = Budgets {
@@ -213,16 +227,26 @@ pub fn evaluate(settings: &Settings, configs: &ConfigDir) -> Result<EvaluationSu
                 )),
             };
             let query: Option<Box<super::agent::Query<'_>>> = if e.agent.sql {
+                let organism_results = settings.results_dir.join(&settings.model.name).join(&organism.name);
                 Some(Box::new(sql_query(
                     &settings.cache_dir,
                     vec![settings.results_dir.clone()],
+                    &result_tables(&organism_results),
                 )?))
             } else {
                 None
             };
-            let mut tools = Tools { ask_model: ask, query };
+            let steer: Option<Box<super::agent::Steer<'_>>> = match &steer_tool {
+                Some(t) => Some(Box::new(move |r: &super::tools::SteerRequest| t.steer(r))),
+                None => None,
+            };
+            let mut tools = Tools {
+                ask_model: ask,
+                query,
+                steer,
+            };
             let mut agent = Client::new(options(&e.agent.model, e.agent.temperature, e.agent.max_tokens));
-            let system = system_prompt(&method_kind, e.agent.sql, &budgets);
+            let system = system_prompt(&method_kind, e.agent.sql, steer_tool.is_some(), &budgets);
             eprintln!(
                 "agent {} on {} / {} / {}: run {} of {}, {interactions} model interactions",
                 e.agent.model,

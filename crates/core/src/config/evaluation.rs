@@ -38,8 +38,11 @@ pub struct AgentConfig {
     pub overview: bool,
     /// Rows of each result table shown in the overview.
     pub overview_rows: usize,
-    /// The agent may run read-only SQL over the cache (`query`), a tool the toolkit's agents lack.
+    /// The agent may run read-only SQL over the cache and the organism's results (`query`), a tool the
+    /// toolkit's agents lack.
     pub sql: bool,
+    /// The agent may generate with the organism steered by the mean activation difference (`steer`).
+    pub steer: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +102,7 @@ impl Default for AgentConfig {
             overview: true,
             overview_rows: 20,
             sql: true,
+            steer: true,
         }
     }
 }
