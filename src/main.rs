@@ -337,7 +337,7 @@ fn run() -> Result<ExitCode> {
             let mut all = config::parse_all(&overrides, false)?;
             all.extend(pipeline_fixed(None)?);
             let tree = configs.merged_tree(&all)?;
-            ConfigDir::settings(tree.clone())?; // validate types too
+            configs.resolve(&all)?; // validate types, and the organism's variant for the model, too
             print!("{}", toml::to_string_pretty(&tree)?);
             Ok(ExitCode::SUCCESS)
         }

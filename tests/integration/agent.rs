@@ -426,6 +426,25 @@ fn an_evaluation_runs_end_to_end_with_the_agent_pointed_at_diffsql_serve() {
         stream.read_to_string(&mut response).unwrap();
         response
     };
+    // ask_model through the endpoint (diffsql serve) equals ask_model in process, greedy.
+    let endpoint = ClientOptions {
+        base_url: format!("{url}/v1"),
+        api_key: None,
+        model: "base".into(),
+        temperature: 0.0,
+        max_tokens: 8,
+        timeout: Duration::from_secs(60),
+        retries: 0,
+        backoff: Duration::from_millis(10),
+    };
+    let through_serve = diffsql_agent::tools::ask_endpoint(endpoint, "caps", 8)("Who art thou?").unwrap();
+    let sides = Arc::new(diffsql_sql::intervene::Sides::new(configs()));
+    let options = AskOptions {
+        max_new_tokens: 8,
+        sampling: diffsql_model::generate::Sampling::Greedy,
+    };
+    let in_process = ask_locally(sides, "shakespeare", "caps", options)("Who art thou?").unwrap();
+    assert_eq!(through_serve, in_process);
     let overview = get("/");
     let agent_page = get("/agent/shakespeare/caps/kl");
     let missing = get("/agent/shakespeare/roman_concrete/kl");
