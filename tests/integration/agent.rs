@@ -406,6 +406,8 @@ fn an_evaluation_runs_end_to_end_with_the_agent_pointed_at_diffsql_serve() {
         "diffing/method=kl",
         &format!("evaluation.base_url={url}/v1"),
         "evaluation.agent.model=caps",
+        // Greedy, so that the tiny "agent" cannot stumble on a CALL( by chance.
+        "evaluation.agent.temperature=0",
         "evaluation.agent.max_tokens=12",
         "evaluation.agent.overview_rows=3",
         "evaluation.budgets.agent_calls=2",
