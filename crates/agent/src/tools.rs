@@ -9,9 +9,8 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use super::client::{ChatMessage, Client, ClientOptions};
-use diffsql_model::data::source::Message;
 use diffsql_model::generate::{generate, Sampling};
-use diffsql_model::generation::{conversation_ids, decode, options_for};
+use diffsql_model::generation::{decode, options_for, prompt_ids};
 use diffsql_model::LoadedModel;
 
 /// How `ask_model` generates.
@@ -22,11 +21,7 @@ pub struct AskOptions {
 }
 
 fn reply(model: &LoadedModel, prompt: &str, options: AskOptions) -> Result<String> {
-    let turn = Message {
-        role: "user".into(),
-        content: prompt.into(),
-    };
-    let ids = conversation_ids(&model.files, std::slice::from_ref(&turn))?;
+    let ids = prompt_ids(&model.files, prompt, true)?;
     let generate_options = options_for(model, options.max_new_tokens, options.sampling, Vec::new());
     let out = generate(&model.decoder, &[ids], &generate_options)?;
     decode(model, &out[0], &generate_options)

@@ -103,11 +103,6 @@ impl AdapterConfig {
             alpha / r as f64
         }
     }
-
-    /// The factor of a module with the adapter's global rank and alpha.
-    pub fn scale(&self) -> f64 {
-        self.scale_of(self.r, self.lora_alpha)
-    }
 }
 
 /// The value of the first pattern (in PEFT's order: the config's key order, here sorted) that matches the
