@@ -186,18 +186,11 @@ impl Run<'_, '_> {
     }
 
     fn ask_model(&mut self, args: &Map<String, Value>) -> Result<Value, ToolError> {
-        let prompts: Vec<String> = match args.get("prompts") {
-            Some(Value::Array(items)) if !items.is_empty() => items
-                .iter()
-                .map(|p| p.as_str().map(str::to_string))
-                .collect::<Option<_>>()
-                .ok_or_else(|| ToolError::Parameter("prompts must be a list of strings".into()))?,
-            _ => {
-                return Err(ToolError::Parameter(
-                    "ask_model takes {\"prompts\": [\"...\", ...]}".into(),
-                ))
-            }
-        };
+        let prompts = prompts_arg(
+            args,
+            "ask_model takes {\"prompts\": [\"...\", ...]}",
+            "prompts must be a list of strings",
+        )?;
         if prompts.len() > self.interactions_left {
             return Err(ToolError::Budget(prompts.len()));
         }
@@ -212,14 +205,7 @@ impl Run<'_, '_> {
 
     fn steer(&mut self, args: &Map<String, Value>) -> Result<Value, ToolError> {
         let usage = "steer takes {\"prompts\": [\"...\"], \"strength\": 4.0, \"layer\": 3, \"first\": 1, \"last\": 4}";
-        let prompts: Vec<String> = match args.get("prompts") {
-            Some(Value::Array(items)) if !items.is_empty() => items
-                .iter()
-                .map(|p| p.as_str().map(str::to_string))
-                .collect::<Option<_>>()
-                .ok_or_else(|| ToolError::Parameter(usage.into()))?,
-            _ => return Err(ToolError::Parameter(usage.into())),
-        };
+        let prompts = prompts_arg(args, usage, usage)?;
         let number = |k: &str| args.get(k).and_then(Value::as_f64);
         let whole = |k: &str| -> Result<Option<usize>, ToolError> {
             match args.get(k) {
@@ -303,6 +289,19 @@ impl Run<'_, '_> {
         };
         let query = self.tools.query.as_mut().expect("listed only when present");
         query(sql, limit).map_err(|e| ToolError::Failed(one_line(&e)))
+    }
+}
+
+/// The non-empty list of strings under `prompts`; `usage` when it is missing or empty, `not_strings` when an
+/// item is not a string.
+fn prompts_arg(args: &Map<String, Value>, usage: &str, not_strings: &str) -> Result<Vec<String>, ToolError> {
+    match args.get("prompts") {
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|p| p.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| ToolError::Parameter(not_strings.into())),
+        _ => Err(ToolError::Parameter(usage.into())),
     }
 }
 

@@ -183,6 +183,7 @@ pub fn evaluate(settings: &Settings, configs: &ConfigDir) -> Result<EvaluationSu
         vec![device.clone()],
     ));
     let dir = agent_dir(settings);
+    let repeats = e.agent.repeats.max(1);
     let steer_tool = if e.agent.steer {
         let num_layers = diffsql_model::pair::PairFiles::open(settings, &configs.project_root())?.num_layers()?;
         Some(SteerTool::new(
@@ -205,7 +206,7 @@ pub fn evaluate(settings: &Settings, configs: &ConfigDir) -> Result<EvaluationSu
             generated_tokens: u64::try_from(e.budgets.generated_tokens).ok(),
         };
         let mut budget_scores = Vec::new();
-        for k in 0..e.agent.repeats.max(1) {
+        for k in 0..repeats {
             let started = Instant::now();
             let ask: Box<super::agent::AskModel<'_>> = match &e.ask_model.base_url {
                 Some(url) => Box::new(ask_endpoint(
@@ -254,7 +255,7 @@ pub fn evaluate(settings: &Settings, configs: &ConfigDir) -> Result<EvaluationSu
                 organism.name,
                 settings.diffing.method.name,
                 k + 1,
-                e.agent.repeats.max(1)
+                repeats
             );
             let outcome = run(&mut agent, &system, &overview_text, &mut tools, budgets)?;
             let grades = match &outcome.description {
