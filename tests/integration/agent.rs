@@ -379,26 +379,7 @@ fn an_evaluation_runs_end_to_end_with_the_agent_pointed_at_diffsql_serve() {
     };
     let out = diffsql(&["run", "pipeline.mode=diffing", "organism=caps", "diffing/method=kl"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_diffsql"))
-        .args(["serve", "--port", "0"])
-        .args(&common)
-        .current_dir(&project)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("the server printed its address").unwrap();
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .trim_end_matches('/')
-                .to_string();
-        }
-    };
+    let (mut server, url) = super::serve::start_server(&cache, results.path());
     let out = diffsql(&[
         "run",
         "pipeline.mode=evaluation",

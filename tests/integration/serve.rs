@@ -424,18 +424,7 @@ fn the_pair_answers_openai_chat_completions() {
     assert_eq!(ids, ["base", "caps", "roman_concrete"]);
 
     let prompt = "Who art thou, Romeo?";
-    let settings = configs()
-        .resolve(&parse_all(&["organism=caps".to_string()], false).unwrap())
-        .unwrap();
-    let (expected, _) = diffsql_model::generation::side_by_side(
-        &settings,
-        &configs().project_root(),
-        &[prompt.to_string()],
-        true,
-        12,
-        diffsql_model::generate::Sampling::Greedy,
-    )
-    .unwrap();
+    let expected = greedy_chat_replies(prompt);
     let ask = |model: &str, extra: serde_json::Value| {
         let mut body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": prompt}],
                                           "temperature": 0, "max_tokens": 12});
@@ -444,7 +433,7 @@ fn the_pair_answers_openai_chat_completions() {
         }
         call("POST", "/v1/chat/completions", body)
     };
-    for (model, want) in [("base", &expected[0].base), ("caps", &expected[0].organism)] {
+    for (model, want) in [("base", &expected.base), ("caps", &expected.organism)] {
         let (status, reply) = ask(model, serde_json::json!({}));
         assert_eq!(status, StatusCode::OK, "{reply}");
         assert_eq!(reply["object"], "chat.completion");
@@ -463,7 +452,7 @@ fn the_pair_answers_openai_chat_completions() {
         }
     }
     // A stop sequence inside the greedy reply cuts it there.
-    let organism_text = &expected[0].organism;
+    let organism_text = &expected.organism;
     let cut = organism_text
         .char_indices()
         .nth(organism_text.chars().count() / 2)
@@ -548,28 +537,7 @@ fn the_official_openai_client_talks_to_diffsql_serve() {
     );
     let cache = preprocessed().cache.clone();
     let results = tempfile::tempdir().unwrap();
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_diffsql"))
-        .args(["serve", "--port", "0"])
-        .arg(format!("cache_dir={}", cache.display()))
-        .arg(format!("results_dir={}", results.path().display()))
-        .current_dir(configs().project_root())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = server.stdout.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    let url = loop {
-        let line = lines.next().expect("the server printed its address").unwrap();
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .trim_end_matches('/')
-                .to_string();
-        }
-    };
+    let (mut server, url) = start_server(&cache, results.path());
     let prompt = "Who art thou, Romeo?";
     let program = r#"
 import json, sys
@@ -595,10 +563,53 @@ print(json.dumps(out))
     server.wait().ok();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let out: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let expected = greedy_chat_replies(prompt);
+    assert_eq!(out["models"], serde_json::json!(["base", "caps", "roman_concrete"]));
+    assert_eq!(out["base"].as_str().unwrap(), expected.base);
+    assert_eq!(out["caps"].as_str().unwrap(), expected.organism);
+    assert!(out["base_usage"].as_u64().unwrap() > 12);
+    let error = out["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("NotFoundError") && error.contains("the models are base, caps"),
+        "{error}"
+    );
+}
+
+/// `diffsql serve` on a free port over `cache` and `results`, and its address (`http://127.0.0.1:PORT`), read
+/// from the line it prints; the caller kills it.
+pub fn start_server(cache: &std::path::Path, results: &std::path::Path) -> (std::process::Child, String) {
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_diffsql"))
+        .args(["serve", "--port", "0"])
+        .arg(format!("cache_dir={}", cache.display()))
+        .arg(format!("results_dir={}", results.display()))
+        .current_dir(configs().project_root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = server.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let url = loop {
+        let line = lines.next().expect("the server printed its address").unwrap();
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches('/')
+                .to_string();
+        }
+    };
+    (server, url)
+}
+
+/// The bundled pair's greedy replies to `prompt` as a chat turn (12 new tokens), as `diffsql generate --chat`
+/// computes them.
+fn greedy_chat_replies(prompt: &str) -> diffsql_model::generation::SideBySide {
     let settings = configs()
         .resolve(&parse_all(&["organism=caps".to_string()], false).unwrap())
         .unwrap();
-    let (expected, _) = diffsql_model::generation::side_by_side(
+    let (mut expected, _) = diffsql_model::generation::side_by_side(
         &settings,
         &configs().project_root(),
         &[prompt.to_string()],
@@ -607,13 +618,5 @@ print(json.dumps(out))
         diffsql_model::generate::Sampling::Greedy,
     )
     .unwrap();
-    assert_eq!(out["models"], serde_json::json!(["base", "caps", "roman_concrete"]));
-    assert_eq!(out["base"].as_str().unwrap(), expected[0].base);
-    assert_eq!(out["caps"].as_str().unwrap(), expected[0].organism);
-    assert!(out["base_usage"].as_u64().unwrap() > 12);
-    let error = out["error"].as_str().unwrap();
-    assert!(
-        error.starts_with("NotFoundError") && error.contains("the models are base, caps"),
-        "{error}"
-    );
+    expected.remove(0)
 }
