@@ -33,6 +33,17 @@ use diffsql_model::pair::{ModelPair, PairFiles, VocabularyGap};
 
 /// Tokenises every configured dataset with the base model's tokenizer and chat template.
 pub fn tokenize_datasets(settings: &Settings, project_root: &Path, base: &ModelFiles) -> Result<Vec<TokenizedDataset>> {
+    Ok(tokenize_datasets_watching(settings, project_root, base, &[])?.0)
+}
+
+/// [`tokenize_datasets`], also counting how often each of `watched` (texts, such as an organism's own tokens)
+/// occurs in the samples' text, in the same read of the data.
+fn tokenize_datasets_watching(
+    settings: &Settings,
+    project_root: &Path,
+    base: &ModelFiles,
+    watched: &[String],
+) -> Result<(Vec<TokenizedDataset>, Vec<usize>)> {
     let pre = &settings.preprocessing;
     let special = &base.special;
     let text = |t: &Option<(String, u32)>| t.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
@@ -47,9 +58,21 @@ pub fn tokenize_datasets(settings: &Settings, project_root: &Path, base: &ModelF
         max_tokens: pre.max_tokens,
     };
     let mut out = Vec::new();
+    let mut counts = vec![0usize; watched.len()];
     for cfg in settings.datasets() {
         // Read a margin beyond max_samples: skipped conversations do not count.
         let samples = source::read(cfg, project_root, pre.max_samples.saturating_mul(2))?;
+        if !watched.is_empty() {
+            for sample in samples.iter().take(pre.max_samples) {
+                let texts: Vec<&str> = match sample {
+                    Sample::Text(t) => vec![t.as_str()],
+                    Sample::Chat(messages) => messages.iter().map(|m| m.content.as_str()).collect(),
+                };
+                for (count, token) in counts.iter_mut().zip(watched) {
+                    *count += texts.iter().map(|t| t.matches(token.as_str()).count()).sum::<usize>();
+                }
+            }
+        }
         let t = tokenize(
             &cfg.name,
             &cfg.split,
@@ -64,36 +87,20 @@ pub fn tokenize_datasets(settings: &Settings, project_root: &Path, base: &ModelF
         }
         out.push(t);
     }
-    Ok(out)
+    Ok((out, counts))
 }
 
 /// What a run over an organism with tokens of its own says: the vocabulary the comparisons used, the tokens
-/// left out, and which of the organism's tokens occur in the datasets' text (tokenised by the base tokenizer,
-/// they reach both models as the base's pieces).
-pub fn describe_vocabulary_gap(settings: &Settings, project_root: &Path, gap: &VocabularyGap) -> Result<String> {
-    let mut found: Vec<(String, usize)> = Vec::new();
-    if !gap.own_tokens.is_empty() {
-        let mut counts = vec![0usize; gap.own_tokens.len()];
-        for cfg in settings.datasets() {
-            let samples = source::read(cfg, project_root, settings.preprocessing.max_samples.saturating_mul(2))?;
-            for sample in samples.iter().take(settings.preprocessing.max_samples) {
-                let texts: Vec<&str> = match sample {
-                    Sample::Text(t) => vec![t.as_str()],
-                    Sample::Chat(messages) => messages.iter().map(|m| m.content.as_str()).collect(),
-                };
-                for (count, (_, token)) in counts.iter_mut().zip(&gap.own_tokens) {
-                    *count += texts.iter().map(|t| t.matches(token.as_str()).count()).sum::<usize>();
-                }
-            }
-        }
-        found = gap
-            .own_tokens
-            .iter()
-            .zip(counts)
-            .filter(|(_, n)| *n > 0)
-            .map(|((_, t), n)| (t.clone(), n))
-            .collect();
-    }
+/// left out, and which of the organism's tokens occur in the datasets' text (`counts`, in the order of
+/// `gap.own_tokens`: tokenised by the base tokenizer, they reach both models as the base's pieces).
+fn describe_vocabulary_gap(gap: &VocabularyGap, counts: &[usize]) -> String {
+    let found: Vec<(&str, usize)> = gap
+        .own_tokens
+        .iter()
+        .zip(counts)
+        .filter(|(_, n)| **n > 0)
+        .map(|((_, t), n)| (t.as_str(), *n))
+        .collect();
     let occurrences = if found.is_empty() {
         "none of its own tokens occurs in the data".to_string()
     } else {
@@ -103,13 +110,13 @@ pub fn describe_vocabulary_gap(settings: &Settings, project_root: &Path, gap: &V
             list.join(", ")
         )
     };
-    Ok(format!(
+    format!(
         "the organism has {} tokens, the base {}: KL, next-token statistics and logit differences are over the {} shared tokens ({} of the organism's left out); {occurrences}",
         gap.organism,
         gap.base,
         gap.base,
         gap.left_out()
-    ))
+    )
 }
 
 /// The most next-token candidates the tokens table keeps per token and model.
@@ -165,6 +172,8 @@ struct Prepared {
     datasets: Vec<TokenizedDataset>,
     fingerprint: String,
     tokenize_seconds: f64,
+    /// For an organism with tokens of its own, what the summary says of them.
+    vocabulary: Option<String>,
 }
 
 impl Prepared {
@@ -176,9 +185,15 @@ impl Prepared {
         let files = PairFiles::open(settings, project_root)?;
         let num_layers = files.num_layers()?;
         let layers = resolve_layers(&pre.layers, num_layers)?;
+        let gap = files.vocabulary_gap()?;
+        let watched: Vec<String> = gap
+            .iter()
+            .flat_map(|g| g.own_tokens.iter().map(|(_, t)| t.clone()))
+            .collect();
         let clock = Instant::now();
-        let datasets = tokenize_datasets(settings, project_root, &files.base)?;
+        let (datasets, counts) = tokenize_datasets_watching(settings, project_root, &files.base, &watched)?;
         let tokenize_seconds = clock.elapsed().as_secs_f64();
+        let vocabulary = gap.as_ref().map(|g| describe_vocabulary_gap(g, &counts));
         Ok(Self {
             layout: CacheLayout::new(&settings.cache_dir),
             device,
@@ -188,6 +203,7 @@ impl Prepared {
             layers,
             datasets,
             tokenize_seconds,
+            vocabulary,
         })
     }
 }
@@ -208,14 +224,10 @@ pub fn run(settings: &Settings, project_root: &Path) -> Result<Summary> {
         datasets,
         fingerprint,
         tokenize_seconds,
+        vocabulary,
     } = Prepared::new(settings, project_root)?;
     let tokens: usize = datasets.iter().map(TokenizedDataset::tokens).sum();
     let tokenizer = files.base.special.describe();
-    let gap = files.vocabulary_gap()?;
-    let vocabulary = gap
-        .as_ref()
-        .map(|g| describe_vocabulary_gap(settings, project_root, g))
-        .transpose()?;
     let prepared_plan = |layout: &CacheLayout| {
         Plan::build(
             layout,
