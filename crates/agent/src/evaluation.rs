@@ -185,7 +185,9 @@ pub fn evaluate(settings: &Settings, configs: &ConfigDir) -> Result<EvaluationSu
     let dir = agent_dir(settings);
     let repeats = e.agent.repeats.max(1);
     let steer_tool = if e.agent.steer {
-        let num_layers = diffsql_model::pair::PairFiles::open(settings, &configs.project_root())?.num_layers()?;
+        // The depth the cache recorded: steering reads the cached activations, and no model file is opened yet.
+        let num_layers =
+            diffsql_core::cache::CacheLayout::new(&settings.cache_dir).recorded_depth(&settings.model.name)?;
         Some(SteerTool::new(
             &settings.cache_dir,
             configs.clone(),

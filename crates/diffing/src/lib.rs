@@ -64,22 +64,9 @@ pub fn results_dir(settings: &Settings) -> PathBuf {
         .join(&settings.diffing.method.name)
 }
 
-/// The depth of `model` as preprocessing recorded it in the manifests of its base activations.
+/// The depth of the configured model as preprocessing recorded it in the cache.
 fn num_layers(settings: &Settings) -> Result<usize> {
-    let layout = diffsql_core::cache::CacheLayout::new(&settings.cache_dir);
-    let partitions = layout.partitions(diffsql_core::cache::Table::Activations)?;
-    partitions
-        .iter()
-        .filter(|(k, _)| k.model == settings.model.name)
-        .find_map(|(_, m)| m.settings.get("num_layers").and_then(|n| n.as_u64()))
-        .map(|n| n as usize)
-        .with_context(|| {
-            format!(
-                "no activations of model {} with a recorded depth in {}: run diffsql preprocess first",
-                settings.model.name,
-                settings.cache_dir.display()
-            )
-        })
+    diffsql_core::cache::CacheLayout::new(&settings.cache_dir).recorded_depth(&settings.model.name)
 }
 
 /// The parameters every query sees, method or not: `model`, `organism`, `side` (the organism as the

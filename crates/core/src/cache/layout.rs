@@ -107,6 +107,21 @@ impl CacheLayout {
     }
 
     /// Every complete partition of `table` (those with a manifest), sorted.
+    /// The depth of `model` as preprocessing recorded it in the manifests of its activations.
+    pub fn recorded_depth(&self, model: &str) -> Result<usize> {
+        self.partitions(Table::Activations)?
+            .iter()
+            .filter(|(k, _)| k.model == model)
+            .find_map(|(_, m)| m.settings.get("num_layers").and_then(|n| n.as_u64()))
+            .map(|n| n as usize)
+            .with_context(|| {
+                format!(
+                    "no activations of model {model} with a recorded depth in {}: run diffsql preprocess first",
+                    self.root.display()
+                )
+            })
+    }
+
     pub fn partitions(&self, table: Table) -> Result<Vec<(PartitionKey, Manifest)>> {
         let mut out = Vec::new();
         let dir = self.table_dir(table);
