@@ -396,14 +396,14 @@ fn run() -> Result<ExitCode> {
 }
 
 fn check_cache(cache: &Path, repair: bool) -> Result<ExitCode> {
-    if !cache.is_dir() {
+    let layout = CacheLayout::new(cache);
+    if !layout.exists()? {
         bail!(
-            "the cache directory {} does not exist: pass --cache DIR (or set DIFFSQL_CACHE)",
+            "the cache {} does not exist: pass --cache DIR (or set DIFFSQL_CACHE)",
             cache.display()
         );
     }
     let started = std::time::Instant::now();
-    let layout = CacheLayout::new(cache);
     let report = diffsql_core::cache::verify::check(&layout, repair)?;
     let (dictionaries, damaged_dictionaries) = diffsql_train::store::check(&layout, repair)?;
     for d in &report.damaged {

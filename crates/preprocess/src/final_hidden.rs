@@ -1,11 +1,10 @@
 //! Reads a cached `final_hidden` partition row by row, in the order it was written, as f32.
 
-use std::fs::File;
-
 use anyhow::{bail, Context, Result};
 use datafusion::arrow::array::{AsArray, RecordBatch};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 
+use diffsql_core::cache::source::{CacheFile, CachePath};
 use diffsql_core::cache::vectors::VectorEncoding;
 use diffsql_core::cache::writer::VECTOR_COLUMN;
 use diffsql_core::cache::{CacheLayout, PartitionKey};
@@ -13,7 +12,7 @@ use diffsql_core::cache::{CacheLayout, PartitionKey};
 /// Sequential reader of one partition's vectors.
 pub struct FinalHiddenReader {
     key: PartitionKey,
-    files: std::vec::IntoIter<std::path::PathBuf>,
+    files: std::vec::IntoIter<CachePath>,
     current: Option<ParquetRecordBatchReader>,
     pending: Vec<f32>,
 }
@@ -23,9 +22,8 @@ impl FinalHiddenReader {
     pub fn open(layout: &CacheLayout, key: &PartitionKey) -> Result<Self> {
         let manifest = layout
             .manifest(key)?
-            .with_context(|| format!("{key} is not complete in {}", layout.root().display()))?;
-        let dir = layout.partition_dir(key);
-        let files: Vec<_> = manifest.files.iter().map(|f| dir.join(&f.name)).collect();
+            .with_context(|| format!("{key} is not complete in {}", layout.location()))?;
+        let files = layout.files(key, &manifest)?;
         Ok(Self {
             key: key.clone(),
             files: files.into_iter(),
@@ -75,12 +73,8 @@ impl FinalHiddenReader {
             let Some(path) = self.files.next() else {
                 return Ok(None);
             };
-            let f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            self.current = Some(
-                ParquetRecordBatchReaderBuilder::try_new(f)?
-                    .with_batch_size(8192)
-                    .build()?,
-            );
+            let file = CacheFile::open(&path)?;
+            self.current = Some(file.reader(None, &[VECTOR_COLUMN], 8192)?);
         }
     }
 }

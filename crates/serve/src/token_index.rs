@@ -3,19 +3,17 @@
 //! pages holding the wanted rows. A page of the dashboard then costs the same on a 1M-token cache as on a small one.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float32Type, Int32Type, Int64Type};
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
 use parquet::arrow::ProjectionMask;
-use parquet::file::metadata::PageIndexPolicy;
 
 use super::context::Window;
+use diffsql_core::cache::source::{CacheFile, CachePath};
 use diffsql_core::cache::{CacheLayout, PartitionKey};
 
 /// Consecutive rows of one sequence with consecutive positions.
@@ -28,7 +26,7 @@ struct Run {
 
 #[derive(Debug)]
 struct IndexedFile {
-    path: PathBuf,
+    path: CachePath,
     rows: usize,
     /// (dataset, seq_id) → its runs in this file.
     runs: HashMap<(String, i64), Vec<Run>>,
@@ -64,21 +62,14 @@ pub struct TokenIndex {
 impl TokenIndex {
     fn build(layout: &CacheLayout, key: &PartitionKey, manifest: &diffsql_core::cache::Manifest) -> Result<Self> {
         diffsql_core::cache::verify::verify_partition(layout, key, manifest)?;
-        let dir = layout.partition_dir(key);
         let mut files = Vec::new();
         let mut sequences: HashMap<(String, i64), SequenceStats> = HashMap::new();
-        for entry in &manifest.files {
-            let path = dir.join(&entry.name);
-            let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+        for path in layout.files(key, manifest)? {
+            let file = CacheFile::open(&path)?;
             // Tokens partitions also give each sequence's KL statistics; activation partitions have no kl.
-            let has_kl = builder.schema().field_with_name("kl").is_ok();
+            let has_kl = file.has_column("kl");
             let columns = ["dataset", "seq_id", "pos", "kl"];
-            let mask = ProjectionMask::columns(
-                builder.parquet_schema(),
-                columns[..if has_kl { 4 } else { 3 }].iter().copied(),
-            );
-            let reader = builder.with_projection(mask).with_batch_size(1 << 16).build()?;
+            let reader = file.reader(None, &columns[..if has_kl { 4 } else { 3 }], 1 << 16)?;
             let mut runs: HashMap<(String, i64), Vec<Run>> = HashMap::new();
             let mut row = 0usize;
             let mut last: Option<(String, i64, i64)> = None;
@@ -159,13 +150,16 @@ impl TokenIndex {
                     _ => merged.push(r),
                 }
             }
-            let file = File::open(&f.path).with_context(|| format!("cannot open {}", f.path.display()))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
-                file,
-                ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
-            )?;
-            let wanted = ["dataset", "seq_id", "pos"].into_iter().chain(columns.iter().copied());
-            let mask = ProjectionMask::columns(builder.parquet_schema(), wanted);
+            let file = CacheFile::open(&f.path)?;
+            let wanted: Vec<&str> = ["dataset", "seq_id", "pos"]
+                .into_iter()
+                .chain(columns.iter().copied())
+                .collect();
+            let roots = file.root_indices(&wanted)?;
+            let groups: Vec<usize> = (0..file.metadata.metadata().num_row_groups()).collect();
+            let bytes = file.bytes_for(&groups, &roots)?;
+            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, file.metadata.clone());
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
             let selection = RowSelection::from_consecutive_ranges(merged.into_iter(), f.rows);
             let reader = builder
                 .with_projection(mask)

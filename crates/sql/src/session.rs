@@ -40,21 +40,16 @@ pub fn open_session(cache_dir: &Path) -> Result<SessionContext> {
 
 /// [`open_session`] with the given access rules (the cache directory is always protected).
 pub fn open_session_with(cache_dir: &Path, mut access: SqlAccess) -> Result<SessionContext> {
-    match std::fs::read_dir(cache_dir) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "the cache directory {} does not exist: run `diffsql preprocess` to make it, or pass --cache DIR (or set DIFFSQL_CACHE)",
+    let layout = CacheLayout::new(cache_dir);
+    if !layout.exists()? {
+        bail!(
+            "the cache {} does not exist: run `diffsql preprocess` to make it, or pass --cache DIR (or set DIFFSQL_CACHE)",
             cache_dir.display()
-        ),
-        Err(e) => bail!(
-            "cannot read the cache directory {}: {e}; check its permissions, or pass --cache DIR",
-            cache_dir.display()
-        ),
+        );
     }
     access.protected.push(cache_dir.to_path_buf());
     access.protected = access.protected.iter().map(|p| absolute(p)).collect();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let layout = CacheLayout::new(cache_dir);
     let dictionaries = Arc::new(super::dictionary::DictionaryRegistry::new(layout.clone()));
     let config = SessionConfig::new()
         .with_target_partitions(threads)

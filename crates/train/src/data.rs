@@ -3,21 +3,18 @@
 //! with a validation split held out by sequence.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use datafusion::arrow::array::{Array, AsArray, FixedSizeBinaryArray};
 use datafusion::arrow::datatypes::Int64Type;
 use diffsql_udfs::vector::{decode_le_bytes, ElementType};
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
-use parquet::arrow::ProjectionMask;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use diffsql_core::cache::layout::{CacheLayout, PartitionKey, Table};
+use diffsql_core::cache::source::CacheFile;
 use diffsql_core::cache::vectors::VectorEncoding;
 use diffsql_core::cache::verify::verify_partition;
 use diffsql_core::cache::writer::VECTOR_COLUMN;
@@ -72,30 +69,6 @@ struct RowGroupUnit {
     train: Vec<bool>,
     /// Which are in the validation split.
     validation: Vec<bool>,
-}
-
-/// A cache file with its Parquet metadata, parsed once (every row group read reuses it).
-#[derive(Debug)]
-struct CacheFile {
-    path: PathBuf,
-    metadata: ArrowReaderMetadata,
-}
-
-impl CacheFile {
-    fn open(path: PathBuf) -> Result<Arc<Self>> {
-        let f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        let metadata = ArrowReaderMetadata::load(&f, ArrowReaderOptions::default())
-            .with_context(|| format!("cache file {} is unreadable", path.display()))?;
-        Ok(Arc::new(Self { path, metadata }))
-    }
-
-    fn reader(&self) -> Result<ParquetRecordBatchReaderBuilder<File>> {
-        let f = File::open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?;
-        Ok(ParquetRecordBatchReaderBuilder::new_with_metadata(
-            f,
-            self.metadata.clone(),
-        ))
-    }
 }
 
 /// The cached rows of one layer of a model pair, ready to be streamed.
@@ -160,18 +133,16 @@ impl TrainingSource {
             bail!("{key}: its manifest records no vector dtype or d_model; rerun preprocessing for it");
         };
         let wanted: HashSet<&str> = spec.datasets.iter().map(String::as_str).collect();
-        let dir = layout.partition_dir(&key);
-        let base_dir = layout.partition_dir(&base_key);
+        let ft_paths = layout.files(&key, &manifest)?;
+        let base_paths = layout.files(&base_key, &base_manifest)?;
         let mut units = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         let (mut train_rows, mut validation_rows) = (0usize, 0usize);
-        for (entry, base_entry) in manifest.files.iter().zip(&base_manifest.files) {
-            let ft_file = CacheFile::open(dir.join(&entry.name))?;
-            let base_file = CacheFile::open(base_dir.join(&base_entry.name))?;
-            let builder = ft_file.reader()?;
-            let groups = builder.metadata().num_row_groups();
-            let mask = ProjectionMask::columns(builder.parquet_schema(), ["dataset", "seq_id"]);
-            let reader = builder.with_projection(mask).with_batch_size(1 << 16).build()?;
+        for (ft_path, base_path) in ft_paths.iter().zip(&base_paths) {
+            let ft_file = Arc::new(CacheFile::open(ft_path)?);
+            let base_file = Arc::new(CacheFile::open(base_path)?);
+            let groups = ft_file.metadata.metadata().num_row_groups();
+            let reader = ft_file.reader(None, &["dataset", "seq_id"], 1 << 16)?;
             let mut split: Vec<(bool, bool)> = Vec::new();
             for batch in reader {
                 let batch = batch?;
@@ -179,7 +150,7 @@ impl TrainingSource {
                     batch
                         .column_by_name(name)
                         .cloned()
-                        .with_context(|| format!("{} has no {name} column", ft_file.path.display()))
+                        .with_context(|| format!("{} has no {name} column", ft_file.path))
                 };
                 let dataset = datafusion::arrow::compute::cast(
                     &column("dataset")?,
@@ -311,8 +282,8 @@ impl TrainingSource {
         if scratch_ft.len() != keep.len() * d || scratch_base.len() != scratch_ft.len() {
             bail!(
                 "{} and {} disagree on row group {}: rerun preprocessing for this organism",
-                unit.ft_file.path.display(),
-                unit.base_file.path.display(),
+                unit.ft_file.path,
+                unit.base_file.path,
                 unit.row_group
             );
         }
@@ -325,20 +296,14 @@ impl TrainingSource {
 fn read_vectors(file: &CacheFile, row_group: usize, encoding: VectorEncoding, out: &mut Vec<f32>) -> Result<()> {
     out.clear();
     let path = &file.path;
-    let builder = file.reader()?;
-    let mask = ProjectionMask::columns(builder.parquet_schema(), [VECTOR_COLUMN]);
-    let reader = builder
-        .with_row_groups(vec![row_group])
-        .with_projection(mask)
-        .with_batch_size(1 << 16)
-        .build()?;
+    let reader = file.reader(Some(&[row_group]), &[VECTOR_COLUMN], 1 << 16)?;
     for batch in reader {
-        let batch = batch.with_context(|| format!("cache file {} is unreadable", path.display()))?;
+        let batch = batch.with_context(|| format!("cache file {path} is unreadable"))?;
         let stored = batch
             .column(0)
             .as_any()
             .downcast_ref::<FixedSizeBinaryArray>()
-            .with_context(|| format!("{}: the vector column is not fixed-size binary", path.display()))?;
+            .with_context(|| format!("{path}: the vector column is not fixed-size binary"))?;
         decode_into(encoding, stored, out);
     }
     Ok(())

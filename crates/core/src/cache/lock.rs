@@ -1,13 +1,21 @@
 //! One writer per partition or dictionary, across processes: an advisory `flock` on a lock file under
 //! `.staging/`. The kernel releases it when the holder exits, however it exits, so there are no stale locks to
 //! take over and no process table to read; the file holds the holder's pid only for messages.
+//!
+//! A cache on an object store adds [`ObjectLock`], the same claim across hosts: a lock object created with a
+//! conditional put, naming its holder. A writer holds the local lock first, so a lock object left by this
+//! machine (a writer killed before it could remove it) has no live holder and is taken over.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::object::ObjectCache;
 
 /// An exclusive claim on writing one thing, held until dropped.
 #[derive(Debug)]
@@ -80,6 +88,104 @@ impl WriteLock {
         let _ = self.file.set_len(0);
         let _ = self.file.rewind();
         let _ = self.file.write_all(pid.as_bytes());
+    }
+}
+
+/// A claim on writing one thing of an object-store cache, held until dropped (which removes the lock object).
+#[derive(Debug)]
+pub struct ObjectLock {
+    cache: Arc<ObjectCache>,
+    relative: String,
+}
+
+/// What a lock object says about its holder.
+#[derive(Debug, Serialize, Deserialize)]
+struct Holder {
+    machine: String,
+    host: String,
+    pid: u32,
+    since_unix: u64,
+}
+
+/// This machine: its machine id where there is one, and its host name.
+fn this_machine() -> (String, String) {
+    let read = |p: &str| fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+    let host = read("/proc/sys/kernel/hostname");
+    let machine = read("/etc/machine-id");
+    let machine = if machine.is_empty() { host.clone() } else { machine };
+    (machine, host)
+}
+
+impl ObjectLock {
+    /// Takes the lock object `relative` of `cache` for writing `what`, waiting for another host's writer if
+    /// `wait`, else failing at once naming it. Call it while holding the local [`WriteLock`] of the same thing.
+    pub fn acquire(
+        cache: &Arc<ObjectCache>,
+        relative: String,
+        what: &dyn std::fmt::Display,
+        wait: bool,
+    ) -> Result<Self> {
+        let (machine, host) = this_machine();
+        let body = serde_json::to_vec(&Holder {
+            machine: machine.clone(),
+            host,
+            pid: std::process::id(),
+            since_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        })?;
+        let lock = Self {
+            cache: Arc::clone(cache),
+            relative,
+        };
+        let url = cache.url_of(&cache.path(&lock.relative));
+        let mut told = false;
+        loop {
+            if cache.create(&lock.relative, body.clone())? {
+                return Ok(lock);
+            }
+            let Some(meta) = cache.head(&lock.relative)? else {
+                continue; // released between our two requests
+            };
+            let holder: Option<Holder> = cache
+                .get_optional(&lock.relative)?
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let ours = holder.as_ref().is_none_or(|h| h.machine == machine);
+            if ours {
+                // Left by a writer of this machine that is gone (we hold the local lock): take it over, unless
+                // someone else did first.
+                let taken = match meta.e_tag {
+                    Some(tag) => cache.replace_if(&lock.relative, tag, body.clone())?,
+                    None => {
+                        cache.delete(&meta.location)?;
+                        cache.create(&lock.relative, body.clone())?
+                    }
+                };
+                if taken {
+                    return Ok(lock);
+                }
+                continue;
+            }
+            let holder = holder.expect("checked above");
+            let by = format!("process {} on host {}", holder.pid, holder.host);
+            if !wait {
+                bail!(
+                    "{what} is being written by {by} (lock {url}); wait for it to finish, or delete that object if the writer is gone"
+                );
+            }
+            if !told {
+                eprintln!("waiting for {by}, which is writing {what} (lock {url})");
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for ObjectLock {
+    fn drop(&mut self) {
+        let path = self.cache.path(&self.relative);
+        self.cache.delete(&path).ok();
     }
 }
 

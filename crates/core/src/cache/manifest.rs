@@ -52,17 +52,17 @@ pub struct Manifest {
 impl Manifest {
     /// Reads and checks a manifest file.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
-        let m: Manifest = serde_json::from_str(&text).with_context(|| {
-            format!(
-                "manifest {} is corrupt; delete its partition directory and rerun to rewrite it",
-                path.display()
-            )
-        })?;
+        let text = std::fs::read(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+        Self::parse(&text, &path.display())
+    }
+
+    /// Parses and checks the bytes of the manifest at `location` (named in errors).
+    pub fn parse(text: &[u8], location: &dyn std::fmt::Display) -> Result<Self> {
+        let m: Manifest = serde_json::from_slice(text)
+            .with_context(|| format!("manifest {location} is corrupt; delete its partition and rerun to rewrite it"))?;
         if m.format != FORMAT_VERSION {
             anyhow::bail!(
-                "manifest {} has cache format {}, this diffsql reads format {FORMAT_VERSION}; rebuild the cache",
-                path.display(),
+                "manifest {location} has cache format {}, this diffsql reads format {FORMAT_VERSION}; rebuild the cache",
                 m.format
             );
         }

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, FixedSizeBinaryArray, RecordBatch};
 use datafusion::arrow::buffer::{Buffer, MutableBuffer};
 use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
@@ -17,6 +16,8 @@ use parquet::basic::{Compression, Encoding, Repetition, Type as PhysicalType};
 use parquet::column::page::Page;
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::serialized_reader::SerializedPageReader;
+
+use super::source::FileBytes;
 
 /// Pages read in place and pages copied (misaligned) by this process, for benchmarks and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,7 +62,7 @@ pub fn readable_in_place(metadata: &ParquetMetaData, row_groups: &[usize], colum
 /// Batches of one vector column of a file's row groups, each a one-column [`RecordBatch`] whose
 /// `FixedSizeBinary` array shares the file's bytes.
 pub struct VectorPages {
-    data: Bytes,
+    data: FileBytes,
     metadata: Arc<ParquetMetaData>,
     column: usize,
     schema: SchemaRef,
@@ -70,7 +71,7 @@ pub struct VectorPages {
     element: usize,
     batch_rows: usize,
     row_groups: VecDeque<usize>,
-    pages: Option<SerializedPageReader<Bytes>>,
+    pages: Option<SerializedPageReader<FileBytes>>,
     /// The current page's values and how many rows of it were handed out.
     page: Option<(Buffer, usize, usize)>,
 }
@@ -80,7 +81,7 @@ impl VectorPages {
     /// `element` bytes wide) of `row_groups` of the file `data`, in batches of at most `batch_rows` rows.
     /// Check [`readable_in_place`] first.
     pub fn new(
-        data: Bytes,
+        data: FileBytes,
         metadata: Arc<ParquetMetaData>,
         column: usize,
         field: FieldRef,
@@ -211,6 +212,7 @@ mod tests {
     use crate::cache::layout::{CacheLayout, PartitionKey};
     use crate::cache::vectors::VectorEncoding;
     use crate::cache::writer::{ActivationBatch, ActivationWriter, WriteOptions, VECTOR_COLUMN};
+    use bytes::Bytes;
     use datafusion::arrow::array::{Array, Int32Array, Int64Array, StringArray};
     use diffsql_udfs::vector::ElementType;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -245,7 +247,16 @@ mod tests {
         }
         let field = Arc::new(builder.schema().field_with_name(VECTOR_COLUMN).unwrap().clone());
         let range = data.as_ptr() as usize..data.as_ptr() as usize + data.len();
-        let pages = VectorPages::new(data.clone(), metadata, column, field, element, &groups, batch_rows).unwrap();
+        let pages = VectorPages::new(
+            FileBytes::whole(data.clone()),
+            metadata,
+            column,
+            field,
+            element,
+            &groups,
+            batch_rows,
+        )
+        .unwrap();
         let batches = pages
             .map(|b| {
                 let b = b.unwrap();

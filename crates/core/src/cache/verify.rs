@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layout::{CacheLayout, PartitionKey, Table};
 use super::manifest::{FileEntry, Manifest};
+use super::object::ObjectCache;
 
 /// The file in a partition directory that keeps verdicts of its files between processes.
 pub const VERDICTS_FILE: &str = "_verified.json";
@@ -362,6 +363,9 @@ pub fn verify_partition(layout: &CacheLayout, key: &PartitionKey, manifest: &Man
 }
 
 fn verify_partition_with(layout: &CacheLayout, key: &PartitionKey, manifest: &Manifest, trust: Trust) -> Result<()> {
+    if let Some(o) = layout.object()? {
+        return verify_object_partition(o, key, manifest, trust);
+    }
     let dir = layout.partition_dir(key);
     // Kept verdicts are trusted only under `Trust::Kept`; a full check reads them to rewrite them.
     let mut kept = if trust == Trust::Process {
@@ -408,10 +412,159 @@ fn verify_partition_with(layout: &CacheLayout, key: &PartitionKey, manifest: &Ma
     }
 }
 
+/// A kept verdict on an object: the version (ETag and size) that hashed to `xxh3`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ObjectVerdict {
+    name: String,
+    e_tag: String,
+    size: u64,
+    xxh3: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ObjectVerdictFile {
+    format: u32,
+    objects: Vec<ObjectVerdict>,
+}
+
+/// One version of an object: its URL, ETag and size.
+type ObjectVersion = (String, String, u64);
+
+/// Objects this process has checked, by version.
+fn object_verdicts() -> &'static Mutex<HashMap<ObjectVersion, Verdict>> {
+    static VERDICTS: OnceLock<Mutex<HashMap<ObjectVersion, Verdict>>> = OnceLock::new();
+    VERDICTS.get_or_init(Default::default)
+}
+
+/// The object-store form of [`verify_partition_with`]: one listing gives every object's size and ETag (an
+/// object cannot change without a new ETag), a version is hashed once by streaming it (nothing is kept on
+/// disk), and verdicts are kept in the partition's `_verified.json` object.
+fn verify_object_partition(o: &ObjectCache, key: &PartitionKey, manifest: &Manifest, trust: Trust) -> Result<()> {
+    let relative = CacheLayout::partition_relative(key);
+    let listed = o.list_dir(&relative)?;
+    let verdicts_relative = format!("{relative}/{VERDICTS_FILE}");
+    let mut kept: HashMap<String, ObjectVerdict> = if trust == Trust::Process {
+        HashMap::new()
+    } else {
+        o.get_optional(&verdicts_relative)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<ObjectVerdictFile>(&b).ok())
+            .filter(|v| v.format == VERDICTS_FORMAT)
+            .map(|v| v.objects.into_iter().map(|k| (k.name.clone(), k)).collect())
+            .unwrap_or_default()
+    };
+    let outcomes: Vec<(String, Result<Option<ObjectVerdict>>)> = manifest
+        .files
+        .par_iter()
+        .map(|entry| {
+            let outcome = (|| -> Result<Option<ObjectVerdict>> {
+                FILES_CHECKED.fetch_add(1, Ordering::Relaxed);
+                let path = o.path(&format!("{relative}/{}", entry.name));
+                let url = o.url_of(&path);
+                let meta = listed
+                    .get(&entry.name)
+                    .with_context(|| format!("{key}: data file {url} is missing; {FIX}"))?;
+                if meta.size != entry.bytes {
+                    bail!(
+                        "{key}: data file {url} has {} bytes, its manifest says {} (truncated or overwritten); {FIX}",
+                        meta.size,
+                        entry.bytes
+                    );
+                }
+                let e_tag = meta.e_tag.clone().unwrap_or_default();
+                let mut fresh = None;
+                let mut hash_and_judge = || -> Result<(), String> {
+                    FILES_HASHED.fetch_add(1, Ordering::Relaxed);
+                    BYTES_HASHED.fetch_add(meta.size, Ordering::Relaxed);
+                    let hasher = Arc::new(Mutex::new(xxhash_rust::xxh3::Xxh3::new()));
+                    let sink = Arc::clone(&hasher);
+                    o.stream(&path, move |chunk| sink.lock().expect("hasher").update(chunk))
+                        .map_err(|e| format!("{key}: cannot read data file {url}: {e:#}; {FIX}"))?;
+                    let h = format!("{:016x}", hasher.lock().expect("hasher").digest());
+                    if h != entry.xxh3 {
+                        return Err(format!(
+                            "{key}: data file {url} is damaged (xxh3 {h}, its manifest says {}); {FIX}",
+                            entry.xxh3
+                        ));
+                    }
+                    if !e_tag.is_empty() {
+                        fresh = Some(ObjectVerdict {
+                            name: entry.name.clone(),
+                            e_tag: e_tag.clone(),
+                            size: meta.size,
+                            xxh3: h,
+                        });
+                    }
+                    Ok(())
+                };
+                if trust == Trust::Nothing || e_tag.is_empty() {
+                    hash_and_judge().map_err(anyhow::Error::msg)?;
+                    return Ok(fresh);
+                }
+                let verdict = Arc::clone(
+                    object_verdicts()
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry((url.clone(), e_tag.clone(), meta.size))
+                        .or_default(),
+                );
+                let result = verdict.get_or_init(|| match kept.get(&entry.name) {
+                    Some(k)
+                        if trust == Trust::Kept && k.e_tag == e_tag && k.size == meta.size && k.xxh3 == entry.xxh3 =>
+                    {
+                        Ok(())
+                    }
+                    _ => hash_and_judge(),
+                });
+                result.clone().map_err(anyhow::Error::msg)?;
+                Ok(fresh)
+            })();
+            (entry.name.clone(), outcome)
+        })
+        .collect();
+    let mut changed = false;
+    let mut first_error = None;
+    if trust == Trust::Nothing {
+        let before = kept.len();
+        kept.retain(|name, _| manifest.files.iter().any(|f| &f.name == name));
+        changed = kept.len() != before;
+    }
+    for (name, outcome) in outcomes {
+        match outcome {
+            Ok(Some(verdict)) => {
+                changed |= kept.get(&name) != Some(&verdict);
+                kept.insert(name, verdict);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                changed |= kept.remove(&name).is_some();
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if changed && trust != Trust::Process {
+        // Best effort, as on disk: a store that refuses the write keeps no verdicts.
+        let mut objects: Vec<ObjectVerdict> = kept.into_values().collect();
+        objects.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Ok(bytes) = serde_json::to_vec(&ObjectVerdictFile {
+            format: VERDICTS_FORMAT,
+            objects,
+        }) {
+            o.put(&verdicts_relative, bytes).ok();
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// One damaged partition found by [`check`].
 #[derive(Debug, Clone)]
 pub struct Damaged {
     pub key: PartitionKey,
+    /// Its directory or its objects' prefix (a URL).
     pub dir: PathBuf,
     /// What is wrong (the first damaged file's message).
     pub problem: String,
@@ -438,7 +591,10 @@ pub fn check(layout: &CacheLayout, repair: bool) -> Result<CheckReport> {
             report.files += manifest.files.len();
             report.bytes += manifest.bytes();
             if let Err(e) = verify_partition_with(layout, &key, &manifest, Trust::Nothing) {
-                let dir = layout.partition_dir(&key);
+                let dir = match layout.object()? {
+                    Some(o) => PathBuf::from(o.url_of(&o.path(&CacheLayout::partition_relative(&key)))),
+                    None => layout.partition_dir(&key),
+                };
                 report.damaged.push(Damaged {
                     key,
                     dir,
@@ -449,11 +605,24 @@ pub fn check(layout: &CacheLayout, repair: bool) -> Result<CheckReport> {
     }
     if repair {
         for d in &report.damaged {
-            remove_partition(&d.dir)?;
+            match layout.object()? {
+                Some(o) => remove_object_partition(o, &d.key)?,
+                None => remove_partition(&d.dir)?,
+            }
             report.removed += 1;
         }
     }
     Ok(report)
+}
+
+/// Removes a partition's objects, its manifest first.
+fn remove_object_partition(o: &ObjectCache, key: &PartitionKey) -> Result<()> {
+    let relative = CacheLayout::partition_relative(key);
+    o.delete(&o.path(&format!("{relative}/{}", super::layout::MANIFEST_FILE)))?;
+    for meta in o.list(&format!("{relative}/"))? {
+        o.delete(&meta.location)?;
+    }
+    Ok(())
 }
 
 /// Removes a partition directory, its manifest first (a partition without a manifest does not exist).

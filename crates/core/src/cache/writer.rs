@@ -17,8 +17,10 @@ use super::atomic::move_into_place;
 pub use super::atomic::write_atomic;
 use super::file_writer::{vector_page_rows, FileSink};
 use super::layout::{token_key_fields, CacheLayout, PartitionKey, MANIFEST_FILE};
+use super::lock::ObjectLock;
 pub use super::lock::WriteLock;
 use super::manifest::{FileEntry, Manifest, FORMAT_VERSION};
+use super::object::ObjectCache;
 use super::vectors::VectorEncoding;
 use crate::config::VectorCompression;
 
@@ -99,17 +101,12 @@ impl TokenFingerprint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlreadyComplete {
     pub key: PartitionKey,
-    pub cache: PathBuf,
+    pub cache: String,
 }
 
 impl std::fmt::Display for AlreadyComplete {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "partition {} is already complete in {}",
-            self.key,
-            self.cache.display()
-        )
+        write!(f, "partition {} is already complete in {}", self.key, self.cache)
     }
 }
 
@@ -133,6 +130,8 @@ pub struct PartitionWriter {
     encoding: Option<VectorEncoding>,
     /// Whether the vector column's values are aligned in the file (uncompressed vectors, stored first).
     aligned_vectors: bool,
+    /// The object store the partition is uploaded to when finished, and its lock there.
+    object: Option<(Arc<ObjectCache>, ObjectLock)>,
     _lock: WriteLock,
 }
 
@@ -142,11 +141,17 @@ impl PartitionWriter {
     pub fn create(layout: &CacheLayout, key: PartitionKey, schema: SchemaRef, options: WriteOptions) -> Result<Self> {
         key.validate()?;
         let final_dir = layout.partition_dir(&key);
+        let store = layout.object()?.cloned();
+        let manifest_relative = format!("{}/{MANIFEST_FILE}", CacheLayout::partition_relative(&key));
         let complete = || -> Result<()> {
-            if final_dir.join(MANIFEST_FILE).exists() {
+            let present = match &store {
+                None => final_dir.join(MANIFEST_FILE).exists(),
+                Some(o) => o.head(&manifest_relative)?.is_some(),
+            };
+            if present {
                 return Err(AlreadyComplete {
                     key: key.clone(),
-                    cache: layout.root().to_path_buf(),
+                    cache: layout.location(),
                 }
                 .into());
             }
@@ -166,6 +171,14 @@ impl PartitionWriter {
             WriteLock::acquire_waiting(lock_path, &what)?
         } else {
             WriteLock::acquire(lock_path, &what)?
+        };
+        let object = match store.clone() {
+            None => None,
+            Some(o) => {
+                let relative = format!(".locks/{}.lock", layout.partition_lock_name(&key));
+                let lock = ObjectLock::acquire(&o, relative, &what, options.wait_for_other_writers)?;
+                Some((o, lock))
+            }
         };
         // Another writer may have finished it while we waited.
         complete()?;
@@ -202,6 +215,7 @@ impl PartitionWriter {
             declared_fingerprint: None,
             encoding,
             aligned_vectors,
+            object,
             _lock: lock,
         })
     }
@@ -321,6 +335,19 @@ impl PartitionWriter {
                 .map_or(0, |d| d.as_secs()),
         };
         manifest.write(&self.staging.join(MANIFEST_FILE))?;
+        if let Some((object, _lock)) = &self.object {
+            // Every data object complete first, the manifest last: until it is there the partition is not.
+            let relative = CacheLayout::partition_relative(&self.key);
+            for f in &self.files {
+                object.upload(&self.staging.join(&f.name), &format!("{relative}/{}", f.name))?;
+            }
+            object.upload(
+                &self.staging.join(MANIFEST_FILE),
+                &format!("{relative}/{MANIFEST_FILE}"),
+            )?;
+            fs::remove_dir_all(&self.staging).ok();
+            return Ok(manifest);
+        }
         // A directory without a manifest in its place is not a partition: it is replaced.
         move_into_place(&self.staging, &self.final_dir)?;
         Ok(manifest)

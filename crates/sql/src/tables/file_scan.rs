@@ -4,8 +4,6 @@
 //! the wrong rule for a cache whose manifests say what is complete.)
 
 use std::fmt;
-use std::fs::File;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
@@ -22,13 +20,14 @@ use parquet::arrow::ProjectionMask;
 
 use super::scan::within_limit;
 use diffsql_core::cache::layout::PartitionKey;
+use diffsql_core::cache::source::{CacheFile, CachePath};
 use diffsql_core::cache::verify::FIX;
 
 /// One data file to read, with its partition's column values.
 #[derive(Debug, Clone)]
 pub struct FileUnit {
     pub partition: PartitionKey,
-    pub path: PathBuf,
+    pub path: CachePath,
     pub rows: usize,
     pub partition_values: Vec<ScalarValue>,
 }
@@ -159,19 +158,18 @@ struct FileReader {
 }
 
 fn file_error(unit: &FileUnit, e: impl fmt::Display) -> DataFusionError {
-    DataFusionError::Execution(format!(
-        "{}: cannot read {}: {e}; {FIX}",
-        unit.partition,
-        unit.path.display()
-    ))
+    DataFusionError::Execution(format!("{}: cannot read {}: {e}; {FIX}", unit.partition, unit.path))
 }
 
 impl FileReader {
     fn open(&self, unit: &FileUnit) -> Result<ParquetRecordBatchReader> {
-        let file = File::open(&unit.path).map_err(|e| file_error(unit, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| file_error(unit, e))?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), self.read.iter().copied());
-        builder
+        let file = CacheFile::open(&unit.path).map_err(|e| file_error(unit, format!("{e:#}")))?;
+        let groups: Vec<usize> = (0..file.metadata.metadata().num_row_groups()).collect();
+        let bytes = file
+            .bytes_for(&groups, &self.read)
+            .map_err(|e| file_error(unit, format!("{e:#}")))?;
+        let mask = ProjectionMask::roots(file.metadata.parquet_schema(), self.read.iter().copied());
+        ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, file.metadata.clone())
             .with_projection(mask)
             .with_batch_size(self.batch_size)
             .build()

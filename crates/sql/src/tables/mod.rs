@@ -305,13 +305,13 @@ impl TableProvider for VectorTable {
         let target_rows = (total_rows / (target_partitions * 4)).max(1);
         let mut units = Vec::new();
         for (key, manifest, base, encoding) in pairs {
-            let dir = self.layout.partition_dir(&key);
-            let base_dir = base.as_ref().map(|b| self.layout.partition_dir(&b.partition));
-            for (i, entry) in manifest.files.iter().enumerate() {
-                let file = dir.join(&entry.name);
-                let base_file = base_dir
-                    .as_ref()
-                    .map(|d| d.join(&base.as_ref().expect("with dir").files[i].name));
+            let files = self.layout.files(&key, &manifest).map_err(to_df)?;
+            let base_files = match &base {
+                Some(b) => Some(self.layout.files(&b.partition, b).map_err(to_df)?),
+                None => None,
+            };
+            for (i, (entry, file)) in manifest.files.iter().zip(files).enumerate() {
+                let base_file = base_files.as_ref().map(|b| b[i].clone());
                 let sizes = row_group_rows(&file)?;
                 let same_groups = match &base_file {
                     Some(b) => row_group_rows(b)? == sizes,
@@ -349,7 +349,11 @@ impl TableProvider for VectorTable {
                 units,
                 target_partitions,
                 |u| u.rows,
-                |a, b| a.file.cmp(&b.file).then_with(|| a.row_groups.cmp(&b.row_groups)),
+                |a, b| {
+                    (a.file.to_string())
+                        .cmp(&b.file.to_string())
+                        .then_with(|| a.row_groups.cmp(&b.row_groups))
+                },
             ),
             self.vector_type.clone(),
             vector_batch_rows(&self.vector_type, self.batch_bytes, state.config().batch_size()),
@@ -381,7 +385,7 @@ fn empty_table(layout: &CacheLayout, table: &str) -> anyhow::Error {
     };
     anyhow::anyhow!(
         "the cache {} holds no {table} partitions: {how}, or pass --cache DIR",
-        layout.root().display()
+        layout.location()
     )
 }
 
@@ -451,12 +455,12 @@ impl TableProvider for RowTable {
                 continue;
             }
             verify_partition(&self.layout, &key, &manifest).map_err(to_df)?;
-            let dir = self.layout.partition_dir(&key);
+            let files = self.layout.files(&key, &manifest).map_err(to_df)?;
             let values = partition_values(self.table, &key);
-            for f in &manifest.files {
+            for (f, path) in manifest.files.iter().zip(files) {
                 units.push(FileUnit {
                     partition: key.clone(),
-                    path: dir.join(&f.name),
+                    path,
                     rows: f.rows as usize,
                     partition_values: values.clone(),
                 });
@@ -481,7 +485,7 @@ impl TableProvider for RowTable {
             units,
             state.config().target_partitions(),
             |u| u.rows.max(1),
-            |a, b| a.path.cmp(&b.path),
+            |a, b| a.path.to_string().cmp(&b.path.to_string()),
         );
         Ok(Arc::new(FileScanExec::new(
             self.table.name(),

@@ -2,8 +2,6 @@
 //! organism file beside the base file holding the same tokens, zipping rows without any join.
 
 use std::fmt;
-use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, Int32Array, RecordBatch, RecordBatchOptions, StringArray};
@@ -15,12 +13,11 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
-use parquet::file::metadata::ParquetMetaData;
-use parquet::schema::types::SchemaDescriptor;
 
 use diffsql_core::cache::layout::PartitionKey;
+use diffsql_core::cache::source::{CacheFile, CachePath};
 use diffsql_core::cache::vector_pages::{readable_in_place, VectorPages};
 use diffsql_core::cache::vectors::VectorEncoding;
 use diffsql_core::cache::writer::VECTOR_COLUMN;
@@ -52,8 +49,8 @@ pub enum ColumnSource {
 #[derive(Debug, Clone)]
 pub struct ScanUnit {
     pub partition: PartitionKey,
-    pub file: PathBuf,
-    pub base_file: Option<PathBuf>,
+    pub file: CachePath,
+    pub base_file: Option<CachePath>,
     pub row_groups: Vec<usize>,
     pub rows: usize,
     pub encoding: VectorEncoding,
@@ -255,7 +252,7 @@ impl UnitReader {
         let wants_vector = self.sources.contains(&ColumnSource::Vector);
         if !keys.is_empty() || wants_vector {
             // One map and one footer read for the keys and the vectors of the file.
-            let file = CacheFile::open(&unit.file)?;
+            let file = open_file(&unit.file)?;
             if !keys.is_empty() {
                 key_stream = Some(streams.len());
                 streams.push(self.columns_stream(&file, &unit.row_groups, &keys)?);
@@ -268,10 +265,10 @@ impl UnitReader {
         if self.sources.contains(&ColumnSource::BaseVector) {
             let path = unit
                 .base_file
-                .as_deref()
+                .as_ref()
                 .ok_or_else(|| exec_datafusion_err!("acts: no base file for {}", unit.partition))?;
             base_stream = Some(streams.len());
-            streams.push(self.vector_stream(&CacheFile::open(path)?, &unit)?);
+            streams.push(self.vector_stream(&open_file(path)?, &unit)?);
         }
         let columns = self
             .sources
@@ -294,10 +291,12 @@ impl UnitReader {
 
     /// The named columns of `file`'s row groups, through Parquet's reader.
     fn columns_stream(&self, file: &CacheFile, row_groups: &[usize], names: &[&str]) -> Result<Stream> {
-        let roots = root_indices(file.metadata.parquet_schema(), names, &file.path)?;
-        file.map.populate_columns(file.metadata.metadata(), row_groups, &roots);
+        let roots = file
+            .root_indices(names)
+            .map_err(|e| corrupt(&file.path, format!("{e:#}")))?;
+        let bytes = file.bytes_for(row_groups, &roots).map_err(read_error)?;
         let mask = ProjectionMask::roots(file.metadata.parquet_schema(), roots);
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file.map.bytes(), file.metadata.clone())
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, file.metadata.clone())
             .with_row_groups(row_groups.to_vec())
             .with_projection(mask)
             .with_batch_size(self.batch_size)
@@ -313,12 +312,14 @@ impl UnitReader {
     /// The vectors of `file`'s row groups of `unit`: in place where the pages allow it, else through
     /// Parquet's reader.
     fn vector_stream(&self, file: &CacheFile, unit: &ScanUnit) -> Result<Stream> {
-        let roots = root_indices(file.metadata.parquet_schema(), &[VECTOR_COLUMN], &file.path)?;
+        let roots = file
+            .root_indices(&[VECTOR_COLUMN])
+            .map_err(|e| corrupt(&file.path, format!("{e:#}")))?;
         let metadata = Arc::clone(file.metadata.metadata());
         if !readable_in_place(&metadata, &unit.row_groups, roots[0]) {
             return self.columns_stream(file, &unit.row_groups, &[VECTOR_COLUMN]);
         }
-        file.map.populate_columns(&metadata, &unit.row_groups, &roots);
+        let bytes = file.bytes_for(&unit.row_groups, &roots).map_err(read_error)?;
         let field = file
             .metadata
             .schema()
@@ -326,7 +327,7 @@ impl UnitReader {
             .map_err(|e| corrupt(&file.path, e))?
             .clone();
         let pages = VectorPages::new(
-            file.map.bytes(),
+            bytes,
             metadata,
             roots[0],
             Arc::new(field),
@@ -363,8 +364,7 @@ impl UnitReader {
             if batches.iter().any(Option::is_none) {
                 return Err(DataFusionError::Execution(format!(
                     "acts: {} and its base file have different row counts; rerun preprocessing for {}",
-                    open.unit.file.display(),
-                    open.unit.partition
+                    open.unit.file, open.unit.partition
                 )));
             }
             let rows = batches.iter().flatten().map(RecordBatch::num_rows).min().unwrap_or(0);
@@ -408,21 +408,6 @@ impl UnitReader {
     }
 }
 
-/// The root column indices of `names` in a file's schema (caches written at different times order their
-/// columns differently).
-fn root_indices(schema: &SchemaDescriptor, names: &[&str], path: &Path) -> Result<Vec<usize>> {
-    let fields = schema.root_schema().get_fields();
-    names
-        .iter()
-        .map(|name| {
-            fields
-                .iter()
-                .position(|f| f.name() == *name)
-                .ok_or_else(|| corrupt(path, format!("no column {name}")))
-        })
-        .collect()
-}
-
 /// Stored vectors of `unit` as the table's vector type.
 fn vectors(vector_type: &DataType, stored: ArrayRef, unit: &ScanUnit) -> Result<ArrayRef> {
     let stored = stored.as_fixed_size_binary();
@@ -431,7 +416,7 @@ fn vectors(vector_type: &DataType, stored: ArrayRef, unit: &ScanUnit) -> Result<
     } else {
         unit.encoding.decode_to_f32_list(stored)
     };
-    decoded.map_err(|e| DataFusionError::Execution(format!("{}: {e:#}", unit.file.display())))
+    decoded.map_err(|e| DataFusionError::Execution(format!("{}: {e:#}", unit.file)))
 }
 
 fn column(from: Option<(&RecordBatch, &str)>) -> Result<ArrayRef> {
@@ -442,82 +427,18 @@ fn column(from: Option<(&RecordBatch, &str)>) -> Result<ArrayRef> {
         .ok_or_else(|| exec_datafusion_err!("column {name} missing from a cache file"))
 }
 
-/// A cache file mapped once, with its Parquet footer read once for every stream of it.
-struct CacheFile {
-    path: PathBuf,
-    map: MappedFile,
-    metadata: ArrowReaderMetadata,
+/// Opens a cache file (maps it, or reads an object's footer), the error naming the file.
+fn open_file(path: &CachePath) -> Result<CacheFile> {
+    CacheFile::open(path).map_err(read_error)
 }
 
-impl CacheFile {
-    fn open(path: &Path) -> Result<Self> {
-        let map = MappedFile::open(path)?;
-        let metadata =
-            ArrowReaderMetadata::load(&map.bytes(), ArrowReaderOptions::default()).map_err(|e| corrupt(path, e))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            map,
-            metadata,
-        })
-    }
+fn read_error(e: anyhow::Error) -> DataFusionError {
+    DataFusionError::Execution(format!("{e:#}; delete its partition and rerun preprocessing"))
 }
 
-/// A cache file mapped into memory: Parquet pages are read straight from the page cache, without a copy
-/// into freshly allocated buffers. Cache files are immutable once their partition is in place.
-struct MappedFile(Arc<memmap2::Mmap>);
-
-impl AsRef<[u8]> for MappedFile {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_ref()
-    }
-}
-
-impl MappedFile {
-    fn open(path: &Path) -> Result<Self> {
-        let f = File::open(path).map_err(|e| io_error(path, e))?;
-        // SAFETY: cache files are written once under .staging/ and renamed into place; nothing writes
-        // them afterwards. A file truncated behind diffsql's back is outside what this can guard against.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io_error(path, e))?;
-        Ok(Self(Arc::new(map)))
-    }
-
-    /// The whole file as `Bytes` sharing this mapping.
-    fn bytes(&self) -> bytes::Bytes {
-        bytes::Bytes::from_owner(MappedFile(Arc::clone(&self.0)))
-    }
-
-    /// Prefaults the column chunks of `columns` in `row_groups`, in one call each rather than one page fault
-    /// at a time.
-    fn populate_columns(&self, metadata: &ParquetMetaData, row_groups: &[usize], columns: &[usize]) {
-        for &rg in row_groups {
-            for &col in columns {
-                if let Some(chunk) = metadata.row_groups().get(rg).and_then(|g| g.columns().get(col)) {
-                    let (start, len) = chunk.byte_range();
-                    self.populate(start as usize, len as usize);
-                }
-            }
-        }
-    }
-
-    /// Prefaults a byte range (best effort: older kernels lack MADV_POPULATE_READ).
-    fn populate(&self, start: usize, len: usize) {
-        let end = (start + len).min(self.0.len());
-        if start < end {
-            self.0
-                .advise_range(memmap2::Advice::PopulateRead, start, end - start)
-                .ok();
-        }
-    }
-}
-
-fn io_error(path: &std::path::Path, e: std::io::Error) -> DataFusionError {
-    DataFusionError::Execution(format!("cannot open cache file {}: {e}", path.display()))
-}
-
-fn corrupt(path: &std::path::Path, e: impl fmt::Display) -> DataFusionError {
+fn corrupt(path: &CachePath, e: impl fmt::Display) -> DataFusionError {
     DataFusionError::Execution(format!(
-        "cache file {} is unreadable ({e}); delete its partition directory and rerun preprocessing",
-        path.display()
+        "cache file {path} is unreadable ({e}); delete its partition directory and rerun preprocessing"
     ))
 }
 
@@ -546,16 +467,9 @@ pub fn balance<U>(
         .collect()
 }
 
-/// Row-group sizes of a Parquet file.
-pub fn row_group_rows(path: &Path) -> Result<Vec<usize>> {
-    let f = File::open(path).map_err(|e| io_error(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| corrupt(path, e))?;
-    Ok(builder
-        .metadata()
-        .row_groups()
-        .iter()
-        .map(|rg| rg.num_rows() as usize)
-        .collect())
+/// Row-group sizes of a cache file.
+pub fn row_group_rows(path: &CachePath) -> Result<Vec<usize>> {
+    Ok(open_file(path)?.row_group_rows())
 }
 
 /// Splits a file's row groups into runs of about `target_rows` rows.
