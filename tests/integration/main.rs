@@ -9,6 +9,7 @@ mod diffing;
 mod fixtures;
 mod integrity;
 mod model;
+mod object_store;
 mod preprocess;
 mod python;
 mod real_models;

@@ -30,6 +30,21 @@ pub const S3_SCHEME: &str = "s3://";
 const UPLOAD_PART_BYTES: usize = 16 << 20;
 const UPLOAD_CONCURRENCY: usize = 4;
 
+/// For tests of interrupted uploads: the process aborts (as under kill -9) once this many objects are uploaded.
+pub const CRASH_AFTER_UPLOADS_VAR: &str = "DIFFSQL_CRASH_AFTER_UPLOADS";
+
+/// Counts an upload, and aborts the process if [`CRASH_AFTER_UPLOADS_VAR`] says this is the last.
+fn count_upload() {
+    static UPLOADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static LIMIT: OnceLock<Option<usize>> = OnceLock::new();
+    let limit = LIMIT.get_or_init(|| std::env::var(CRASH_AFTER_UPLOADS_VAR).ok()?.parse().ok());
+    let done = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    if limit.is_some_and(|l| done >= l) {
+        eprintln!("{CRASH_AFTER_UPLOADS_VAR}: aborting after {done} uploads");
+        std::process::abort();
+    }
+}
+
 /// Whether `location` (a `cache_dir` value) names an object-store cache.
 pub fn is_object_url(location: &str) -> bool {
     location.starts_with(S3_SCHEME)
@@ -235,6 +250,12 @@ impl ObjectCache {
     /// Uploads the local file `file` to `relative`: one request for a small file, parts for a large one.
     /// The object appears whole when the upload completes, or not at all.
     pub fn upload(&self, file: &std::path::Path, relative: &str) -> Result<()> {
+        self.upload_object(file, relative)?;
+        count_upload();
+        Ok(())
+    }
+
+    fn upload_object(&self, file: &std::path::Path, relative: &str) -> Result<()> {
         let path = self.path(relative);
         let len = std::fs::metadata(file)
             .with_context(|| format!("cannot read {}", file.display()))?
