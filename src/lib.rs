@@ -15,5 +15,6 @@
 //! | `diffsql-preprocess` | running both models over datasets into the cache |
 //! | `diffsql-diffing` | diffing methods as saved SQL, their results, charts and reports |
 //! | `diffsql-serve` | the dashboard |
+//! | `diffsql-cluster` | `diffsql worker` and sessions that run their heavy stages on workers (datafusion-distributed) |
 
 pub mod pipeline;

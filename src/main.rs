@@ -54,6 +54,10 @@ struct Cli {
     /// hashed once per process; also `DIFFSQL_REHASH=1`); `diffsql check` always hashes everything.
     #[arg(long, global = true)]
     rehash: bool,
+    /// Run the heavy stages of queries on these `diffsql worker`s (host:port,host:port); also the config key
+    /// `workers`.
+    #[arg(long, global = true, env = "DIFFSQL_WORKERS", value_delimiter = ',')]
+    workers: Vec<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -89,6 +93,13 @@ enum Command {
     Synth(SynthArgs),
     /// Serve the dashboard over the cache and the results folder on a local port (http://127.0.0.1:8421/).
     Serve(ServeArgs),
+    /// Serve a worker that runs query stages sent by sessions started with --workers (every diffsql function,
+    /// the cache scans); it reads the cache files the plans name (a shared directory, or an s3:// cache).
+    Worker {
+        /// Address to listen on (port 0: any free port, printed on stderr).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: std::net::SocketAddr,
+    },
     /// Verify every file of the cache against its manifest (size and xxh3 checksum); exit 1 if any is damaged.
     Check {
         /// Remove damaged partitions, so that a rerun of `diffsql preprocess` rebuilds them.
@@ -242,6 +253,14 @@ fn run() -> Result<ExitCode> {
         diffsql_core::cache::verify::set_policy(diffsql_core::cache::verify::VerifyPolicy::EveryProcess);
     }
     let configs = ConfigDir::new(&cli.configs);
+    if !cli.workers.is_empty() {
+        pipeline::use_workers(&cli.workers)?;
+    } else if !matches!(cli.command, Some(Command::Worker { .. })) {
+        let configured = configs.workers()?;
+        if !configured.is_empty() {
+            pipeline::use_workers(&configured)?;
+        }
+    }
     let pipeline_fixed = |mode: Option<&str>| -> Result<Vec<Override>> {
         let mut fixed = Vec::new();
         if let Some(c) = &cli.cache {
@@ -392,6 +411,13 @@ fn run() -> Result<ExitCode> {
         }
         Some(Command::Synth(args)) => synth_cache(&cache, args),
         Some(Command::Check { repair }) => check_cache(&cache, repair),
+        Some(Command::Worker { listen }) => {
+            let shutdown = async {
+                tokio::signal::ctrl_c().await.ok();
+            };
+            runtime()?.block_on(diffsql_cluster::serve_worker(listen, shutdown))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -78,7 +78,26 @@ pub fn evaluate(settings: &Settings, configs: &ConfigDir) -> Result<()> {
 }
 
 /// Runs one resolved config in its mode.
+/// Runs this process's sessions on `workers` (set once; the same list again is a no-op, another an error).
+pub fn use_workers(workers: &[String]) -> Result<()> {
+    static INSTALLED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    if let Some(installed) = INSTALLED.get() {
+        if installed.as_slice() != workers {
+            bail!(
+                "workers={workers:?} differs from the workers this process already uses ({installed:?}): one list per command"
+            );
+        }
+        return Ok(());
+    }
+    diffsql_cluster::install(diffsql_cluster::workers_from(&workers.join(","))?)?;
+    INSTALLED.set(workers.to_vec()).ok();
+    Ok(())
+}
+
 pub fn run_one(settings: &Settings, configs: &ConfigDir, queries: &Path) -> Result<()> {
+    if !settings.workers.is_empty() {
+        use_workers(&settings.workers)?;
+    }
     if matches!(settings.pipeline.mode, Mode::Preprocessing | Mode::Full) {
         preprocess(settings, configs)?;
     }

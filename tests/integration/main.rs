@@ -3,6 +3,7 @@
 
 mod agent;
 mod cache;
+mod cluster;
 mod config;
 mod dictionary;
 mod diffing;

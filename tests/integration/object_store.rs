@@ -194,7 +194,10 @@ fn every_method_and_query_gives_from_the_store_what_it_gives_from_disk() {
         }
     }
     // `check` reads every object of the store's cache.
-    let o = diffsql(&s3.endpoint, &spool).args(["check", "--cache", &url]).output().unwrap();
+    let o = diffsql(&s3.endpoint, &spool)
+        .args(["check", "--cache", &url])
+        .output()
+        .unwrap();
     let report = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
     assert!(o.status.success() && report.contains(": 0 damaged"), "{report}");
 }

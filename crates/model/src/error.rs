@@ -10,12 +10,41 @@ pub fn one_line(e: &anyhow::Error) -> String {
         _ => cause.to_string(),
     };
     let causes: Vec<String> = e.chain().map(message).collect();
-    causes.join(": ").replace('\n', " ")
+    let line = causes.join(": ").replace('\n', " ");
+    unreachable_worker(&line).unwrap_or(line)
+}
+
+/// A cluster worker that could not be reached, said once: the distributed engine repeats its transport
+/// error through every layer of the plan.
+fn unreachable_worker(line: &str) -> Option<String> {
+    const MARK: &str = "Distributed DataFusion worker on '";
+    let start = line.find(MARK)? + MARK.len();
+    let url = line[start..].split('\'').next()?.trim_end_matches('/');
+    let why = if line.contains("Connection refused") {
+        "connection refused"
+    } else if line.contains("timed out") || line.contains("Timeout") {
+        "timed out"
+    } else {
+        "transport error"
+    };
+    Some(format!(
+        "worker {url} cannot be reached ({why}): start it with `diffsql worker --listen HOST:PORT`, or leave it out of --workers"
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::one_line;
+
+    #[test]
+    fn an_unreachable_cluster_worker_is_named_once() {
+        let repeated = "tonic::transport::Error(Transport, ConnectError(\"tcp connect error\", 127.0.0.1:9, Os { code: 111, kind: ConnectionRefused, message: \"Connection refused\" })) caused by Execution error: Error connecting to Distributed DataFusion worker on 'http://127.0.0.1:9/': transport error";
+        let line = one_line(&anyhow::anyhow!("{repeated} caused by {repeated}"));
+        assert_eq!(
+            line,
+            "worker http://127.0.0.1:9 cannot be reached (connection refused): start it with `diffsql worker --listen HOST:PORT`, or leave it out of --workers"
+        );
+    }
 
     #[test]
     fn one_line_joins_causes_and_drops_candle_backtraces() {

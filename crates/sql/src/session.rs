@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
@@ -38,6 +39,20 @@ pub fn open_session(cache_dir: &Path) -> Result<SessionContext> {
     )
 }
 
+/// A change every session's state gets before it is built: the cluster layer (`diffsql-cluster`) installs
+/// one that runs the heavy stages of each query on workers. Sessions built before it is set keep running in
+/// this process.
+pub type StateHook = fn(SessionStateBuilder) -> Result<SessionStateBuilder>;
+
+static STATE_HOOK: std::sync::OnceLock<StateHook> = std::sync::OnceLock::new();
+
+/// Installs the [`StateHook`] of this process (once: a second call is an error).
+pub fn set_state_hook(hook: StateHook) -> Result<()> {
+    STATE_HOOK
+        .set(hook)
+        .map_err(|_| anyhow::anyhow!("the session hook of this process is already set"))
+}
+
 /// [`open_session`] with the given access rules (the cache directory is always protected).
 pub fn open_session_with(cache_dir: &Path, mut access: SqlAccess) -> Result<SessionContext> {
     let layout = CacheLayout::new(cache_dir);
@@ -56,7 +71,11 @@ pub fn open_session_with(cache_dir: &Path, mut access: SqlAccess) -> Result<Sess
         .with_information_schema(true)
         .with_extension(Arc::new(access))
         .with_extension(Arc::clone(&dictionaries));
-    let ctx = SessionContext::new_with_config(config);
+    let mut state = SessionStateBuilder::new().with_config(config).with_default_features();
+    if let Some(hook) = STATE_HOOK.get() {
+        state = hook(state)?;
+    }
+    let ctx = SessionContext::new_with_state(state.build());
     diffsql_udfs::register_all(&ctx);
     super::dictionary::register(&ctx, dictionaries);
     let open = |kind| {

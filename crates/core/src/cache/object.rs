@@ -127,6 +127,21 @@ impl ObjectCache {
         })
     }
 
+    /// The cache at `url`, opened once per process (plans received by a worker name their files by URL).
+    pub fn shared(url: &str) -> Result<Arc<Self>> {
+        static OPEN: OnceLock<std::sync::Mutex<HashMap<String, Arc<ObjectCache>>>> = OnceLock::new();
+        let mut open = OPEN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = open.get(url) {
+            return Ok(Arc::clone(c));
+        }
+        let cache = Arc::new(Self::open(url)?);
+        open.insert(url.to_string(), Arc::clone(&cache));
+        Ok(cache)
+    }
+
     /// `s3://bucket/prefix`.
     pub fn url(&self) -> &str {
         &self.url

@@ -18,14 +18,17 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::ProjectionMask;
 use parquet::errors::ParquetError;
 use parquet::file::reader::{ChunkReader, Length};
+use serde::{Deserialize, Serialize};
 
 use super::object::ObjectCache;
 
 /// Bytes fetched from the end of an object to read its footer in one request (most footers fit).
 const FOOTER_PREFETCH: u64 = 64 << 10;
 
-/// Where one cache file lies.
-#[derive(Debug, Clone)]
+/// Where one cache file lies. Serialised (for plans sent to workers) as its path, or as its cache's URL, object
+/// path and size; the receiving process opens the store with its own credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "CachePathSpec", into = "CachePathSpec")]
 pub enum CachePath {
     Local(PathBuf),
     Object {
@@ -34,6 +37,41 @@ pub enum CachePath {
         /// Its size as the manifest records it (so no request is needed to learn it).
         size: u64,
     },
+}
+
+/// The serialised form of a [`CachePath`].
+#[derive(Serialize, Deserialize)]
+enum CachePathSpec {
+    Local(PathBuf),
+    Object { cache: String, path: String, size: u64 },
+}
+
+impl From<CachePath> for CachePathSpec {
+    fn from(p: CachePath) -> Self {
+        match p {
+            CachePath::Local(p) => CachePathSpec::Local(p),
+            CachePath::Object { cache, path, size } => CachePathSpec::Object {
+                cache: cache.url().to_string(),
+                path: path.to_string(),
+                size,
+            },
+        }
+    }
+}
+
+impl TryFrom<CachePathSpec> for CachePath {
+    type Error = String;
+
+    fn try_from(spec: CachePathSpec) -> Result<Self, String> {
+        Ok(match spec {
+            CachePathSpec::Local(p) => CachePath::Local(p),
+            CachePathSpec::Object { cache, path, size } => CachePath::Object {
+                cache: ObjectCache::shared(&cache).map_err(|e| format!("{e:#}"))?,
+                path: ObjectPath::from(path),
+                size,
+            },
+        })
+    }
 }
 
 impl fmt::Display for CachePath {

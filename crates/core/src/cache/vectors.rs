@@ -23,7 +23,7 @@ pub const DTYPE_KEY: &str = "diffsql.dtype";
 pub const D_MODEL_KEY: &str = "diffsql.d_model";
 
 /// The storage encoding of one vector column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct VectorEncoding {
     pub dtype: ElementType,
     pub d_model: usize,

@@ -60,6 +60,32 @@ impl ConfigDir {
         }
     }
 
+    /// The workers `config.toml` names (`workers`, a list of host:port), for commands that do not resolve a
+    /// whole run; none when there is no `config.toml`.
+    pub fn workers(&self) -> Result<Vec<String>> {
+        let path = self.dir.join("config.toml");
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        match Self::read_toml(&path)?.get("workers") {
+            None => Ok(Vec::new()),
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    other => bail!(
+                        "{}: workers must be a list of host:port strings, not {other}",
+                        path.display()
+                    ),
+                })
+                .collect(),
+            Some(other) => bail!(
+                "{}: workers must be a list of host:port strings, not {other}",
+                path.display()
+            ),
+        }
+    }
+
     fn read_toml(path: &Path) -> Result<Table> {
         let text = fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), one_line(&e.to_string())))

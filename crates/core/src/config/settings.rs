@@ -32,6 +32,9 @@ pub struct Settings {
     pub cache_dir: PathBuf,
     /// Where diffing results are written.
     pub results_dir: PathBuf,
+    /// `diffsql worker`s (host:port) that run the heavy stages of this run's queries; empty: this process.
+    #[serde(default)]
+    pub workers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -19,21 +19,24 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 use parquet::arrow::ProjectionMask;
 
 use super::scan::within_limit;
-use diffsql_core::cache::layout::PartitionKey;
+use diffsql_core::cache::layout::{PartitionKey, Table};
 use diffsql_core::cache::source::{CacheFile, CachePath};
 use diffsql_core::cache::verify::FIX;
+use serde::{Deserialize, Serialize};
 
 /// One data file to read, with its partition's column values.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileUnit {
     pub partition: PartitionKey,
     pub path: CachePath,
     pub rows: usize,
+    /// Computed from `partition` (not sent to workers).
+    #[serde(skip)]
     pub partition_values: Vec<ScalarValue>,
 }
 
 /// Where one output column comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RowColumn {
     /// A column of the file, by its index in the file schema.
     File(usize),
@@ -79,6 +82,76 @@ impl FileScanExec {
             limit,
             properties: Arc::new(properties),
         }
+    }
+}
+
+/// A [`FileScanExec`] without its schema (which travels as an Arrow type).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileScanParts {
+    pub table: String,
+    pub columns: Vec<RowColumn>,
+    pub groups: Vec<Vec<FileUnit>>,
+    pub batch_size: usize,
+    pub limit: Option<usize>,
+}
+
+impl FileScanExec {
+    /// Everything but the schema, for sending the scan to another process.
+    pub fn parts(&self) -> FileScanParts {
+        FileScanParts {
+            table: self.table.to_string(),
+            columns: self.columns.clone(),
+            groups: self.groups.clone(),
+            batch_size: self.batch_size,
+            limit: self.limit,
+        }
+    }
+
+    /// The scan [`Self::parts`] describes, producing `schema`.
+    pub fn from_parts(mut parts: FileScanParts, schema: SchemaRef) -> Result<Self> {
+        let table = Table::ALL
+            .into_iter()
+            .find(|t| t.name() == parts.table)
+            .ok_or_else(|| DataFusionError::Execution(format!("no row table {}", parts.table)))?;
+        for unit in parts.groups.iter_mut().flatten() {
+            unit.partition_values = super::partition_values(table, &unit.partition);
+        }
+        Ok(Self::new(
+            table.name(),
+            schema,
+            parts.columns,
+            parts.groups,
+            parts.batch_size,
+            parts.limit,
+        ))
+    }
+
+    /// Files in all.
+    pub fn file_count(&self) -> usize {
+        self.groups.iter().map(Vec::len).sum()
+    }
+
+    /// This scan cut into `tasks` scans of about equal rows, each with this scan's number of output
+    /// partitions, together reading every file once.
+    pub fn split(&self, tasks: usize) -> Vec<Self> {
+        let partitions = self.groups.len().max(1);
+        let order = |a: &FileUnit, b: &FileUnit| a.path.to_string().cmp(&b.path.to_string());
+        let all: Vec<FileUnit> = self.groups.iter().flatten().cloned().collect();
+        super::scan::balance(all, tasks, |u| u.rows.max(1), order)
+            .into_iter()
+            .map(|files| {
+                let mut groups = super::scan::balance(files, partitions, |u| u.rows.max(1), order);
+                groups.resize_with(partitions, Vec::new);
+                Self::new(
+                    self.table,
+                    Arc::clone(&self.schema),
+                    self.columns.clone(),
+                    groups,
+                    self.batch_size,
+                    self.limit,
+                )
+            })
+            .collect()
     }
 }
 

@@ -213,7 +213,7 @@ fn has_subquery(expr: &Expr) -> bool {
 }
 
 /// The partition column values of `key`, as SQL values in `table`'s partition column order.
-fn partition_values(table: Table, key: &PartitionKey) -> Vec<ScalarValue> {
+pub(crate) fn partition_values(table: Table, key: &PartitionKey) -> Vec<ScalarValue> {
     table
         .partition_columns()
         .iter()
@@ -345,16 +345,7 @@ impl TableProvider for VectorTable {
             self.name(),
             schema,
             sources,
-            balance(
-                units,
-                target_partitions,
-                |u| u.rows,
-                |a, b| {
-                    (a.file.to_string())
-                        .cmp(&b.file.to_string())
-                        .then_with(|| a.row_groups.cmp(&b.row_groups))
-                },
-            ),
+            balance(units, target_partitions, |u| u.rows, scan::unit_order),
             self.vector_type.clone(),
             vector_batch_rows(&self.vector_type, self.batch_bytes, state.config().batch_size()),
             limit,

@@ -21,6 +21,7 @@ use diffsql_core::cache::source::{CacheFile, CachePath};
 use diffsql_core::cache::vector_pages::{readable_in_place, VectorPages};
 use diffsql_core::cache::vectors::VectorEncoding;
 use diffsql_core::cache::writer::VECTOR_COLUMN;
+use serde::{Deserialize, Serialize};
 
 /// Vectors read in place come in batches this many times larger than decoded ones: the batch size keeps
 /// decoded vectors in cache between the decoder and the functions, but a view of the mapping has nothing to
@@ -32,7 +33,7 @@ const IN_PLACE_BATCH_FACTOR: usize = 4;
 const KEY_COLUMNS: [&str; 5] = ["dataset", "split", "seq_id", "pos", "token_id"];
 
 /// What one output column of a vector table is made from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ColumnSource {
     Model,
     Organism,
@@ -46,7 +47,7 @@ pub enum ColumnSource {
 }
 
 /// A contiguous run of row groups of one file, or of a base/organism pair of files with equal row groups.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScanUnit {
     pub partition: PartitionKey,
     pub file: CachePath,
@@ -103,6 +104,88 @@ impl VectorScanExec {
     fn total_rows(&self) -> usize {
         self.units.iter().flatten().map(|u| u.rows).sum()
     }
+
+    /// Everything but the schema and the vector type, for sending the scan to another process.
+    pub fn parts(&self) -> VectorScanParts {
+        VectorScanParts {
+            table: self.table.to_string(),
+            sources: self.sources.clone(),
+            units: self.units.clone(),
+            batch_size: self.batch_size,
+            limit: self.limit,
+        }
+    }
+
+    /// The vector column's type.
+    pub fn vector_type(&self) -> &DataType {
+        &self.vector_type
+    }
+
+    /// The scan [`Self::parts`] describes, producing `schema`.
+    pub fn from_parts(parts: VectorScanParts, schema: SchemaRef, vector_type: DataType) -> Result<Self> {
+        let table = match parts.table.as_str() {
+            "activations" => "activations",
+            "acts" => "acts",
+            other => return Err(exec_datafusion_err!("no vector table {other}")),
+        };
+        Ok(Self::new(
+            table,
+            schema,
+            parts.sources,
+            parts.units,
+            vector_type,
+            parts.batch_size,
+            parts.limit,
+        ))
+    }
+
+    /// Scan units in all.
+    pub fn unit_count(&self) -> usize {
+        self.units.iter().map(Vec::len).sum()
+    }
+
+    /// This scan cut into `tasks` scans of about equal rows (for as many workers), each with this scan's
+    /// number of output partitions (some maybe empty), together reading every unit once.
+    pub fn split(&self, tasks: usize) -> Vec<Self> {
+        let partitions = self.units.len().max(1);
+        let all: Vec<ScanUnit> = self.units.iter().flatten().cloned().collect();
+        let mut per_task = balance(all, tasks, |u| u.rows, unit_order);
+        per_task.resize_with(tasks.max(1), Vec::new);
+        per_task
+            .into_iter()
+            .map(|units| {
+                let mut per_partition = balance(units, partitions, |u| u.rows, unit_order);
+                per_partition.resize_with(partitions, Vec::new);
+                Self::new(
+                    self.table,
+                    Arc::clone(&self.schema),
+                    self.sources.clone(),
+                    per_partition,
+                    self.vector_type.clone(),
+                    self.batch_size,
+                    self.limit,
+                )
+            })
+            .collect()
+    }
+}
+
+/// File order, then row-group order: the order a partition reads its units in.
+pub fn unit_order(a: &ScanUnit, b: &ScanUnit) -> std::cmp::Ordering {
+    a.file
+        .to_string()
+        .cmp(&b.file.to_string())
+        .then_with(|| a.row_groups.cmp(&b.row_groups))
+}
+
+/// A [`VectorScanExec`] without its schema and vector type (which travel as Arrow types).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VectorScanParts {
+    pub table: String,
+    pub sources: Vec<ColumnSource>,
+    pub units: Vec<Vec<ScanUnit>>,
+    pub batch_size: usize,
+    pub limit: Option<usize>,
 }
 
 impl DisplayAs for VectorScanExec {

@@ -1,0 +1,160 @@
+//! Queries on a cluster of `diffsql worker`s on 127.0.0.1: the distributed plan really sends the scans to the
+//! workers, the answers equal one process's (vectors bitwise, statistics within 1e-6), from disk and from an
+//! S3 store; a worker that is down is an error naming it, and nothing partial is printed.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use super::fixtures::caches;
+
+/// A running worker, killed when dropped.
+struct Worker {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Starts `diffsql worker` on a free port of 127.0.0.1, with the S3 variables of `env`.
+fn start_worker(env: &[(&str, String)]) -> Worker {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diffsql"))
+        .args(["worker", "--listen", "127.0.0.1:0"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("diffsql worker listening on http://")
+        .unwrap_or_else(|| panic!("the worker did not start: {line:?}"))
+        .to_string();
+    Worker { child, address }
+}
+
+fn sql(cache: &str, workers: &[&Worker], env: &[(&str, String)], query: &str) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_diffsql"));
+    c.args(["sql", "--format", "csv", "--cache", cache, "-c", query])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_remove("DIFFSQL_WORKERS");
+    if !workers.is_empty() {
+        let list: Vec<&str> = workers.iter().map(|w| w.address.as_str()).collect();
+        c.args(["--workers", &list.join(",")]);
+    }
+    c.output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Two CSV outputs equal cell by cell, numbers within `tolerance` (relative to 1 or the value).
+fn assert_close(a: &str, b: &str, tolerance: f64, what: &str) {
+    let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    assert_eq!(la.len(), lb.len(), "{what}: row counts differ");
+    for (ra, rb) in la.iter().zip(&lb) {
+        let (ca, cb): (Vec<&str>, Vec<&str>) = (ra.split(',').collect(), rb.split(',').collect());
+        assert_eq!(ca.len(), cb.len(), "{what}: {ra} vs {rb}");
+        for (x, y) in ca.iter().zip(&cb) {
+            match (x.trim_matches('"').parse::<f64>(), y.trim_matches('"').parse::<f64>()) {
+                (Ok(x), Ok(y)) => assert!(
+                    (x - y).abs() <= tolerance * x.abs().max(1.0),
+                    "{what}: {x} vs {y} in {ra} / {rb}"
+                ),
+                _ => assert_eq!(x, y, "{what}: {ra} vs {rb}"),
+            }
+        }
+    }
+}
+
+const STATISTICS: [&str; 4] = [
+    "SELECT layer, normdiff(base, ft), count(*) FROM acts GROUP BY layer ORDER BY layer",
+    "SELECT organism, layer, avg(cosine_sim(base, ft)), max(vec_norm(ft)), avg(diff_norm(base, ft)) FROM acts GROUP BY organism, layer ORDER BY organism, layer",
+    "SELECT organism, sum(kl), count(*), max(pos) FROM tokens GROUP BY organism ORDER BY organism",
+    "SELECT layer, count(*) FROM activations WHERE organism = 'caps' AND pos < 5 GROUP BY layer ORDER BY layer",
+];
+
+const VECTORS: &str =
+    "SELECT organism, layer, dataset, seq_id, pos, base, ft FROM acts ORDER BY organism, layer, dataset, seq_id, pos";
+
+fn same_answers_on_workers(cache: &str, env: &[(&str, String)], workers: &[&Worker]) {
+    for q in STATISTICS {
+        let (one, many) = (ok(&sql(cache, &[], env, q)), ok(&sql(cache, workers, env, q)));
+        assert!(one.lines().count() > 1, "{q}: {one}");
+        assert_close(&one, &many, 1e-6, q);
+    }
+    let (one, many) = (
+        ok(&sql(cache, &[], env, VECTORS)),
+        ok(&sql(cache, workers, env, VECTORS)),
+    );
+    assert!(one == many, "vectors differ between one process and the workers");
+}
+
+#[test]
+fn queries_on_two_and_three_workers_equal_one_process_and_the_scans_run_on_the_workers() {
+    let cache = caches().f32.display().to_string();
+    let (a, b, c) = (start_worker(&[]), start_worker(&[]), start_worker(&[]));
+    let plan = ok(&sql(
+        &cache,
+        &[&a, &b],
+        &[],
+        &format!("EXPLAIN ANALYZE {}", STATISTICS[0]),
+    ));
+    assert!(
+        plan.contains("DistributedExec") && plan.contains("tasks=2") && plan.contains("t1: VectorScanExec"),
+        "the scan stage is not sent to two workers: {plan}"
+    );
+    same_answers_on_workers(&cache, &[], &[&a, &b]);
+    same_answers_on_workers(&cache, &[], &[&a, &b, &c]);
+}
+
+#[test]
+fn a_worker_that_is_down_is_an_error_naming_it_and_nothing_partial_is_printed() {
+    let cache = caches().f32.display().to_string();
+    let alive = start_worker(&[]);
+    let mut dead = start_worker(&[]);
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let o = sql(&cache, &[&alive, &dead], &[], VECTORS);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a query with a dead worker succeeded");
+    assert!(
+        e.contains(&dead.address),
+        "the error does not name the dead worker {}: {e}",
+        dead.address
+    );
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(
+        o.stdout.is_empty(),
+        "partial results: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
+fn a_bad_worker_list_is_a_one_line_error() {
+    let cache = caches().f32.display().to_string();
+    for (list, says) in [
+        ("localhost", "needs a host and a port"),
+        ("http://[::1", "is not host:port"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_diffsql"))
+            .args(["sql", "--cache", &cache, "--workers", list, "-c", "SELECT 1"])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains(says), "{list}: {e}");
+    }
+    assert!(Path::new(&cache).exists());
+}
