@@ -411,12 +411,17 @@ fn run() -> Result<ExitCode> {
         }
         Some(Command::Synth(args)) => synth_cache(&cache, args),
         Some(Command::Check { repair }) => check_cache(&cache, repair),
+        #[cfg(feature = "cluster")]
         Some(Command::Worker { listen }) => {
             let shutdown = async {
                 tokio::signal::ctrl_c().await.ok();
             };
             runtime()?.block_on(diffsql_cluster::serve_worker(listen, shutdown))?;
             Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(not(feature = "cluster"))]
+        Some(Command::Worker { listen }) => {
+            bail!("this diffsql was built without the cluster feature, so it cannot serve a worker on {listen}: build it with the default features")
         }
     }
 }

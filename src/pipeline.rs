@@ -89,9 +89,15 @@ pub fn use_workers(workers: &[String]) -> Result<()> {
         }
         return Ok(());
     }
+    #[cfg(feature = "cluster")]
     diffsql_cluster::install(diffsql_cluster::workers_from(&workers.join(","))?)?;
-    INSTALLED.set(workers.to_vec()).ok();
-    Ok(())
+    #[cfg(not(feature = "cluster"))]
+    bail!("this diffsql was built without the cluster feature, so it cannot use workers={workers:?}: build it with the default features");
+    #[cfg(feature = "cluster")]
+    {
+        INSTALLED.set(workers.to_vec()).ok();
+        Ok(())
+    }
 }
 
 pub fn run_one(settings: &Settings, configs: &ConfigDir, queries: &Path) -> Result<()> {

@@ -9,9 +9,9 @@ use std::process::{Child, Command, Output, Stdio};
 use super::fixtures::caches;
 
 /// A running worker, killed when dropped.
-struct Worker {
+pub(super) struct Worker {
     child: Child,
-    address: String,
+    pub(super) address: String,
 }
 
 impl Drop for Worker {
@@ -22,7 +22,7 @@ impl Drop for Worker {
 }
 
 /// Starts `diffsql worker` on a free port of 127.0.0.1, with the S3 variables of `env`.
-fn start_worker(env: &[(&str, String)]) -> Worker {
+pub(super) fn start_worker(env: &[(&str, String)]) -> Worker {
     let mut child = Command::new(env!("CARGO_BIN_EXE_diffsql"))
         .args(["worker", "--listen", "127.0.0.1:0"])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -60,14 +60,15 @@ fn ok(o: &Output) -> String {
 }
 
 /// Two CSV outputs equal cell by cell, numbers within `tolerance` (relative to 1 or the value).
-fn assert_close(a: &str, b: &str, tolerance: f64, what: &str) {
+pub(super) fn assert_close(a: &str, b: &str, tolerance: f64, what: &str) {
     let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
     assert_eq!(la.len(), lb.len(), "{what}: row counts differ");
     for (ra, rb) in la.iter().zip(&lb) {
         let (ca, cb): (Vec<&str>, Vec<&str>) = (ra.split(',').collect(), rb.split(',').collect());
         assert_eq!(ca.len(), cb.len(), "{what}: {ra} vs {rb}");
         for (x, y) in ca.iter().zip(&cb) {
-            match (x.trim_matches('"').parse::<f64>(), y.trim_matches('"').parse::<f64>()) {
+            let number = |s: &str| s.trim_matches(|c| matches!(c, '"' | '[' | ']' | ' ')).parse::<f64>();
+            match (number(x), number(y)) {
                 (Ok(x), Ok(y)) => assert!(
                     (x - y).abs() <= tolerance * x.abs().max(1.0),
                     "{what}: {x} vs {y} in {ra} / {rb}"
@@ -88,7 +89,7 @@ const STATISTICS: [&str; 4] = [
 const VECTORS: &str =
     "SELECT organism, layer, dataset, seq_id, pos, base, ft FROM acts ORDER BY organism, layer, dataset, seq_id, pos";
 
-fn same_answers_on_workers(cache: &str, env: &[(&str, String)], workers: &[&Worker]) {
+pub(super) fn same_answers_on_workers(cache: &str, env: &[(&str, String)], workers: &[&Worker]) {
     for q in STATISTICS {
         let (one, many) = (ok(&sql(cache, &[], env, q)), ok(&sql(cache, workers, env, q)));
         assert!(one.lines().count() > 1, "{q}: {one}");
@@ -117,6 +118,75 @@ fn queries_on_two_and_three_workers_equal_one_process_and_the_scans_run_on_the_w
     );
     same_answers_on_workers(&cache, &[], &[&a, &b]);
     same_answers_on_workers(&cache, &[], &[&a, &b, &c]);
+}
+
+/// Every result CSV under `dir`, by relative path.
+fn result_csvs(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "csv") {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, std::fs::read_to_string(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_method_on_two_workers_writes_what_one_process_writes() {
+    let cache = super::preprocess::preprocessed().cache.display().to_string();
+    let (a, b) = (start_worker(&[]), start_worker(&[]));
+    let workers = format!("{},{}", a.address, b.address);
+    let dir = tempfile::tempdir().unwrap();
+    for method in [
+        "kl",
+        "normdiff",
+        "adl",
+        "pca",
+        "sae_difference",
+        "crosscoder",
+        "diff_mining",
+    ] {
+        let run = |name: &str, workers: Option<&str>| {
+            let out = dir.path().join(format!("{name}-{method}"));
+            let mut c = Command::new(env!("CARGO_BIN_EXE_diffsql"));
+            c.current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args([
+                    "run",
+                    &format!("diffing/method={method}"),
+                    "organism=caps",
+                    "pipeline.mode=diffing",
+                ])
+                .args(super::preprocess::SMALL_ARGS)
+                .arg(format!("cache_dir={cache}"))
+                .arg(format!("results_dir={}", out.display()))
+                .env_remove("DIFFSQL_WORKERS");
+            if matches!(method, "sae_difference" | "crosscoder") {
+                c.arg("diffing.method.train.batch_size=64");
+            }
+            if let Some(w) = workers {
+                c.args(["--workers", w]);
+            }
+            ok(&c.output().unwrap());
+            result_csvs(&out)
+        };
+        let (one, many) = (run("one", None), run("workers", Some(&workers)));
+        assert!(!one.is_empty(), "{method} wrote no CSV");
+        assert_eq!(
+            one.keys().collect::<Vec<_>>(),
+            many.keys().collect::<Vec<_>>(),
+            "{method}"
+        );
+        for (name, text) in &one {
+            assert_close(text, &many[name], 1e-6, &format!("{method}/{name}"));
+        }
+    }
 }
 
 #[test]

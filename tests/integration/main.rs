@@ -3,6 +3,7 @@
 
 mod agent;
 mod cache;
+#[cfg(feature = "cluster")]
 mod cluster;
 mod config;
 mod dictionary;

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use diffsql_core::cache::object::CRASH_AFTER_UPLOADS_VAR;
 
+// Small preprocessing of the bundled pair (both organisms share these settings, so `acts` pairs them).
+use super::preprocess::SMALL_ARGS as SMALL;
+
 /// A running S3 server, stopped when its standard input closes (with the test process).
 struct S3Server {
     endpoint: String,
@@ -89,15 +92,6 @@ fn succeed(c: &mut Command) -> String {
     assert!(o.status.success(), "{:?} failed: {}", c, stderr(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
-
-/// Small preprocessing of the bundled pair (both organisms share these settings, so `acts` pairs them).
-const SMALL: [&str; 5] = [
-    "dataset=[shakespeare_pretrain,shakespeare_chat]",
-    "preprocessing.max_samples=6",
-    "preprocessing.context_len=48",
-    "preprocessing.batch_size=4",
-    "preprocessing.dtype=float32",
-];
 
 /// Dictionaries small enough for the small cache (for the methods that train one).
 const SMALL_TRAINING: [&str; 1] = ["diffing.method.train.batch_size=64"];
@@ -475,4 +469,26 @@ fn a_missing_bucket_bad_credentials_or_an_unreachable_store_are_one_line_errors(
         .unwrap();
     let e = one_line(&o);
     assert!(e.contains("s3://diffsql/nothing-here does not exist"), "{e}");
+}
+
+#[cfg(feature = "cluster")]
+#[test]
+fn queries_of_a_cache_on_the_store_run_on_workers_as_in_one_process() {
+    use super::cluster::{same_answers_on_workers, start_worker};
+    let s3 = server();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let url = fresh_url("cluster");
+    preprocess(&s3.endpoint, &spool, &url);
+    // The workers read the store with their own credentials (the plans name objects, not local files).
+    let env: Vec<(&str, String)> = vec![
+        ("AWS_ENDPOINT_URL", s3.endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("DIFFSQL_SPOOL", spool.display().to_string()),
+    ];
+    let (a, b) = (start_worker(&env), start_worker(&env));
+    same_answers_on_workers(&url, &env, &[&a, &b]);
 }

@@ -18,16 +18,19 @@ pub fn configs() -> ConfigDir {
     ConfigDir::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs"))
 }
 
+/// The small, quick preprocessing settings of [`preprocessed`], as command-line overrides.
+pub const SMALL_ARGS: [&str; 5] = [
+    "dataset=[shakespeare_pretrain,shakespeare_chat]",
+    "preprocessing.max_samples=6",
+    "preprocessing.context_len=48",
+    "preprocessing.batch_size=4",
+    "preprocessing.dtype=float32",
+];
+
 /// Small, quick settings on the bundled pair.
 pub fn small_settings(cache: &Path, extra: &[&str]) -> Settings {
-    let mut args: Vec<String> = vec![
-        "dataset=[shakespeare_pretrain,shakespeare_chat]".into(),
-        "preprocessing.max_samples=6".into(),
-        "preprocessing.context_len=48".into(),
-        "preprocessing.batch_size=4".into(),
-        "preprocessing.dtype=float32".into(),
-        format!("cache_dir={}", cache.display()),
-    ];
+    let mut args: Vec<String> = SMALL_ARGS.iter().map(|a| a.to_string()).collect();
+    args.push(format!("cache_dir={}", cache.display()));
     // An extra setting replaces the small default of the same key.
     let key = |a: &str| a.split('=').next().unwrap_or("").to_string();
     args.retain(|a| !extra.iter().any(|e| key(e) == key(a)));
