@@ -213,6 +213,27 @@ fn a_worker_that_is_down_is_an_error_naming_it_and_nothing_partial_is_printed() 
 }
 
 #[test]
+fn a_worker_that_dies_mid_query_is_named_and_nothing_partial_is_printed() {
+    let cache = caches().f32.display().to_string();
+    let alive = start_worker(&[]);
+    // This worker aborts (as under kill -9) after its scans produced 3 batches.
+    let dying = start_worker(&[(diffsql_sql::tables::scan::CRASH_AFTER_SCAN_BATCHES_VAR, "3".to_string())]);
+    let o = sql(&cache, &[&alive, &dying], &[], VECTORS);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a query whose worker died succeeded");
+    assert!(
+        e.contains(&format!("worker http://{} stopped during the query", dying.address)),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(
+        o.stdout.is_empty(),
+        "partial results: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
 fn a_bad_worker_list_is_a_one_line_error() {
     let cache = caches().f32.display().to_string();
     for (list, says) in [

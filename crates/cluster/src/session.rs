@@ -69,5 +69,60 @@ pub fn install(workers: Vec<Url>) -> Result<()> {
     WORKERS
         .set(workers)
         .map_err(|_| anyhow::anyhow!("the workers of this process are already set"))?;
+    diffsql_model::error::set_error_rewriter(name_lost_workers);
     diffsql_sql::session::set_state_hook(hook)
+}
+
+/// A stream that broke mid-query does not say whose it was: when a query fails on a broken connection, the
+/// workers that no longer accept one are named (each probed for up to a second).
+fn name_lost_workers(line: &str) -> Option<String> {
+    const BROKEN: [&str; 5] = [
+        "h2 protocol error",
+        "broken pipe",
+        "connection reset",
+        "stream closed",
+        "transport error",
+    ];
+    let lower = line.to_lowercase();
+    if !BROKEN.iter().any(|b| lower.contains(b)) {
+        return None;
+    }
+    let lost: Vec<String> = WORKERS
+        .get()?
+        .iter()
+        .filter(|url| !reachable(url))
+        .map(|url| url.as_str().trim_end_matches('/').to_string())
+        .collect();
+    if lost.is_empty() {
+        return None;
+    }
+    let (who, verb) = match lost.as_slice() {
+        [one] => (format!("worker {one}"), "is"),
+        many => (format!("workers {}", many.join(", ")), "are"),
+    };
+    Some(format!(
+        "{who} stopped during the query and {verb} unreachable now; the query was abandoned and returned nothing: restart it with `diffsql worker --listen HOST:PORT`, or leave it out of --workers"
+    ))
+}
+
+/// Whether a worker answers an HTTP/2 greeting within a second. A TCP connection alone proves nothing: the
+/// kernel accepts connections into the listen backlog of a process that is still dying (writing a core).
+fn reachable(url: &Url) -> bool {
+    use std::io::{Read, Write};
+    let Ok(addrs) = url.socket_addrs(|| None) else {
+        return false;
+    };
+    let second = std::time::Duration::from_secs(1);
+    addrs.iter().any(|a| {
+        let Ok(mut stream) = std::net::TcpStream::connect_timeout(a, second) else {
+            return false;
+        };
+        // The client preface, then an empty SETTINGS frame; a live server answers with its SETTINGS.
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let mut answer = [0u8; 9];
+        stream.set_read_timeout(Some(second)).is_ok()
+            && stream.write_all(&hello).is_ok()
+            && stream.read(&mut answer).is_ok_and(|n| n > 0)
+    })
 }

@@ -11,7 +11,20 @@ pub fn one_line(e: &anyhow::Error) -> String {
     };
     let causes: Vec<String> = e.chain().map(message).collect();
     let line = causes.join(": ").replace('\n', " ");
+    if let Some(better) = REWRITER.get().and_then(|rewrite| rewrite(&line)) {
+        return better;
+    }
     unreachable_worker(&line).unwrap_or(line)
+}
+
+/// A layer above this one that can say an error better (the cluster names a worker that died mid-query).
+pub type ErrorRewriter = fn(&str) -> Option<String>;
+
+static REWRITER: std::sync::OnceLock<ErrorRewriter> = std::sync::OnceLock::new();
+
+/// Installs the process's [`ErrorRewriter`] (the first call wins).
+pub fn set_error_rewriter(rewrite: ErrorRewriter) {
+    REWRITER.set(rewrite).ok();
 }
 
 /// A cluster worker that could not be reached, said once: the distributed engine repeats its transport

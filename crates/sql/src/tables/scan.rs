@@ -296,10 +296,25 @@ struct UnitReader {
     current: Option<OpenUnit>,
 }
 
+/// For tests of a worker dying mid-query: the process aborts (as under kill -9) once its scans have produced
+/// this many batches.
+pub const CRASH_AFTER_SCAN_BATCHES_VAR: &str = "DIFFSQL_CRASH_AFTER_SCAN_BATCHES";
+
+fn count_scan_batch() {
+    static LIMIT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    static BATCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if let Some(limit) = LIMIT.get_or_init(|| std::env::var(CRASH_AFTER_SCAN_BATCHES_VAR).ok()?.parse().ok()) {
+        if BATCHES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= *limit {
+            std::process::abort();
+        }
+    }
+}
+
 impl Iterator for UnitReader {
     type Item = Result<RecordBatch>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        count_scan_batch();
         loop {
             if self.remaining == 0 {
                 return None;
