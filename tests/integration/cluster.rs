@@ -140,10 +140,18 @@ fn result_csvs(dir: &Path) -> std::collections::BTreeMap<String, String> {
 
 #[test]
 fn every_method_on_two_workers_writes_what_one_process_writes() {
-    let cache = super::preprocess::preprocessed().cache.display().to_string();
+    // A cache of its own: the methods train dictionaries into it.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache").display().to_string();
+    ok(&Command::new(env!("CARGO_BIN_EXE_diffsql"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["preprocess", "--multirun", "organism=caps,roman_concrete"])
+        .args(super::preprocess::SMALL_ARGS)
+        .arg(format!("cache_dir={cache}"))
+        .output()
+        .unwrap());
     let (a, b) = (start_worker(&[]), start_worker(&[]));
     let workers = format!("{},{}", a.address, b.address);
-    let dir = tempfile::tempdir().unwrap();
     for method in [
         "kl",
         "normdiff",
