@@ -492,3 +492,60 @@ fn queries_of_a_cache_on_the_store_run_on_workers_as_in_one_process() {
     let (a, b) = (start_worker(&env), start_worker(&env));
     same_answers_on_workers(&url, &env, &[&a, &b]);
 }
+
+/// A plain HTTP GET (status line and body).
+fn http_get(base: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+}
+
+#[test]
+fn the_dashboard_serves_a_cache_on_the_store() {
+    let s3 = server();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let results = dir.path().join("results");
+    let url = fresh_url("serve");
+    succeed(
+        diffsql(&s3.endpoint, &spool)
+            .args(["run", "organism=caps", "diffing/method=kl"])
+            .args(SMALL)
+            .arg(format!("cache_dir={url}"))
+            .arg(format!("results_dir={}", results.display())),
+    );
+    let mut server = diffsql(&s3.endpoint, &spool)
+        .args(["serve", "--port", "0"])
+        .arg(format!("cache_dir={url}"))
+        .arg(format!("results_dir={}", results.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = BufReader::new(server.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("listening on ")
+                .map(|r| r.split_whitespace().next().unwrap().trim_end_matches('/').to_string())
+        })
+        .expect("the dashboard printed its address");
+    let (status, page) = http_get(
+        &base,
+        "/tokens?model=shakespeare&organism=caps&dataset=shakespeare_pretrain&seq=0",
+    );
+    let (results_status, _) = http_get(&base, "/results/shakespeare/caps/kl");
+    server.kill().ok();
+    server.wait().ok();
+    assert!(status.contains("200"), "{status}: {page}");
+    assert!(results_status.contains("200"), "{results_status}");
+    assert!(
+        page.matches("class=\"tok").count() > 10,
+        "the token browser shows the sequence's tokens: {page}"
+    );
+}
