@@ -193,9 +193,9 @@ def connect(
     bfloat16/float16 decoded).
     """
     _check_ffi()
-    session = _native.Session(str(Path(cache_dir)), str(Path(configs)))
+    session = _native.Session(_cache_location(cache_dir), str(Path(configs)))
     ctx = SessionContext()
-    ctx._cache_dir, ctx._configs, ctx._queries = Path(cache_dir), Path(configs), Path(queries)
+    ctx._cache_dir, ctx._configs, ctx._queries = _cache_location(cache_dir), Path(configs), Path(queries)
     ctx._arguments, ctx._function_error = {}, None
     for name, table in session.tables():
         ctx.register_table(name, table)
@@ -216,7 +216,7 @@ def sql(
 ) -> pa.Table:
     """Runs `query` in diffsql's own session over the cache (every table function included: cache_info,
     logit_lens, nmf, generate, steer, patchscope, latents, ...) and returns the last statement's rows."""
-    session = _native.Session(str(Path(cache_dir)), str(Path(configs)))
+    session = _native.Session(_cache_location(cache_dir), str(Path(configs)))
     return _decode_table(pa.table(session.sql(query)))
 
 
@@ -234,6 +234,12 @@ def vectors(table: pa.Table | datafusion.DataFrame, column: str) -> np.ndarray:
     d = values.type.list_size
     flat = _decode_vectors(values).flatten().to_numpy(zero_copy_only=False)
     return flat.reshape(-1, d).astype(np.float32, copy=False)
+
+
+def _cache_location(cache_dir: str | os.PathLike) -> str:
+    """A cache's directory, or its `s3://bucket/prefix` URL as given (a Path would fold its `//`)."""
+    text = os.fspath(cache_dir)
+    return text if text.startswith("s3://") else str(Path(text))
 
 
 def _overrides(args: Iterable[str], kwargs: dict) -> list[str]:
