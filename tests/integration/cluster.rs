@@ -152,15 +152,7 @@ fn every_method_on_two_workers_writes_what_one_process_writes() {
         .unwrap());
     let (a, b) = (start_worker(&[]), start_worker(&[]));
     let workers = format!("{},{}", a.address, b.address);
-    for method in [
-        "kl",
-        "normdiff",
-        "adl",
-        "pca",
-        "sae_difference",
-        "crosscoder",
-        "diff_mining",
-    ] {
+    for method in super::fixtures::methods() {
         let run = |name: &str, workers: Option<&str>| {
             let out = dir.path().join(format!("{name}-{method}"));
             let mut c = Command::new(env!("CARGO_BIN_EXE_diffsql"));
@@ -175,7 +167,7 @@ fn every_method_on_two_workers_writes_what_one_process_writes() {
                 .arg(format!("cache_dir={cache}"))
                 .arg(format!("results_dir={}", out.display()))
                 .env_remove("DIFFSQL_WORKERS");
-            if matches!(method, "sae_difference" | "crosscoder") {
+            if matches!(method.as_str(), "sae_difference" | "crosscoder") {
                 c.arg("diffing.method.train.batch_size=64");
             }
             if let Some(w) = workers {
@@ -205,13 +197,14 @@ fn a_worker_that_is_down_is_an_error_naming_it_and_nothing_partial_is_printed() 
     dead.child.kill().unwrap();
     dead.child.wait().unwrap();
     let o = sql(&cache, &[&alive, &dead], &[], VECTORS);
+    failed_naming(&o, &dead.address);
+}
+
+/// A query that failed with one line of error containing `says`, and printed no rows.
+fn failed_naming(o: &Output, says: &str) {
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "a query with a dead worker succeeded");
-    assert!(
-        e.contains(&dead.address),
-        "the error does not name the dead worker {}: {e}",
-        dead.address
-    );
+    assert!(!o.status.success(), "the query succeeded: {e}");
+    assert!(e.contains(says), "the error does not say {says:?}: {e}");
     assert_eq!(e.trim().lines().count(), 1, "{e}");
     assert!(
         o.stdout.is_empty(),
@@ -227,18 +220,7 @@ fn a_worker_that_dies_mid_query_is_named_and_nothing_partial_is_printed() {
     // This worker aborts (as under kill -9) after its scans produced 3 batches.
     let dying = start_worker(&[(diffsql_sql::tables::scan::CRASH_AFTER_SCAN_BATCHES_VAR, "3".to_string())]);
     let o = sql(&cache, &[&alive, &dying], &[], VECTORS);
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "a query whose worker died succeeded");
-    assert!(
-        e.contains(&format!("worker http://{} stopped during the query", dying.address)),
-        "{e}"
-    );
-    assert_eq!(e.trim().lines().count(), 1, "{e}");
-    assert!(
-        o.stdout.is_empty(),
-        "partial results: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    failed_naming(&o, &format!("worker http://{} stopped during the query", dying.address));
 }
 
 #[test]
@@ -252,8 +234,7 @@ fn a_bad_worker_list_is_a_one_line_error() {
             .args(["sql", "--cache", &cache, "--workers", list, "-c", "SELECT 1"])
             .output()
             .unwrap();
-        let e = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && e.contains(says), "{list}: {e}");
+        failed_naming(&o, says);
     }
     assert!(Path::new(&cache).exists());
 }

@@ -18,6 +18,23 @@ pub const TOKENS: usize = 300;
 pub const SEQ_LEN: usize = 10;
 pub const D_MODEL: usize = 8;
 
+/// Every diffing method, from its config's file name in `configs/diffing/method/` (a new method is tested by
+/// the tests that run them all without being listed anywhere else).
+pub fn methods() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/diffing/method");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.unwrap().path();
+            let stem = path.file_stem()?.to_str()?.to_string();
+            (path.extension()? == "toml").then_some(stem)
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 7, "{}: {names:?}", dir.display());
+    names
+}
+
 pub struct Caches {
     _dir: tempfile::TempDir,
     pub f32: PathBuf,

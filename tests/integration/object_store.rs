@@ -148,15 +148,7 @@ fn every_method_and_query_gives_from_the_store_what_it_gives_from_disk() {
     let (from_store, from_disk) = (vectors(&url), vectors(&disk));
     assert!(from_store.lines().count() > 1000, "{}", from_store.lines().count());
     assert!(from_store == from_disk, "acts differs between the store and the disk");
-    for method in [
-        "kl",
-        "normdiff",
-        "adl",
-        "pca",
-        "sae_difference",
-        "crosscoder",
-        "diff_mining",
-    ] {
+    for method in super::fixtures::methods() {
         let results = |cache: &str, name: &str| {
             let out = dir.path().join(format!("results-{name}-{method}"));
             succeed(

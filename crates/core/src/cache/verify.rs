@@ -381,10 +381,26 @@ fn verify_partition_with(layout: &CacheLayout, key: &PartitionKey, manifest: &Ma
             (f.name.clone(), outcome)
         })
         .collect();
+    let (changed, first_error) = fold_outcomes(&mut kept, outcomes, manifest, trust);
+    if changed && trust != Trust::Process {
+        write_kept(&dir, &kept);
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Folds a partition's check outcomes into its kept verdicts (on disk or on a store): a file hashed anew
+/// keeps its fresh verdict, a damaged file keeps none whatever an earlier check found, and a full check
+/// speaks for every file, so verdicts on files the manifest no longer lists go. Returns whether the kept
+/// verdicts changed, and the first damage found.
+fn fold_outcomes<V: PartialEq>(
+    kept: &mut HashMap<String, V>,
+    outcomes: Vec<(String, Result<Option<V>>)>,
+    manifest: &Manifest,
+    trust: Trust,
+) -> (bool, Option<anyhow::Error>) {
     let mut changed = false;
     let mut first_error = None;
     if trust == Trust::Nothing {
-        // A full check speaks for every file: verdicts on files the manifest no longer lists go.
         let before = kept.len();
         kept.retain(|name, _| manifest.files.iter().any(|f| &f.name == name));
         changed = kept.len() != before;
@@ -397,19 +413,12 @@ fn verify_partition_with(layout: &CacheLayout, key: &PartitionKey, manifest: &Ma
             }
             Ok(None) => {}
             Err(e) => {
-                // A damaged file keeps no verdict, whatever an earlier check found.
                 changed |= kept.remove(&name).is_some();
                 first_error.get_or_insert(e);
             }
         }
     }
-    if changed && trust != Trust::Process {
-        write_kept(&dir, &kept);
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    (changed, first_error)
 }
 
 /// A kept verdict on an object: the version (ETag and size) that hashed to `xxh3`.
@@ -523,26 +532,7 @@ fn verify_object_partition(o: &ObjectCache, key: &PartitionKey, manifest: &Manif
             (entry.name.clone(), outcome)
         })
         .collect();
-    let mut changed = false;
-    let mut first_error = None;
-    if trust == Trust::Nothing {
-        let before = kept.len();
-        kept.retain(|name, _| manifest.files.iter().any(|f| &f.name == name));
-        changed = kept.len() != before;
-    }
-    for (name, outcome) in outcomes {
-        match outcome {
-            Ok(Some(verdict)) => {
-                changed |= kept.get(&name) != Some(&verdict);
-                kept.insert(name, verdict);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                changed |= kept.remove(&name).is_some();
-                first_error.get_or_insert(e);
-            }
-        }
-    }
+    let (changed, first_error) = fold_outcomes(&mut kept, outcomes, manifest, trust);
     if changed && trust != Trust::Process {
         // Best effort, as on disk: a store that refuses the write keeps no verdicts.
         let mut objects: Vec<ObjectVerdict> = kept.into_values().collect();
@@ -554,10 +544,7 @@ fn verify_object_partition(o: &ObjectCache, key: &PartitionKey, manifest: &Manif
             o.put(&verdicts_relative, bytes).ok();
         }
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// One damaged partition found by [`check`].
