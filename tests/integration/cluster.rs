@@ -79,6 +79,9 @@ pub(super) fn assert_close(a: &str, b: &str, tolerance: f64, what: &str) {
     }
 }
 
+/// The dictionary functions (the fixture cache has one dictionary of each kind, on caps at layer 1).
+const DICTIONARY_FUNCTIONS: &str = "SELECT seq_id, pos, pca_project(vec_sub(ft, base), 'pca_L1', 2), sae_encode(vec_sub(ft, base), 'sae_difference_L1'), crosscoder_encode(base, ft, 'crosscoder_L1') FROM acts WHERE organism = 'caps' AND layer = 1 ORDER BY seq_id, pos";
+
 const STATISTICS: [&str; 4] = [
     "SELECT layer, normdiff(base, ft), count(*) FROM acts GROUP BY layer ORDER BY layer",
     "SELECT organism, layer, avg(cosine_sim(base, ft)), max(vec_norm(ft)), avg(diff_norm(base, ft)) FROM acts GROUP BY organism, layer ORDER BY organism, layer",
@@ -115,6 +118,24 @@ fn queries_on_two_and_three_workers_equal_one_process_and_the_scans_run_on_the_w
     assert!(
         plan.contains("DistributedExec") && plan.contains("tasks=2") && plan.contains("t1: VectorScanExec"),
         "the scan stage is not sent to two workers: {plan}"
+    );
+    let plan = ok(&sql(
+        &cache,
+        &[&a, &b],
+        &[],
+        &format!("EXPLAIN ANALYZE {DICTIONARY_FUNCTIONS}"),
+    ));
+    assert!(
+        plan.contains("DistributedExec") && plan.contains("sae_encode"),
+        "the dictionary functions do not run on the workers: {plan}"
+    );
+    let one = ok(&sql(&cache, &[], &[], DICTIONARY_FUNCTIONS));
+    assert!(one.lines().count() > 100, "{one}");
+    assert_close(
+        &one,
+        &ok(&sql(&cache, &[&a, &b], &[], DICTIONARY_FUNCTIONS)),
+        1e-6,
+        "dictionary functions",
     );
     same_answers_on_workers(&cache, &[], &[&a, &b]);
     same_answers_on_workers(&cache, &[], &[&a, &b, &c]);

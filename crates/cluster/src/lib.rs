@@ -7,6 +7,7 @@
 //! of an `s3://` cache, which each worker opens with its own credentials).
 
 pub mod codec;
+pub mod dictionaries;
 pub mod session;
 pub mod tasks;
 pub mod worker;

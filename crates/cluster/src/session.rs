@@ -11,6 +11,7 @@ use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, WorkerResol
 use url::Url;
 
 use crate::codec::DiffsqlCodec;
+use crate::dictionaries::send_cache_location;
 use crate::tasks::{desired_task_count, scale_up_leaf_node};
 
 /// The workers of this process's sessions.
@@ -61,7 +62,7 @@ pub fn distributed(builder: SessionStateBuilder, workers: Vec<Url>) -> SessionSt
 
 fn hook(builder: SessionStateBuilder) -> Result<SessionStateBuilder> {
     let workers = WORKERS.get().cloned().unwrap_or_default();
-    Ok(distributed(builder, workers))
+    Ok(distributed(send_cache_location(builder), workers))
 }
 
 /// Makes every session this process opens run on `workers`.

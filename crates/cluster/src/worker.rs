@@ -1,5 +1,6 @@
 //! `diffsql worker`: an Arrow Flight server that executes the stages sessions send it, with every diffsql
-//! function registered (the vector functions and aggregates) and diffsql's scans decodable.
+//! function registered (the vector functions and aggregates, and the dictionary functions over the sending
+//! session's cache) and diffsql's scans decodable.
 
 use std::net::SocketAddr;
 
@@ -9,12 +10,18 @@ use datafusion::prelude::SessionContext;
 use datafusion_distributed::{DistributedExt, Worker, WorkerQueryContext};
 
 use crate::codec::DiffsqlCodec;
+use crate::dictionaries::{register_for_stage, SessionCache};
 
 /// The session a worker runs one stage in.
 async fn worker_session(ctx: WorkerQueryContext) -> Result<SessionState, datafusion::error::DataFusionError> {
-    let state = ctx.builder.with_distributed_user_codec(DiffsqlCodec).build();
+    let state = ctx
+        .builder
+        .with_distributed_user_codec(DiffsqlCodec)
+        .with_distributed_option_extension_from_headers::<SessionCache>(&ctx.headers)?
+        .build();
     let ctx = SessionContext::new_with_state(state);
     diffsql_udfs::register_all(&ctx);
+    register_for_stage(&ctx);
     Ok(ctx.state())
 }
 

@@ -49,7 +49,8 @@ enum CachePathSpec {
 impl From<CachePath> for CachePathSpec {
     fn from(p: CachePath) -> Self {
         match p {
-            CachePath::Local(p) => CachePathSpec::Local(p),
+            // Absolute: the worker that opens it runs in another directory.
+            CachePath::Local(p) => CachePathSpec::Local(std::path::absolute(&p).unwrap_or(p)),
             CachePath::Object { cache, path, size } => CachePathSpec::Object {
                 cache: cache.url().to_string(),
                 path: path.to_string(),
@@ -64,6 +65,13 @@ impl TryFrom<CachePathSpec> for CachePath {
 
     fn try_from(spec: CachePathSpec) -> Result<Self, String> {
         Ok(match spec {
+            // Only a worker reads a plan's paths: one it cannot see is not damage to the cache.
+            CachePathSpec::Local(p) if !p.exists() => {
+                return Err(format!(
+                    "a worker cannot find the cache file {}: every worker must see the cache at the same path (a file system all hosts mount), or the cache must be on a store (cache_dir=s3://...)",
+                    p.display()
+                ))
+            }
             CachePathSpec::Local(p) => CachePath::Local(p),
             CachePathSpec::Object { cache, path, size } => CachePath::Object {
                 cache: ObjectCache::shared(&cache).map_err(|e| format!("{e:#}"))?,
@@ -384,6 +392,23 @@ fn populate(map: &memmap2::Mmap, ranges: &[Range<u64>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_path_travels_absolute_and_one_the_receiver_cannot_see_is_refused_as_such() {
+        let sent = serde_json::to_string(&CachePath::Local(PathBuf::from("Cargo.toml"))).unwrap();
+        let here = std::env::current_dir().unwrap().join("Cargo.toml");
+        assert!(sent.contains(&*here.to_string_lossy()), "{sent}");
+        let received: CachePath = serde_json::from_str(&sent).unwrap();
+        assert_eq!(received.local(), Some(here.as_path()));
+        let missing = serde_json::to_string(&CachePath::Local(PathBuf::from("/no/such/cache/part-00000.parquet")));
+        let e = serde_json::from_str::<CachePath>(&missing.unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a worker cannot find the cache file /no/such/cache/part-00000.parquet") && e.contains("s3://"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn held_ranges_serve_reads_and_refuse_the_rest() {

@@ -40,6 +40,19 @@ impl DictionaryRegistry {
         }
     }
 
+    /// Where its cache is, as another process opens it (a worker, on this host or another): the store's
+    /// URL, or the directory's absolute path.
+    pub fn cache_location(&self) -> String {
+        if self.layout.is_object() {
+            return self.layout.location();
+        }
+        let root = self.layout.root();
+        std::path::absolute(root)
+            .unwrap_or_else(|_| root.to_path_buf())
+            .display()
+            .to_string()
+    }
+
     /// Every complete dictionary of the cache.
     pub fn list(&self) -> anyhow::Result<Vec<DictionaryManifest>> {
         store::list(&self.layout)
