@@ -1,4 +1,4 @@
-//! Errors as people read them: one line, the causes joined by `: `, without the backtraces candle attaches
+//! Errors as people read them: one line, the causes joined by `: ` (each said once), without the backtraces candle attaches
 //! when `RUST_BACKTRACE` is set. Every command, the shell, SQL table functions and the dashboard print errors
 //! through [`one_line`].
 
@@ -9,7 +9,14 @@ pub fn one_line(e: &anyhow::Error) -> String {
         Some(candle_core::Error::WithBacktrace { inner, .. }) => inner.to_string(),
         _ => cause.to_string(),
     };
-    let causes: Vec<String> = e.chain().map(message).collect();
+    // DataFusion's errors print their source inside their own message: a cause its outer message already
+    // says is said once.
+    let mut causes: Vec<String> = Vec::new();
+    for cause in e.chain().map(message) {
+        if !causes.last().is_some_and(|outer| outer.contains(cause.as_str())) {
+            causes.push(cause);
+        }
+    }
     let line = causes.join(": ").replace('\n', " ");
     if let Some(better) = REWRITER.get().and_then(|rewrite| rewrite(&line)) {
         return better;
@@ -69,5 +76,15 @@ mod tests {
         assert_eq!(one_line(&e), "cannot open CUDA device 7: invalid device ordinal");
         let plain = anyhow::anyhow!("first\nsecond").context("outer");
         assert_eq!(one_line(&plain), "outer: first second");
+    }
+
+    #[test]
+    fn a_cause_its_outer_message_already_says_is_said_once() {
+        // As DataFusion's schema errors chain: the outer message prints its source.
+        let inner = std::io::Error::other("No field named x.");
+        let e = anyhow::Error::new(inner).context("Schema error: No field named x.");
+        assert_eq!(one_line(&e), "Schema error: No field named x.");
+        let e = anyhow::anyhow!("the cause").context("outer").context("cannot run");
+        assert_eq!(one_line(&e), "cannot run: outer: the cause");
     }
 }
