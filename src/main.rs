@@ -5,16 +5,18 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 use diffsql::pipeline;
 use diffsql_core::cache::synth::{self, SynthSpec};
 use diffsql_core::cache::writer::parquet_compression;
 use diffsql_core::cache::CacheLayout;
-use diffsql_core::config::{self, ConfigDir, Override, VectorCompression};
+use diffsql_core::config::{self, ConfigDir, Override};
 use diffsql_model::one_line;
 use diffsql_sql::shell::{Flow, Shell};
-use diffsql_sql::{open_session_with, queries, Format, SqlAccess};
-use diffsql_udfs::vector::ElementType;
+use diffsql_sql::{open_session_with, queries, SqlAccess};
+
+mod cli;
+use cli::{Cli, Command, ConfigAction, SqlArgs, SynthArgs};
 
 /// mimalloc keeps freed pages for reuse: scans allocate large vector buffers batch after batch, and the
 /// system allocator returns each to the kernel, paying page faults and zeroing on every batch.
@@ -32,196 +34,6 @@ fn keep_freed_memory() {
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // Safety: sets a process-wide option that mimalloc reads on each purge; -1 means never purge.
     unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) };
-}
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "diffsql",
-    version,
-    about = "Find out what a finetune changed in a language model, with SQL over an activation cache"
-)]
-struct Cli {
-    /// Cache directory (for preprocess and run: the same as the override cache_dir=DIR).
-    #[arg(long, global = true, env = "DIFFSQL_CACHE")]
-    cache: Option<PathBuf>,
-    /// Directory of saved queries.
-    #[arg(long, global = true, env = "DIFFSQL_QUERIES", default_value = "queries")]
-    queries: PathBuf,
-    /// Directory of configs (config.toml and the groups model/, organism/, dataset/, diffing/method/).
-    #[arg(long, global = true, env = "DIFFSQL_CONFIGS", default_value = "configs")]
-    configs: PathBuf,
-    /// Hash every cache file this process reads, ignoring the verdicts kept in the cache (files are then
-    /// hashed once per process; also `DIFFSQL_REHASH=1`); `diffsql check` always hashes everything.
-    #[arg(long, global = true)]
-    rehash: bool,
-    /// Run the heavy stages of queries on these `diffsql worker`s (host:port,host:port); also the config key
-    /// `workers`.
-    #[arg(long, global = true, env = "DIFFSQL_WORKERS", value_delimiter = ',')]
-    workers: Vec<String>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run SQL over the cache: the `diffsql>` shell, or -c / -f without it.
-    Sql(SqlArgs),
-    /// Run a saved query from the queries directory by name (no name: list them).
-    Query {
-        name: Option<String>,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
-    /// Run the base model and the organism over the datasets and fill the cache
-    /// (`run pipeline.mode=preprocessing`). Arguments are overrides: organism=caps preprocessing.batch_size=4.
-    Preprocess(PipelineArgs),
-    /// Run the pipeline in its configured mode (pipeline.mode=preprocessing|diffing|evaluation|full).
-    Run(PipelineArgs),
-    /// Print what the diffing methods found for an organism (from its results folder).
-    Report {
-        /// Overrides, as for run (organism=caps, model=...).
-        overrides: Vec<String>,
-    },
-    /// Continue prompts with the base model and the organism side by side (greedy unless --temperature).
-    Generate(GenerateArgs),
-    /// Show the resolved config, or the choices of each group.
-    Config {
-        #[command(subcommand)]
-        action: ConfigAction,
-    },
-    /// Write a synthetic cache with known answers (see `docs/ARCHITECTURE.md`).
-    Synth(SynthArgs),
-    /// Serve the dashboard over the cache and the results folder on a local port (http://127.0.0.1:8421/).
-    Serve(ServeArgs),
-    /// Serve a worker that runs query stages sent by sessions started with --workers (every diffsql function,
-    /// the cache scans); it reads the cache files the plans name (a shared directory, or an s3:// cache).
-    Worker {
-        /// Address to listen on (port 0: any free port, printed on stderr).
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        listen: std::net::SocketAddr,
-    },
-    /// Verify every file of the cache against its manifest (size and xxh3 checksum); exit 1 if any is damaged.
-    Check {
-        /// Remove damaged partitions, so that a rerun of `diffsql preprocess` rebuilds them.
-        #[arg(long)]
-        repair: bool,
-    },
-}
-
-#[derive(Args, Debug)]
-struct PipelineArgs {
-    /// Run every combination of comma-separated values (organism=caps,roman_concrete), one after another.
-    #[arg(long, short = 'm')]
-    multirun: bool,
-    /// Overrides: group=name (model=, organism=, dataset=, diffing/method=) or key=value (a.b.c=value).
-    overrides: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct GenerateArgs {
-    /// A prompt (repeatable; all are continued together, batched).
-    #[arg(long = "prompt", short = 'p', required = true)]
-    prompts: Vec<String>,
-    /// Render each prompt as a user turn with the model's chat template.
-    #[arg(long)]
-    chat: bool,
-    #[arg(long, default_value_t = 48)]
-    max_new_tokens: usize,
-    /// Sample at this temperature (with --top-p and --seed) instead of greedy decoding.
-    #[arg(long)]
-    temperature: Option<f64>,
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f64,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Overrides, as for run (organism=caps, model=...).
-    overrides: Vec<String>,
-}
-
-#[derive(Subcommand, Debug)]
-enum ConfigAction {
-    /// Print the resolved config as TOML.
-    Show {
-        /// Overrides, as for run.
-        overrides: Vec<String>,
-    },
-    /// List the choices of every group, and the catalogue: base models, organisms by type with their bases.
-    List {
-        /// Only organisms that have a checkpoint for this base model.
-        #[arg(long)]
-        model: Option<String>,
-        /// Only organisms of this type (SDF, EM, Taboo, ...).
-        #[arg(long = "type")]
-        kind: Option<String>,
-    },
-}
-
-#[derive(Args, Debug, Default)]
-struct SqlArgs {
-    /// SQL to run (repeatable); the shell does not start.
-    #[arg(short = 'c', long = "command")]
-    commands: Vec<String>,
-    /// A file of SQL statements to run; the shell does not start.
-    #[arg(short = 'f', long = "file")]
-    files: Vec<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
-    /// Print each statement's time on stderr (as `\timing on`).
-    #[arg(long)]
-    timing: bool,
-    /// Read-only session: refuse COPY, external tables and INSERT/UPDATE/DELETE (statements only read the
-    /// cache's tables). Without it, COPY ... TO a file works anywhere outside the cache and results folders.
-    #[arg(long)]
-    read_only: bool,
-}
-
-#[derive(Args, Debug)]
-struct ServeArgs {
-    /// Port to listen on (0: any free port; the address is printed).
-    #[arg(long, default_value_t = 8421)]
-    port: u16,
-    /// Address to listen on. Anything but a loopback address makes the dashboard, its SQL console and the
-    /// models reachable from other machines, without authentication.
-    #[arg(long, default_value = "127.0.0.1")]
-    bind: std::net::IpAddr,
-    /// Open the dashboard in the desktop's browser.
-    #[arg(long)]
-    open: bool,
-    /// Longest a statement of the SQL console may run, in seconds.
-    #[arg(long, default_value_t = 30)]
-    query_timeout: u64,
-    /// Overrides, as for run (model=..., results_dir=...).
-    overrides: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct SynthArgs {
-    #[arg(long, default_value = "synthetic")]
-    model: String,
-    /// Organisms besides the base, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "caps")]
-    organisms: Vec<String>,
-    #[arg(long, value_delimiter = ',', default_value = "0,1,2,3")]
-    layers: Vec<i32>,
-    #[arg(long, default_value_t = 4096)]
-    tokens: usize,
-    #[arg(long, default_value_t = 64)]
-    seq_len: usize,
-    #[arg(long, default_value_t = 64)]
-    d_model: usize,
-    /// float32, float16 or bfloat16.
-    #[arg(long, default_value = "float32", value_parser = parse_dtype)]
-    dtype: ElementType,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[arg(long, default_value_t = 1 << 17)]
-    rows_per_file: usize,
-    /// Compression of the vectors: none, snappy, zstd or zstd(N).
-    #[arg(long, default_value = "none")]
-    compression: VectorCompression,
-    /// Standard deviation of noise added to organism vectors (0 keeps the exact known answers).
-    #[arg(long, default_value_t = 0.0)]
-    noise: f32,
 }
 
 fn main() -> ExitCode {
@@ -575,10 +387,6 @@ fn history_path() -> Option<PathBuf> {
     std::env::var_os("DIFFSQL_HISTORY")
         .map(PathBuf::from)
         .or_else(|| dirs::data_dir().map(|d| d.join("diffsql").join("history")))
-}
-
-fn parse_dtype(s: &str) -> Result<ElementType> {
-    ElementType::parse(s).with_context(|| format!("unknown dtype {s:?}: use float32, float16 or bfloat16"))
 }
 
 fn synth_cache(cache: &Path, args: SynthArgs) -> Result<ExitCode> {
