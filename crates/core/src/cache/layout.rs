@@ -74,9 +74,7 @@ impl CacheLayout {
         let root: PathBuf = root.into();
         match root.to_str().filter(|r| is_object_url(r)) {
             Some(url) => {
-                let object = ObjectCache::open(url)
-                    .map(Arc::new)
-                    .map_err(|e| Arc::new(format!("{e:#}")));
+                let object = ObjectCache::shared(url).map_err(|e| Arc::new(format!("{e:#}")));
                 Self {
                     root: spool_dir(url),
                     object: Some(object),

@@ -127,7 +127,8 @@ impl ObjectCache {
         })
     }
 
-    /// The cache at `url`, opened once per process (plans received by a worker name their files by URL).
+    /// The cache at `url`, opened once per process: every layout and every plan a worker receives that names
+    /// it share one client.
     pub fn shared(url: &str) -> Result<Arc<Self>> {
         static OPEN: OnceLock<std::sync::Mutex<HashMap<String, Arc<ObjectCache>>>> = OnceLock::new();
         let mut open = OPEN
@@ -194,12 +195,23 @@ impl ObjectCache {
         anyhow::anyhow!("cannot {what} {target}: {hint}")
     }
 
+    /// Runs `request` with the store and `path` on the object-store runtime, and waits for its answer.
+    fn request<T, F>(
+        &self,
+        path: &ObjectPath,
+        request: impl FnOnce(Arc<dyn ObjectStore>, ObjectPath) -> F,
+    ) -> object_store::Result<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = object_store::Result<T>> + Send + 'static,
+    {
+        wait(request(Arc::clone(&self.store), path.clone()))
+    }
+
     /// The whole object, or `None` if there is none.
     pub fn get_optional(&self, relative: &str) -> Result<Option<Bytes>> {
         let path = self.path(relative);
-        let store = Arc::clone(&self.store);
-        let p = path.clone();
-        match wait(async move { store.get(&p).await?.bytes().await }) {
+        match self.request(&path, |store, p| async move { store.get(&p).await?.bytes().await }) {
             Ok(b) => Ok(Some(b)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error("read", &path, e)),
@@ -226,23 +238,19 @@ impl ObjectCache {
 
     /// One byte range of an object.
     pub fn get_range(&self, path: &ObjectPath, range: Range<u64>) -> Result<Bytes> {
-        let store = Arc::clone(&self.store);
-        let p = path.clone();
-        wait(async move { store.get_range(&p, range).await }).map_err(|e| self.error("read", path, e))
+        self.request(path, |store, p| async move { store.get_range(&p, range).await })
+            .map_err(|e| self.error("read", path, e))
     }
 
     /// Byte ranges of an object, fetched concurrently (adjacent ranges in one request).
     pub fn get_ranges(&self, path: &ObjectPath, ranges: Vec<Range<u64>>) -> Result<Vec<Bytes>> {
-        let store = Arc::clone(&self.store);
-        let p = path.clone();
-        wait(async move { store.get_ranges(&p, &ranges).await }).map_err(|e| self.error("read", path, e))
+        self.request(path, |store, p| async move { store.get_ranges(&p, &ranges).await })
+            .map_err(|e| self.error("read", path, e))
     }
 
     /// Feeds an object's bytes to `sink` as they arrive (hashing a file without keeping it).
     pub fn stream(&self, path: &ObjectPath, mut sink: impl FnMut(&[u8]) + Send + 'static) -> Result<()> {
-        let store = Arc::clone(&self.store);
-        let p = path.clone();
-        wait(async move {
+        self.request(path, |store, p| async move {
             let mut stream = store.get(&p).await?.into_stream();
             while let Some(chunk) = stream.next().await {
                 sink(&chunk?);
@@ -255,11 +263,12 @@ impl ObjectCache {
     /// Puts `bytes` at `relative`, replacing any object there.
     pub fn put(&self, relative: &str, bytes: Vec<u8>) -> Result<()> {
         let path = self.path(relative);
-        let store = Arc::clone(&self.store);
-        let p = path.clone();
-        wait(async move { store.put(&p, PutPayload::from(bytes)).await })
-            .map(|_| ())
-            .map_err(|e| self.error("write", &path, e))
+        self.request(
+            &path,
+            |store, p| async move { store.put(&p, PutPayload::from(bytes)).await },
+        )
+        .map(|_| ())
+        .map_err(|e| self.error("write", &path, e))
     }
 
     /// Uploads the local file `file` to `relative`: one request for a small file, parts for a large one.
@@ -271,22 +280,16 @@ impl ObjectCache {
     }
 
     fn upload_object(&self, file: &std::path::Path, relative: &str) -> Result<()> {
-        let path = self.path(relative);
         let len = std::fs::metadata(file)
             .with_context(|| format!("cannot read {}", file.display()))?
             .len();
         if len as usize <= UPLOAD_PART_BYTES {
             let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-            let store = Arc::clone(&self.store);
-            let p = path.clone();
-            return wait(async move { store.put(&p, PutPayload::from(bytes)).await })
-                .map(|_| ())
-                .map_err(|e| self.error("write", &path, e));
+            return self.put(relative, bytes);
         }
-        let store = Arc::clone(&self.store);
-        let p = path.clone();
+        let path = self.path(relative);
         let local = file.to_path_buf();
-        wait(async move {
+        self.request(&path, |store, p| async move {
             use std::io::Read;
             let upload = store.put_multipart(&p).await?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_BYTES);
@@ -307,9 +310,7 @@ impl ObjectCache {
 
     /// Removes an object (none there is not an error).
     pub fn delete(&self, path: &ObjectPath) -> Result<()> {
-        let store = Arc::clone(&self.store);
-        let p = path.clone();
-        match wait(async move { store.delete(&p).await }) {
+        match self.request(path, |store, p| async move { store.delete(&p).await }) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error("delete", path, e)),
         }
@@ -318,20 +319,26 @@ impl ObjectCache {
     /// Every object under `relative` (recursively), with its size and ETag.
     pub fn list(&self, relative: &str) -> Result<Vec<ObjectMeta>> {
         let path = self.path(relative);
-        let store = Arc::clone(&self.store);
-        let p = path.clone();
-        wait(async move { store.list(Some(&p)).try_collect::<Vec<_>>().await })
-            .map_err(|e| self.error("list", &path, e))
+        self.request(&path, |store, p| async move {
+            store.list(Some(&p)).try_collect::<Vec<_>>().await
+        })
+        .map_err(|e| self.error("list", &path, e))
+    }
+
+    /// The objects and the "directories" directly in `relative`.
+    fn list_level(&self, relative: &str) -> Result<object_store::ListResult> {
+        let path = self.path(relative);
+        self.request(
+            &path,
+            |store, p| async move { store.list_with_delimiter(Some(&p)).await },
+        )
+        .map_err(|e| self.error("list", &path, e))
     }
 
     /// The objects directly in `relative`, by file name.
     pub fn list_dir(&self, relative: &str) -> Result<HashMap<String, ObjectMeta>> {
-        let path = self.path(relative);
-        let store = Arc::clone(&self.store);
-        let p = path.clone();
-        let listed =
-            wait(async move { store.list_with_delimiter(Some(&p)).await }).map_err(|e| self.error("list", &path, e))?;
-        Ok(listed
+        Ok(self
+            .list_level(relative)?
             .objects
             .into_iter()
             .filter_map(|m| m.location.filename().map(|n| (n.to_string(), m.clone())))
@@ -340,11 +347,7 @@ impl ObjectCache {
 
     /// Whether nothing lies under the cache's prefix.
     pub fn is_empty(&self) -> Result<bool> {
-        let path = self.path("");
-        let store = Arc::clone(&self.store);
-        let p = path.clone();
-        let listed =
-            wait(async move { store.list_with_delimiter(Some(&p)).await }).map_err(|e| self.error("list", &path, e))?;
+        let listed = self.list_level("")?;
         Ok(listed.objects.is_empty() && listed.common_prefixes.is_empty())
     }
 
@@ -357,10 +360,10 @@ impl ObjectCache {
     /// Creates `relative` holding `body` only if no object is there: `Ok(false)` if one is.
     pub fn create(&self, relative: &str, body: Vec<u8>) -> Result<bool> {
         let path = self.path(relative);
-        let store = Arc::clone(&self.store);
-        let p = path.clone();
         let options = PutOptions::from(PutMode::Create);
-        match wait(async move { store.put_opts(&p, PutPayload::from(body), options).await }) {
+        match self.request(&path, |store, p| async move {
+            store.put_opts(&p, PutPayload::from(body), options).await
+        }) {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
             Err(e) => Err(self.error("create", &path, e)),
@@ -371,13 +374,13 @@ impl ObjectCache {
     /// writer replaced or removed it first.
     pub fn replace_if(&self, relative: &str, e_tag: String, body: Vec<u8>) -> Result<bool> {
         let path = self.path(relative);
-        let store = Arc::clone(&self.store);
-        let p = path.clone();
         let options = PutOptions::from(PutMode::Update(UpdateVersion {
             e_tag: Some(e_tag),
             version: None,
         }));
-        match wait(async move { store.put_opts(&p, PutPayload::from(body), options).await }) {
+        match self.request(&path, |store, p| async move {
+            store.put_opts(&p, PutPayload::from(body), options).await
+        }) {
             Ok(_) => Ok(true),
             Err(
                 object_store::Error::Precondition { .. }
@@ -391,9 +394,7 @@ impl ObjectCache {
     /// The object's metadata, or `None` if there is none.
     pub fn head(&self, relative: &str) -> Result<Option<ObjectMeta>> {
         let path = self.path(relative);
-        let store = Arc::clone(&self.store);
-        let p = path.clone();
-        match wait(async move { store.head(&p).await }) {
+        match self.request(&path, |store, p| async move { store.head(&p).await }) {
             Ok(m) => Ok(Some(m)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error("read", &path, e)),
