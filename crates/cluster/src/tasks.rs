@@ -24,19 +24,16 @@ pub fn desired_task_count(event: DesiredTaskCountEvent) -> Option<Result<Desired
 
 /// A diffsql scan cut into one scan per task.
 pub fn scale_up_leaf_node(event: ScaleUpLeafNodeEvent) -> Option<Result<ScaleUpLeafNodeEventResponse>> {
-    let variants: Vec<Arc<dyn ExecutionPlan>> = if let Some(scan) = event.plan.downcast_ref::<VectorScanExec>() {
-        scan.split(event.task_count)
+    fn plans<T: ExecutionPlan + 'static>(scans: Vec<T>) -> Vec<Arc<dyn ExecutionPlan>> {
+        scans
             .into_iter()
             .map(|s| Arc::new(s) as Arc<dyn ExecutionPlan>)
             .collect()
+    }
+    let variants = if let Some(scan) = event.plan.downcast_ref::<VectorScanExec>() {
+        plans(scan.split(event.task_count))
     } else {
-        event
-            .plan
-            .downcast_ref::<FileScanExec>()?
-            .split(event.task_count)
-            .into_iter()
-            .map(|s| Arc::new(s) as Arc<dyn ExecutionPlan>)
-            .collect()
+        plans(event.plan.downcast_ref::<FileScanExec>()?.split(event.task_count))
     };
     Some(
         DistributedLeafExec::try_new(Arc::clone(event.plan), variants)

@@ -131,17 +131,14 @@ impl FileScanExec {
         self.groups.iter().map(Vec::len).sum()
     }
 
-    /// This scan cut into `tasks` scans of about equal rows, each with this scan's number of output
-    /// partitions, together reading every file once.
+    /// This scan cut into `tasks` scans of about equal rows (for as many workers), each with this scan's
+    /// number of output partitions (some maybe empty), together reading every file once.
     pub fn split(&self, tasks: usize) -> Vec<Self> {
-        let partitions = self.groups.len().max(1);
         let order = |a: &FileUnit, b: &FileUnit| a.path.to_string().cmp(&b.path.to_string());
         let all: Vec<FileUnit> = self.groups.iter().flatten().cloned().collect();
-        super::scan::balance(all, tasks, |u| u.rows.max(1), order)
+        super::scan::split_among_tasks(all, tasks, self.groups.len(), |u| u.rows.max(1), order)
             .into_iter()
-            .map(|files| {
-                let mut groups = super::scan::balance(files, partitions, |u| u.rows.max(1), order);
-                groups.resize_with(partitions, Vec::new);
+            .map(|groups| {
                 Self::new(
                     self.table,
                     Arc::clone(&self.schema),

@@ -147,15 +147,10 @@ impl VectorScanExec {
     /// This scan cut into `tasks` scans of about equal rows (for as many workers), each with this scan's
     /// number of output partitions (some maybe empty), together reading every unit once.
     pub fn split(&self, tasks: usize) -> Vec<Self> {
-        let partitions = self.units.len().max(1);
         let all: Vec<ScanUnit> = self.units.iter().flatten().cloned().collect();
-        let mut per_task = balance(all, tasks, |u| u.rows, unit_order);
-        per_task.resize_with(tasks.max(1), Vec::new);
-        per_task
+        split_among_tasks(all, tasks, self.units.len(), |u| u.rows, unit_order)
             .into_iter()
-            .map(|units| {
-                let mut per_partition = balance(units, partitions, |u| u.rows, unit_order);
-                per_partition.resize_with(partitions, Vec::new);
+            .map(|per_partition| {
                 Self::new(
                     self.table,
                     Arc::clone(&self.schema),
@@ -561,6 +556,28 @@ pub fn balance<U>(
         .map(|(_, mut v)| {
             v.sort_by(&order);
             v
+        })
+        .collect()
+}
+
+/// A scan's `units` cut into `tasks` sets of about equal weight, each cut again into the scan's number of
+/// output `partitions` (some maybe empty): how a scan is split among workers.
+pub fn split_among_tasks<U>(
+    units: Vec<U>,
+    tasks: usize,
+    partitions: usize,
+    weight: impl Fn(&U) -> usize,
+    order: impl Fn(&U, &U) -> std::cmp::Ordering,
+) -> Vec<Vec<Vec<U>>> {
+    let partitions = partitions.max(1);
+    let mut per_task = balance(units, tasks, &weight, &order);
+    per_task.resize_with(tasks.max(1), Vec::new);
+    per_task
+        .into_iter()
+        .map(|units| {
+            let mut per_partition = balance(units, partitions, &weight, &order);
+            per_partition.resize_with(partitions, Vec::new);
+            per_partition
         })
         .collect()
 }
