@@ -89,12 +89,11 @@ pub fn use_workers(workers: &[String]) -> Result<()> {
         }
         return Ok(());
     }
-    #[cfg(feature = "cluster")]
-    diffsql_cluster::install(diffsql_cluster::workers_from(&workers.join(","))?)?;
     #[cfg(not(feature = "cluster"))]
     bail!("this diffsql was built without the cluster feature, so it cannot use workers={workers:?}: build it with the default features");
     #[cfg(feature = "cluster")]
     {
+        diffsql_cluster::install(diffsql_cluster::workers_from(&workers.join(","))?)?;
         INSTALLED.set(workers.to_vec()).ok();
         Ok(())
     }

@@ -92,6 +92,16 @@ impl fmt::Display for CachePath {
 }
 
 impl CachePath {
+    /// The order files are read in: by path (a cache's files are all local or all objects; local first).
+    pub fn order(&self, other: &Self) -> std::cmp::Ordering {
+        match (self, other) {
+            (CachePath::Local(a), CachePath::Local(b)) => a.cmp(b),
+            (CachePath::Object { path: a, .. }, CachePath::Object { path: b, .. }) => a.as_ref().cmp(b.as_ref()),
+            (CachePath::Local(_), CachePath::Object { .. }) => std::cmp::Ordering::Less,
+            (CachePath::Object { .. }, CachePath::Local(_)) => std::cmp::Ordering::Greater,
+        }
+    }
+
     /// The local path, if the file is local.
     pub fn local(&self) -> Option<&Path> {
         match self {

@@ -134,7 +134,7 @@ impl FileScanExec {
     /// This scan cut into `tasks` scans of about equal rows (for as many workers), each with this scan's
     /// number of output partitions (some maybe empty), together reading every file once.
     pub fn split(&self, tasks: usize) -> Vec<Self> {
-        let order = |a: &FileUnit, b: &FileUnit| a.path.to_string().cmp(&b.path.to_string());
+        let order = |a: &FileUnit, b: &FileUnit| a.path.order(&b.path);
         let all: Vec<FileUnit> = self.groups.iter().flatten().cloned().collect();
         super::scan::split_among_tasks(all, tasks, self.groups.len(), |u| u.rows.max(1), order)
             .into_iter()

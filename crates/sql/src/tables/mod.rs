@@ -476,7 +476,7 @@ impl TableProvider for RowTable {
             units,
             state.config().target_partitions(),
             |u| u.rows.max(1),
-            |a, b| a.path.to_string().cmp(&b.path.to_string()),
+            |a, b| a.path.order(&b.path),
         );
         Ok(Arc::new(FileScanExec::new(
             self.table.name(),

@@ -167,10 +167,7 @@ impl VectorScanExec {
 
 /// File order, then row-group order: the order a partition reads its units in.
 pub fn unit_order(a: &ScanUnit, b: &ScanUnit) -> std::cmp::Ordering {
-    a.file
-        .to_string()
-        .cmp(&b.file.to_string())
-        .then_with(|| a.row_groups.cmp(&b.row_groups))
+    a.file.order(&b.file).then_with(|| a.row_groups.cmp(&b.row_groups))
 }
 
 /// A [`VectorScanExec`] without its schema and vector type (which travel as Arrow types).
