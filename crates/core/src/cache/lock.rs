@@ -144,10 +144,12 @@ impl ObjectLock {
             if cache.create(&lock.relative, body.clone())? {
                 return Ok(lock);
             }
-            let Some((meta, body_there)) = cache.get_with_meta(&lock.relative)? else {
+            let Some(meta) = cache.head(&lock.relative)? else {
                 continue; // released between our two requests
             };
-            let holder: Option<Holder> = serde_json::from_slice(&body_there).ok();
+            let holder: Option<Holder> = cache
+                .get_optional(&lock.relative)?
+                .and_then(|b| serde_json::from_slice(&b).ok());
             let ours = holder.as_ref().is_none_or(|h| h.machine == machine);
             if ours {
                 // Left by a writer of this machine that is gone (we hold the local lock): take it over, unless

@@ -210,19 +210,9 @@ impl ObjectCache {
 
     /// The whole object, or `None` if there is none.
     pub fn get_optional(&self, relative: &str) -> Result<Option<Bytes>> {
-        Ok(self.get_with_meta(relative)?.map(|(_, bytes)| bytes))
-    }
-
-    /// The whole object and its metadata (its ETag: the version read), or `None` if there is none.
-    pub fn get_with_meta(&self, relative: &str) -> Result<Option<(ObjectMeta, Bytes)>> {
         let path = self.path(relative);
-        let got = self.request(&path, |store, p| async move {
-            let got = store.get(&p).await?;
-            let meta = got.meta.clone();
-            Ok((meta, got.bytes().await?))
-        });
-        match got {
-            Ok(got) => Ok(Some(got)),
+        match self.request(&path, |store, p| async move { store.get(&p).await?.bytes().await }) {
+            Ok(b) => Ok(Some(b)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error("read", &path, e)),
         }
